@@ -1,0 +1,155 @@
+"""One dataclass tree holds every default; a YAML file or `--set` is only a diff.
+
+`load_config("configs/segmentation.yaml", ["segmentation.epochs=5"])` starts
+from the defaults below, applies the file, then the overrides, and rejects any
+unknown key with a did-you-mean hint, so a typo never silently trains with a
+default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+
+@dataclass
+class DataConfig:
+    """Manifest and split settings (prepare-data)."""
+
+    seed: int = 0
+    folds: int = 5
+    test_size: float = 0.2
+    fungal_as_bacterial: bool = False
+
+
+@dataclass
+class SegmentationConfig:
+    """FC-DenseNet lung segmenter: architecture, recipe and mask quality control."""
+
+    model: str = "fcdn103"
+    input_size: int = 256
+    classes: str = "lung"
+    epochs: int = 100
+    batch_size: int = 2
+    learning_rate: float = 1e-4
+    weight_decay: float = 1e-6
+    background_weight: float = 0.5
+    lr_schedule: str = "milestones"
+    lr_milestones: tuple = (0.7, 0.8, 0.9)
+    plateau_patience: int = 10
+    early_stopping_patience: int = 0
+    bn_momentum: float = 0.9
+    dropout: float = 0.2
+    precise_bn: bool = True
+    augment: bool = True
+    validation_share: float = 0.2
+    seed: int = 0
+    cache_size: int = 1024
+    keep_aspect: bool = True
+    min_lung_fraction: float = 0.08
+    max_lung_fraction: float = 0.65
+    shard_size: int = 64
+    inference_batch: int = 8
+
+
+@dataclass
+class ExperimentConfig:
+    """Every stage's settings; a run writes the resolved tree as config.yaml."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
+
+
+def _coerce(value, default, where):
+    if isinstance(default, bool):
+        if isinstance(value, str):
+            lowered = value.lower()
+            if lowered in ("true", "1", "yes"):
+                return True
+            if lowered in ("false", "0", "no"):
+                return False
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"{where}: expected true or false. Received: {value!r}.")
+    if isinstance(default, tuple):
+        if isinstance(value, str):
+            value = yaml.safe_load(value)
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where}: expected a list. Received: {value!r}.")
+        return tuple(value)
+    if isinstance(default, (int, float)) and not isinstance(default, bool):
+        try:
+            number = float(value) if isinstance(default, float) else int(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: expected a number. Received: {value!r}.") from None
+        return number
+    if default is None or isinstance(default, str):
+        return None if value is None else str(value)
+    return value
+
+
+def _apply(section, values, source, prefix=""):
+    names = {f.name for f in dataclasses.fields(section)}
+    for key, value in values.items():
+        dotted = f"{prefix}{key}"
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f"did you mean '{prefix}{close[0]}'?" if close else f"valid keys: {sorted(prefix + n for n in names)}"
+            raise ValueError(f"{source}: unknown key '{dotted}'; {hint}")
+        current = getattr(section, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ValueError(f"{source}: '{dotted}' must be a mapping. Received: {value!r}.")
+            _apply(current, value, source, f"{dotted}.")
+        else:
+            setattr(section, key, _coerce(value, current, f"{source}: '{dotted}'"))
+
+
+def load_config(path: Optional[str | Path] = None, overrides=()) -> ExperimentConfig:
+    """Defaults, then a YAML diff, then `key.sub=value` overrides.
+
+    Raises:
+        FileNotFoundError: `path` does not exist.
+        ValueError: an unknown key or a value of the wrong type; the message names
+            the file and the key.
+    """
+    config = ExperimentConfig()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: config file not found")
+        values = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: a config file must be a mapping of sections")
+        _apply(config, values, str(path))
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"--set {item!r}: expected section.key=value")
+        dotted, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw else ""
+        nested = value
+        for part in reversed(dotted.strip().split(".")):
+            nested = {part: nested}
+        _apply(config, nested, "--set")
+    return config
+
+
+def dump_config(config, path):
+    """Write the resolved config as YAML atomically."""
+    from tfflannel.utils import write_text_atomic
+
+    data = _plain(dataclasses.asdict(config))
+    write_text_atomic(path, yaml.safe_dump(data, sort_keys=False))
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

@@ -1,0 +1,1 @@
+"""Data stage: image decoding, source readers, manifest and patient-grouped splits."""

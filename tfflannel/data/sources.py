@@ -1,0 +1,215 @@
+"""Readers that turn each dataset layout into candidate manifest records.
+
+Each reader returns `(records, rejected)`: a record is a dict with `image_id`,
+`path` (absolute), `source`, `patient_id`, `view` and `label`; a rejection is a
+dict with `path` and `reason`. Nothing is dropped silently: every file or
+metadata row a reader leaves out is listed with its reason.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+from tfflannel import CLASS_NAMES
+from tfflannel.data.io import IMAGE_SUFFIXES
+
+FRONTAL_VIEWS = {"PA", "AP", "AP SUPINE", "AP ERECT"}
+COVID_FINDINGS = {"COVID-19", "COVID-19, ARDS"}
+VIRAL_ORGANISMS = {"SARS", "MERS-COV", "MERS", "INFLUENZA", "VARICELLA", "HERPES", "H1N1", "VIRAL"}
+BACTERIAL_ORGANISMS = {
+    "STREPTOCOCCUS", "KLEBSIELLA", "LEGIONELLA", "MYCOPLASMA BACTERIAL PNEUMONIA", "MYCOPLASMA",
+    "CHLAMYDOPHILA", "E.COLI", "E. COLI", "STAPHYLOCOCCUS", "STAPHYLOCOCCUS AUREUS", "NOCARDIA",
+    "BACTERIAL", "KLEBSIELLA PNEUMONIAE", "PSEUDOMONAS",
+}
+FUNGAL_ORGANISMS = {"PNEUMOCYSTIS", "ASPERGILLOSIS", "FUNGAL"}
+CCX_REQUIRED_COLUMNS = ("patientid", "finding", "view", "modality", "filename")
+
+
+class DatasetError(ValueError):
+    """Input that cannot be read at all (missing metadata, missing column, empty folder)."""
+
+
+def map_ccx_finding(finding, fungal_as_bacterial=False):
+    """Map a COVID-collection `finding` (flat or hierarchical form) to a label.
+
+    Returns:
+        (label, reason): label is one of CLASS_NAMES or None; reason explains a None.
+    """
+    text = (finding or "").strip()
+    if not text:
+        return None, "empty finding"
+    parts = [part.strip() for part in text.split("/")]
+    leaf = parts[-1].upper()
+    kind = parts[1].upper() if len(parts) >= 3 and parts[0].upper() == "PNEUMONIA" else None
+    if text.upper() == "NO FINDING" or leaf == "NO FINDING":
+        return "normal", ""
+    if leaf in COVID_FINDINGS or leaf.startswith("COVID-19"):
+        return "covid19", ""
+    if kind == "VIRAL" or leaf in VIRAL_ORGANISMS:
+        return "viral_pneumonia", ""
+    if kind == "BACTERIAL" or leaf in BACTERIAL_ORGANISMS:
+        return "bacterial_pneumonia", ""
+    if kind == "FUNGAL" or leaf in FUNGAL_ORGANISMS:
+        if fungal_as_bacterial:
+            return "bacterial_pneumonia", ""
+        return None, f"fungal finding '{text}' excluded (set data.fungal_as_bacterial to label it bacterial as the original did)"
+    return None, f"finding '{text}' maps to none of {list(CLASS_NAMES)}"
+
+
+def _open_metadata(metadata_path):
+    if not metadata_path.is_file():
+        raise DatasetError(f"{metadata_path}: metadata.csv not found (expected a COVID chest X-ray collection checkout with metadata.csv and images/)")
+    with open(metadata_path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        columns = {name.strip().lower(): name for name in (reader.fieldnames or [])}
+        missing = [name for name in CCX_REQUIRED_COLUMNS if name not in columns]
+        if missing:
+            raise DatasetError(f"{metadata_path}: missing required column(s) {missing}; found {list(columns)}")
+        rows = [{key: (row.get(original) or "").strip() for key, original in columns.items()} for row in reader]
+    return rows
+
+
+def _check_ccx_row(row, path, fungal_as_bacterial):
+    """Return (label, view, reason): reason is empty when the row is kept."""
+    if "X-RAY" not in row["modality"].upper().replace(" ", "-"):
+        return None, None, f"modality '{row['modality']}' is not X-ray"
+    view = " ".join(row["view"].split())
+    if view.upper() not in FRONTAL_VIEWS:
+        return None, None, f"view '{row['view']}' is not frontal (AP/PA)"
+    label, reason = map_ccx_finding(row["finding"], fungal_as_bacterial)
+    if label is None:
+        return None, None, reason
+    if not row["filename"] or not path.is_file():
+        return None, None, "image file missing"
+    if not row["patientid"]:
+        return None, None, "empty patientid"
+    return label, view, ""
+
+
+def read_ccx(root, fungal_as_bacterial=False):
+    """Read a COVID chest X-ray collection checkout (`metadata.csv` + `images/`).
+
+    Keeps X-ray frontal views (PA, AP, AP Supine, AP Erect) whose finding maps to
+    one of the four labels; patient id = `ccx:<patientid>`.
+    """
+    root = Path(root).resolve()
+    rows = _open_metadata(root / "metadata.csv")
+    records, rejected = [], []
+    for line, row in enumerate(rows, start=2):
+        path = root / "images" / row["filename"]
+        label, view, reason = _check_ccx_row(row, path, fungal_as_bacterial)
+        if reason:
+            where = f"{root / 'metadata.csv'} line {line} ({row['filename']})"
+            rejected.append({"path": str(path), "source": "ccx", "reason": f"{reason} [{where}]"})
+            continue
+        records.append({
+            "image_id": f"ccx:{Path(row['filename']).stem}",
+            "path": str(path),
+            "source": "ccx",
+            "patient_id": f"ccx:{row['patientid']}",
+            "view": view,
+            "label": label,
+        })
+    return records, rejected
+
+
+_KCX_PNEUMONIA = re.compile(r"^(person\d+)_(bacteria|virus)_\d+", re.IGNORECASE)
+_KCX_NORMAL = re.compile(r"IM-(\d+)-", re.IGNORECASE)
+
+
+def read_kcx(root):
+    """Read the Kaggle pneumonia layout `{train,val,test}/{NORMAL,PNEUMONIA}/*`.
+
+    The dataset's own train/val/test folders are pooled (they are re-split by
+    patient later). Patient id = `kcx:personN` or `kcx:IM-XXXX`; view AP.
+    """
+    root = Path(root).resolve()
+    if not root.is_dir():
+        raise DatasetError(f"{root}: Kaggle pneumonia folder not found")
+    records, rejected = [], []
+    seen_class_dir = False
+    for part in ("train", "val", "test"):
+        for folder in ("NORMAL", "PNEUMONIA"):
+            directory = root / part / folder
+            if not directory.is_dir():
+                continue
+            seen_class_dir = True
+            for path in sorted(directory.iterdir()):
+                if not path.is_file():
+                    continue
+                if path.suffix.lower() not in IMAGE_SUFFIXES:
+                    rejected.append({"path": str(path), "source": "kcx", "reason": "not an image file name"})
+                    continue
+                if folder == "NORMAL":
+                    match = _KCX_NORMAL.search(path.name)
+                    label = "normal"
+                    patient = f"IM-{match.group(1)}" if match else None
+                else:
+                    match = _KCX_PNEUMONIA.match(path.name)
+                    label = None
+                    patient = None
+                    if match:
+                        patient = match.group(1).lower()
+                        label = "bacterial_pneumonia" if match.group(2).lower() == "bacteria" else "viral_pneumonia"
+                if patient is None:
+                    rejected.append({"path": str(path), "source": "kcx", "reason": "file name gives no patient id or pneumonia type"})
+                    continue
+                records.append({
+                    "image_id": f"kcx:{part}/{folder}/{path.stem}",
+                    "path": str(path),
+                    "source": "kcx",
+                    "patient_id": f"kcx:{patient}",
+                    "view": "AP",
+                    "label": label,
+                })
+    if not seen_class_dir:
+        raise DatasetError(f"{root}: no {{train,val,test}}/{{NORMAL,PNEUMONIA}} folders found")
+    return records, rejected
+
+
+def read_folder(root):
+    """Read a generic `DIR/<label>/*` layout with an optional `DIR/patients.csv`.
+
+    patients.csv columns: `filename` (relative to DIR, or a bare file name) and
+    `patient_id`; optional `source` and `view`. Without a patient id an image is
+    its own patient, which cannot protect against leakage: statistics.md says so.
+    """
+    root = Path(root).resolve()
+    if not root.is_dir():
+        raise DatasetError(f"{root}: folder not found")
+    table = {}
+    patients_csv = root / "patients.csv"
+    if patients_csv.is_file():
+        with open(patients_csv, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            if not {"filename", "patient_id"} <= set(reader.fieldnames or []):
+                raise DatasetError(f"{patients_csv}: needs columns 'filename' and 'patient_id'; found {reader.fieldnames}")
+            for row in reader:
+                table[row["filename"].strip()] = row
+    records, rejected = [], []
+    source_default = root.name.replace(":", "_") or "folder"
+    for directory in sorted(p for p in root.iterdir() if p.is_dir()):
+        for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+            if directory.name not in CLASS_NAMES:
+                rejected.append({"path": str(path), "source": "folder", "reason": f"label folder '{directory.name}' is not one of {list(CLASS_NAMES)}"})
+                continue
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                rejected.append({"path": str(path), "source": "folder", "reason": "not an image file name"})
+                continue
+            relative = path.relative_to(root).as_posix()
+            meta = table.get(relative) or table.get(path.name) or {}
+            patient = (meta.get("patient_id") or "").strip() or f"image:{relative}"
+            source = (meta.get("source") or "").strip() or source_default
+            records.append({
+                "image_id": f"{source}:{Path(relative).with_suffix('').as_posix()}",
+                "path": str(path),
+                "source": source,
+                "patient_id": patient,
+                "view": (meta.get("view") or "").strip() or "unknown",
+                "label": directory.name,
+            })
+    if not records and not rejected:
+        raise DatasetError(f"{root}: empty folder (expected DIR/<label>/* with labels {list(CLASS_NAMES)})")
+    return records, rejected
