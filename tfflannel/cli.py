@@ -8,6 +8,7 @@ that need it, so `--help` and data preparation stay fast.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from pathlib import Path
 
@@ -112,6 +113,100 @@ def prepare_data(ccx, kcx, folders, sample, out, seed, folds, test_size, config_
     click.echo(f"{len(rows)} images kept -> {out / 'manifest.csv'}")
     click.echo(f"rejections -> {out / 'rejected.csv'}; summary -> {out / 'statistics.md'}")
     click.echo(DISCLAIMER)
+
+
+def _segmentation_pairs(pairs, jsrt, scr, montgomery):
+    from tfflannel.segmentation.readers import read_jsrt, read_montgomery, read_pairs
+
+    found = []
+    if pairs:
+        found += read_pairs(pairs)
+    if jsrt or scr:
+        if not (jsrt and scr):
+            raise click.UsageError("--jsrt and --scr go together (JSRT films and their SCR masks)")
+        found += read_jsrt(jsrt, scr)
+    if montgomery:
+        found += read_montgomery(montgomery)
+    if not found:
+        raise click.UsageError("no training data: give --pairs, --jsrt with --scr, or --montgomery")
+    return found
+
+
+@main.command("train-seg")
+@click.option("--pairs", type=click.Path(exists=True), help="Folder (images/ + masks/) or CSV (image,mask[,patient_id]) of pairs; mask > 0 is lung.")
+@click.option("--jsrt", type=click.Path(file_okay=False), help="JSRT folder of raw .IMG films (with --scr).")
+@click.option("--scr", type=click.Path(file_okay=False), help="SCR masks folder ({heart,left lung,right lung}/*.gif).")
+@click.option("--montgomery", type=click.Path(file_okay=False), help="Montgomery County set (CXR_png/ + ManualMask/).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory (model.keras, config.yaml, metrics.json, logs/).")
+@click.option("--epochs", type=int, help="Epochs  [default: segmentation.epochs].")
+@click.option("--model", "preset", type=click.Choice(["fcdn103", "fcdn67", "fcdn56", "fcdn_small"]), help="FC-DenseNet family member  [default: segmentation.model].")
+@config_options("configs/segmentation.yaml")
+@reports_input_errors
+def train_seg(pairs, jsrt, scr, montgomery, out, epochs, preset, config_path, overrides):
+    """Train an FC-DenseNet lung segmenter; a killed run resumes when rerun with the same --out."""
+    from tfflannel.segmentation.train import train_segmenter
+
+    config = load_cli_config(config_path, overrides, "configs/segmentation.yaml")
+    if epochs is not None:
+        config.segmentation.epochs = epochs
+    if preset is not None:
+        config.segmentation.model = preset
+    found = _segmentation_pairs(pairs, jsrt, scr, montgomery)
+    metrics = train_segmenter(config, found, out)
+    click.echo(json.dumps(metrics, indent=2))
+    click.echo(f"model -> {Path(out) / 'model.keras'}; TensorBoard: tensorboard --logdir {Path(out) / 'logs'}")
+
+
+@main.command("evaluate-seg")
+@click.option("--model", "model_path", type=click.Path(exists=True), help="train-seg run directory, .keras file or descriptor .json  [default: the shipped lung segmenter].")
+@click.option("--pairs", required=True, type=click.Path(exists=True), help="Folder or CSV of image/mask pairs.")
+@click.option("--out", type=click.Path(dir_okay=False), help="Also write the JSON here.")
+@reports_input_errors
+def evaluate_seg(model_path, pairs, out):
+    """Jaccard and Dice of post-processed lung masks, at each ground-truth mask's own resolution."""
+    from tfflannel.segmentation.inference import evaluate_segmenter, load_segmenter
+    from tfflannel.segmentation.readers import read_pairs
+    from tfflannel.utils import write_text_atomic
+
+    result = evaluate_segmenter(load_segmenter(model_path), read_pairs(pairs))
+    text = json.dumps(result, indent=2)
+    if out:
+        write_text_atomic(out, text + "\n")
+    click.echo(text)
+    click.echo(f"jaccard_mean={result['jaccard_mean']:.4f} dice_mean={result['dice_mean']:.4f} over {result['images']} images")
+
+
+def _parse_shard(value):
+    try:
+        part, parts = (int(x) for x in value.split("/"))
+    except ValueError:
+        raise click.BadParameter(f"expected I/N such as 1/4. Received: {value!r}.", param_hint="--shard") from None
+    if not 1 <= part <= parts:
+        raise click.BadParameter(f"I must be between 1 and N. Received: {value!r}.", param_hint="--shard")
+    return part, parts
+
+
+@main.command("segment")
+@click.option("--model", "model_path", type=click.Path(exists=True), help="Segmenter (run dir, .keras or .json)  [default: the shipped lung segmenter].")
+@click.option("--data", required=True, type=click.Path(file_okay=False, exists=True), help="Work directory holding manifest.csv.")
+@click.option("--shard", default="1/1", show_default=True, help="Process only part I of N (several machines share the work).")
+@config_options("configs/segmentation.yaml")
+@reports_input_errors
+def segment(model_path, data, shard, config_path, overrides):
+    """Segment every manifest image into the masked-image cache WORKDIR/cache/ (resumable)."""
+    from tfflannel.segmentation.cache import CacheSettings, build_cache
+    from tfflannel.segmentation.inference import load_segmenter
+
+    seg = load_cli_config(config_path, overrides, "configs/segmentation.yaml").segmentation
+    settings = CacheSettings(size=seg.cache_size, keep_aspect=seg.keep_aspect, min_lung_fraction=seg.min_lung_fraction,
+                             max_lung_fraction=seg.max_lung_fraction, shard_size=seg.shard_size,
+                             batch_size=seg.inference_batch)
+    summary = build_cache(data, load_segmenter(model_path), settings, _parse_shard(shard))
+    click.echo(json.dumps(summary, indent=2))
+    if summary["errors"]:
+        click.echo(f"warning: {summary['errors']} image(s) could not be read; see {summary['cache']}/errors.csv", err=True)
+    if summary["complete"]:
+        click.echo(f"index -> {summary['cache']}/index.csv; masks at a glance -> {summary['cache']}/qc.png")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -46,6 +46,8 @@ class SegmentationConfig:
     bn_momentum: float = 0.9
     dropout: float = 0.2
     precise_bn: bool = True
+    precise_bn_batch: int = 8
+    eval_every: int = 1
     augment: bool = True
     validation_share: float = 0.2
     seed: int = 0

@@ -1,0 +1,37 @@
+"""Losses in plain Keras 3 (keras.ops only)."""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="tfflannel")
+class PixelWeightedCrossentropy(keras.losses.Loss):
+    """Class-weighted pixel cross-entropy with PyTorch's weighted-mean reduction.
+
+    Equals `torch.nn.CrossEntropyLoss(weight=w)` on log-probabilities: the sum of
+    `-w[y] * log p[y]` over all pixels of the batch divided by the sum of `w[y]`,
+    so the loss scale does not depend on how much background an image has.
+
+    Args:
+        class_weights: sequence of float. One weight per class (the original
+            segmenter used 0.5 for background, 1 for the others).
+    """
+
+    def __init__(self, class_weights, name="pixel_weighted_crossentropy", **kwargs):
+        kwargs.pop("reduction", None)
+        super().__init__(name=name, reduction="sum", **kwargs)
+        self.class_weights = [float(w) for w in class_weights]
+
+    def call(self, y_true, y_pred):
+        num_classes = len(self.class_weights)
+        labels = ops.cast(ops.reshape(y_true, ops.shape(y_pred)[:-1]), "int32")
+        one_hot = ops.one_hot(labels, num_classes, dtype=y_pred.dtype)
+        weights = ops.sum(one_hot * ops.convert_to_tensor(self.class_weights, dtype=y_pred.dtype), axis=-1)
+        log_probs = ops.log(ops.clip(y_pred, 1e-7, 1.0))
+        nll = -ops.sum(one_hot * log_probs, axis=-1)
+        return ops.sum(weights * nll) / ops.maximum(ops.sum(weights), 1e-7)
+
+    def get_config(self):
+        return {"name": self.name, "class_weights": self.class_weights}

@@ -1,0 +1,1 @@
+"""Lung segmentation stage: pre-/post-processing, readers, training, and the masked-image cache."""

@@ -1,0 +1,236 @@
+"""Train an FC-DenseNet lung segmenter (`train-seg`), backend-agnostic at its core.
+
+The recipe follows the original: pixel-weighted cross-entropy (background 0.5),
+Adam lr 1e-4 with weight decay 1e-6, lr x0.1 at 70/80/90 % of the epochs, best
+checkpoint by validation Jaccard index. Two deliberate changes: the Jaccard
+used for selection is measured in inference mode after a precise-BN pass, and
+BN momentum is 0.9 (PyTorch's 0.1), because Keras' default 0.99 lagged badly
+on small data. Under TensorFlow the batches come from a tf.data pipeline
+(`tf_pipeline.py`); other backends (JAX on a GPU host) use a PyDataset with the
+same augmentation function.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+from tqdm.auto import tqdm
+
+from tfflannel.config import dump_config
+from tfflannel.models.fc_densenet import SEGMENTATION_CLASSES, build_fc_densenet, lung_class_indices
+from tfflannel.models.losses import PixelWeightedCrossentropy
+from tfflannel.models.precise_bn import recompute_batchnorm_statistics
+from tfflannel.segmentation.augment import augment_pair
+from tfflannel.segmentation.preprocess import preprocess_for_segmentation, resize_label_map
+from tfflannel.segmentation.readers import load_pair, split_pairs
+from tfflannel.utils import write_text_atomic
+
+log = logging.getLogger(__name__)
+
+
+def load_training_arrays(pairs, size=256, classes="lung", progress=True):
+    """Decode and pre-process pairs into (N, S, S, 1) float32 images and (N, S, S) uint8 labels."""
+    images = np.zeros((len(pairs), size, size, 1), np.float32)
+    labels = np.zeros((len(pairs), size, size), np.uint8)
+    for index, pair in enumerate(tqdm(pairs, desc="loading pairs", unit="pair", disable=not progress)):
+        image, label_map = load_pair(pair, classes)
+        images[index], _ = preprocess_for_segmentation(image, size)
+        labels[index] = resize_label_map(label_map, size)
+    return images, labels
+
+
+class AugmentedBatches(keras.utils.PyDataset):
+    """Shuffled, augmented batches for backends without tf.data; seeded per epoch."""
+
+    def __init__(self, images, labels, batch_size, seed=0, augment=True, flip=True, **kwargs):
+        super().__init__(**kwargs)
+        self.images, self.labels = images, labels
+        self.batch_size, self.seed, self.augment, self.flip = batch_size, seed, augment, flip
+        self.epoch = 0
+        self.order = np.random.default_rng(seed).permutation(len(images))
+
+    def __len__(self):
+        return int(np.ceil(len(self.images) / self.batch_size))
+
+    def on_epoch_end(self):
+        self.epoch += 1
+        self.order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.images))
+
+    def __getitem__(self, index):
+        rows = self.order[index * self.batch_size:(index + 1) * self.batch_size]
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        images, labels = [], []
+        for row in rows:
+            image, label = self.images[row], self.labels[row]
+            if self.augment:
+                image, label = augment_pair(image, label, rng, flip=self.flip)
+            images.append(image)
+            labels.append(label)
+        return np.stack(images), np.stack(labels).astype(np.int32)
+
+
+def predict_lung_masks(model, images, classes="lung", batch_size=8):
+    """Inference-mode lung masks (N, S, S) uint8 from pre-processed images."""
+    probabilities = model.predict(images, batch_size=batch_size, verbose=0)
+    return np.isin(np.argmax(probabilities, axis=-1), lung_class_indices(classes)).astype(np.uint8)
+
+
+def mean_jaccard(predicted, labels, classes="lung"):
+    """Mean over images of the lung Jaccard index (union of lung classes)."""
+    from tfflannel.segmentation.postprocess import jaccard_index
+
+    lung = np.isin(labels, lung_class_indices(classes))
+    return float(np.mean([jaccard_index(p, t) for p, t in zip(predicted, lung, strict=True)]))
+
+
+class InferenceJaccard(keras.callbacks.Callback):
+    """Each epoch: precise BN over the training images, then inference-mode JI on validation.
+
+    Writes `val_jaccard` and `learning_rate` into the epoch logs so that later
+    callbacks (checkpoint, early stopping, TensorBoard) can use them.
+    """
+
+    def __init__(self, train_images, val_images, val_labels, classes, precise_bn_batch=8, precise_bn=True, every=1):
+        super().__init__()
+        self.train_images, self.val_images, self.val_labels = train_images, val_images, val_labels
+        self.classes, self.precise_bn_batch, self.precise_bn, self.every = classes, precise_bn_batch, precise_bn, every
+        self.last = 0.0
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        if not len(self.val_images):
+            return
+        # Between evaluations the last value is carried, so a checkpoint is only written after a real gain.
+        if (epoch + 1) % self.every == 0 or epoch + 1 == self.params.get("epochs"):
+            if self.precise_bn:
+                recompute_batchnorm_statistics(self.model, batches_of(self.train_images, self.precise_bn_batch))
+            self.last = mean_jaccard(predict_lung_masks(self.model, self.val_images, self.classes),
+                                     self.val_labels, self.classes)
+        logs["val_jaccard"] = self.last
+
+
+def batches_of(array, size):
+    """Consecutive slices of `size` rows."""
+    return (array[i:i + size] for i in range(0, len(array), size))
+
+
+def milestone_schedule(epochs, milestones, learning_rate, factor=0.1):
+    """lr x factor at each milestone (fractions of `epochs`), as MultiStepLR([70, 80, 90]) for 100 epochs."""
+    steps = sorted(int(round(m * epochs)) for m in milestones)
+
+    def schedule(epoch, lr=None):
+        return learning_rate * factor ** sum(epoch >= step for step in steps)
+
+    return schedule
+
+
+def build_segmenter(config):
+    seg = config.segmentation
+    num_classes = len(SEGMENTATION_CLASSES[seg.classes])
+    return build_fc_densenet(seg.model, num_classes=num_classes, input_shape=(seg.input_size, seg.input_size, 1),
+                             dropout=seg.dropout, bn_momentum=seg.bn_momentum)
+
+
+class TimeLimit(keras.callbacks.Callback):
+    """Stop training cleanly (outputs still written) once `seconds` have passed."""
+
+    def __init__(self, seconds):
+        super().__init__()
+        self.seconds, self.started = seconds, time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if time.time() - self.started > self.seconds:
+            log.warning("time limit of %.0f s reached after epoch %d: stopping", self.seconds, epoch + 1)
+            self.model.stop_training = True
+
+
+def train_segmenter(config, pairs, out_dir, progress=True, extra_callbacks=(), time_limit_s=None):
+    """Train, select on inference-mode JI, write RUNDIR/{model.keras, config.yaml, metrics.json, logs/}.
+
+    Args:
+        config: ExperimentConfig. Uses `config.segmentation`.
+        pairs: list of SegPair. Split here into patient-disjoint train/validation.
+        out_dir: str or Path. The run directory; a killed run resumes from `backup/`.
+
+    Returns:
+        dict. The metrics written to metrics.json.
+    """
+    seg = config.segmentation
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(seg.seed)
+    train_pairs, val_pairs = split_pairs(pairs, seg.validation_share, seg.seed)
+    log.info("segmentation: %d training and %d validation pairs", len(train_pairs), len(val_pairs))
+    train_x, train_y = load_training_arrays(train_pairs, seg.input_size, seg.classes, progress)
+    val_x, val_y = load_training_arrays(val_pairs, seg.input_size, seg.classes, progress)
+    dump_config(config, out_dir / "config.yaml")
+
+    model = build_segmenter(config)
+    weights = [seg.background_weight] + [1.0] * (model.output_shape[-1] - 1)
+    model.compile(optimizer=keras.optimizers.AdamW(learning_rate=seg.learning_rate, weight_decay=seg.weight_decay),
+                  loss=PixelWeightedCrossentropy(weights))
+    flip = seg.classes == "lung"
+    if keras.backend.backend() == "tensorflow":
+        from tfflannel.segmentation.tf_pipeline import MaskImageLogger, make_training_dataset
+
+        batches = make_training_dataset(train_x, train_y, seg.batch_size, seed=seg.seed, augment=seg.augment, flip=flip)
+        tf_callbacks = [keras.callbacks.TensorBoard(log_dir=str(out_dir / "logs"))]
+        if len(val_x):
+            tf_callbacks.append(MaskImageLogger(out_dir / "logs", val_x[:4], val_y[:4], seg.classes))
+    else:
+        batches = AugmentedBatches(train_x, train_y, seg.batch_size, seed=seg.seed, augment=seg.augment, flip=flip)
+        tf_callbacks = []
+
+    best_path = out_dir / "best.weights.h5"
+    callbacks = [InferenceJaccard(train_x, val_x, val_y, seg.classes, seg.precise_bn_batch, seg.precise_bn, seg.eval_every)]
+    if seg.lr_schedule == "plateau":
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_jaccard" if len(val_x) else "loss",
+                                                           mode="max" if len(val_x) else "min", factor=0.1,
+                                                           patience=seg.plateau_patience))
+    else:
+        callbacks.append(keras.callbacks.LearningRateScheduler(
+            milestone_schedule(seg.epochs, seg.lr_milestones, seg.learning_rate)))
+    if len(val_x):
+        callbacks.append(keras.callbacks.ModelCheckpoint(best_path, monitor="val_jaccard", mode="max",
+                                                         save_best_only=True, save_weights_only=True))
+        if seg.early_stopping_patience > 0:
+            callbacks.append(keras.callbacks.EarlyStopping(monitor="val_jaccard", mode="max",
+                                                           patience=seg.early_stopping_patience))
+    if time_limit_s:
+        callbacks.append(TimeLimit(time_limit_s))
+    callbacks += [
+        keras.callbacks.CSVLogger(str(out_dir / "history.csv"), append=True),
+        keras.callbacks.BackupAndRestore(str(out_dir / "backup")),
+        *tf_callbacks,
+        *extra_callbacks,
+    ]
+    started = time.time()
+    history = model.fit(batches, epochs=seg.epochs, callbacks=callbacks, verbose=2 if progress else 0)
+    elapsed = time.time() - started
+
+    if len(val_x) and best_path.exists():
+        model.load_weights(best_path)
+    if seg.precise_bn:
+        recompute_batchnorm_statistics(model, batches_of(train_x, seg.precise_bn_batch))
+    metrics = {
+        "model": seg.model,
+        "classes": seg.classes,
+        "epochs_run": len(history.history.get("loss", [])),
+        "train_seconds": round(elapsed, 1),
+        "train_pairs": len(train_pairs),
+        "validation_pairs": len(val_pairs),
+        "validation_patients": len({p.patient_id for p in val_pairs}),
+        "final_loss": float(history.history["loss"][-1]) if history.history.get("loss") else None,
+    }
+    if len(val_x):
+        metrics["val_jaccard_inference"] = mean_jaccard(predict_lung_masks(model, val_x, seg.classes), val_y, seg.classes)
+        metrics["best_epoch"] = int(np.argmax(history.history["val_jaccard"])) + 1 if history.history.get("val_jaccard") else None
+    model.save(out_dir / "model.keras")
+    write_text_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    return metrics

@@ -1,0 +1,89 @@
+"""Train the shipped lung segmenter: measure on held-out patients, then retrain on all pairs.
+
+Backend-agnostic (plain Keras): on a GPU host without TensorFlow run it with
+`KERAS_BACKEND=jax`. Writes, under --out:
+  measure/  train-seg run on 80 % of the patients + eval.json (post-processed masks
+            scored at the ground truth's own resolution, patients never seen in training)
+  final/    the same recipe on every pair, plus lung_segmenter.json + weights to ship
+
+Example (what produced tfflannel/weights/):
+  KERAS_BACKEND=jax python tools/train_segmenter.py --pairs ../shared/data/cxr-seg \
+      --model fcdn67 --epochs 150 --out runs/segmenter --stage both
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tfflannel.config import load_config  # noqa: E402
+from tfflannel.segmentation.inference import Segmenter, evaluate_segmenter  # noqa: E402
+from tfflannel.segmentation.readers import read_pairs, split_pairs  # noqa: E402
+from tfflannel.segmentation.train import build_segmenter, train_segmenter  # noqa: E402
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pairs", required=True, help="folder or CSV of image/mask pairs")
+    parser.add_argument("--model", default="fcdn67")
+    parser.add_argument("--epochs", type=int, default=150)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--learning-rate", type=float, default=5e-4)
+    parser.add_argument("--input-size", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--stage", choices=["measure", "final", "both"], default="both")
+    parser.add_argument("--max-minutes", type=float, default=None, help="stop each training run after this long")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="extra config overrides")
+    args = parser.parse_args()
+
+    overrides = [f"segmentation.model={args.model}", f"segmentation.epochs={args.epochs}",
+                 f"segmentation.batch_size={args.batch_size}", f"segmentation.learning_rate={args.learning_rate}",
+                 f"segmentation.input_size={args.input_size}", f"segmentation.seed={args.seed}", *args.overrides]
+    pairs = read_pairs(args.pairs)
+    out = Path(args.out)
+    limit = args.max_minutes * 60 if args.max_minutes else None
+    summary = {"pairs": len(pairs), "model": args.model, "epochs": args.epochs, "learning_rate": args.learning_rate,
+               "batch_size": args.batch_size}
+    if args.stage in ("measure", "both"):
+        config = load_config(overrides=overrides + ["segmentation.validation_share=0.2"])
+        started = time.time()
+        metrics = train_segmenter(config, pairs, out / "measure", progress=True, time_limit_s=limit)
+        _, valid = split_pairs(pairs, 0.2, args.seed)
+        import keras
+
+        model = keras.saving.load_model(out / "measure" / "model.keras", compile=False)
+        evaluation = evaluate_segmenter(Segmenter(model, args.input_size, "lung"), valid, progress=False)
+        (out / "measure" / "eval.json").write_text(json.dumps(evaluation, indent=2))
+        summary["measure"] = dict(metrics, seconds=round(time.time() - started, 1),
+                                  jaccard_mean=evaluation["jaccard_mean"], dice_mean=evaluation["dice_mean"],
+                                  validation_images=evaluation["images"])
+        print(json.dumps(summary["measure"], indent=2), flush=True)
+    if args.stage in ("final", "both"):
+        config = load_config(overrides=overrides + ["segmentation.validation_share=0"])
+        started = time.time()
+        metrics = train_segmenter(config, pairs, out / "final", progress=True, time_limit_s=limit)
+        import keras
+
+        trained = keras.saving.load_model(out / "final" / "model.keras", compile=False)
+        model = build_segmenter(config)
+        model.set_weights(trained.get_weights())
+        weights_name = f"lung_{args.model}.weights.h5"
+        model.save_weights(out / "final" / weights_name)
+        descriptor = {
+            "preset": args.model, "input_size": args.input_size, "classes": "lung", "weights": weights_name,
+            "description": f"FC-DenseNet ({args.model}) lung segmenter trained on {len(pairs)} radiologist-masked CXRs",
+            "training": {k: summary[k] for k in ("pairs", "epochs", "learning_rate", "batch_size")},
+            "validation": summary.get("measure"),
+        }
+        (out / "final" / "lung_segmenter.json").write_text(json.dumps(descriptor, indent=2))
+        summary["final"] = dict(metrics, seconds=round(time.time() - started, 1))
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
