@@ -35,3 +35,16 @@ def shared_dir():
     if not (SHARED / "data" / "cxr-cls" / "labels.csv").is_file():
         pytest.skip(f"needs the project's shared data at {SHARED} (absent on a fresh clone; set TFFLANNEL_SHARED)")
     return SHARED
+
+
+@pytest.fixture(scope="session")
+def sample_workdir(tmp_path_factory, sample_cls_dir):
+    """prepare-data + segment (shipped lung segmenter) on the bundled sample, built once per session."""
+    from tfflannel.data.manifest import prepare_manifest
+    from tfflannel.segmentation.cache import CacheSettings, build_cache
+    from tfflannel.segmentation.inference import load_segmenter
+
+    workdir = tmp_path_factory.mktemp("sample-work")
+    prepare_manifest(workdir, folders=[sample_cls_dir], progress=False)
+    build_cache(workdir, load_segmenter(), CacheSettings(shard_size=16), progress=False)
+    return workdir

@@ -209,5 +209,79 @@ def segment(model_path, data, shard, config_path, overrides):
         click.echo(f"index -> {summary['cache']}/index.csv; masks at a glance -> {summary['cache']}/qc.png")
 
 
+def _backbone_choice():
+    from tfflannel.models.backbones import list_backbones
+
+    return click.Choice(list_backbones())
+
+
+def learner_options(default_config):
+    def decorate(command):
+        options = [
+            click.option("--backbone", required=True, type=_backbone_choice(), help="Registered backbone name."),
+            click.option("--fold", required=True, type=int, help="Validation fold (1..K of prepare-data)."),
+            click.option("--data", required=True, type=click.Path(file_okay=False, exists=True), help="Work directory (manifest.csv, cache/)."),
+            click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory; rerun the same command to resume."),
+            click.option("--epochs", type=int, help="Epochs  [default: from the config]."),
+            click.option("--weights", default="none", show_default=True, help="imagenet | none | PATH to a .weights.h5 (or a Keras ImageNet .h5)."),
+            click.option("--batch-size", type=int, help="Batch size  [default: from the config]."),
+            click.option("--mixed-precision", is_flag=True, help="float16 compute (GPUs)."),
+        ]
+        for option in reversed(options):
+            command = option(command)
+        return config_options(default_config)(command)
+    return decorate
+
+
+@main.command("train-patch")
+@learner_options("configs/patched.yaml")
+@reports_input_errors
+def train_patch(backbone, fold, data, out, epochs, weights, batch_size, mixed_precision, config_path, overrides):
+    """Train a Patched FLANNEL base learner on random lung-centred patches of the masked-image cache."""
+    from tfflannel.learners.train import train_patch_learner
+
+    config = load_cli_config(config_path, overrides, "configs/patched.yaml")
+    if epochs is not None:
+        config.patched.epochs = epochs
+    if batch_size is not None:
+        config.patched.batch_size = batch_size
+    config.runtime.mixed_precision = config.runtime.mixed_precision or mixed_precision
+    train_patch_learner(config, backbone, fold, data, out, weights=weights)
+    click.echo(f"model -> {Path(out) / 'model.keras'}; history -> {Path(out) / 'history.csv'}")
+
+
+@main.command("train-global")
+@learner_options("configs/global.yaml")
+@reports_input_errors
+def train_global(backbone, fold, data, out, epochs, weights, batch_size, mixed_precision, config_path, overrides):
+    """Train an original-FLANNEL whole-image base learner (resize 336, random crop, flip)."""
+    from tfflannel.learners.train import train_global_learner
+
+    config = load_cli_config(config_path, overrides, "configs/global.yaml")
+    if epochs is not None:
+        config.global_learner.epochs = epochs
+    if batch_size is not None:
+        config.global_learner.batch_size = batch_size
+    config.runtime.mixed_precision = config.runtime.mixed_precision or mixed_precision
+    train_global_learner(config, backbone, fold, data, out, weights=weights)
+    click.echo(f"model -> {Path(out) / 'model.keras'}; history -> {Path(out) / 'history.csv'}")
+
+
+@main.command("predict-base")
+@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False, exists=True), help="A train-patch or train-global run directory.")
+@click.option("--data", type=click.Path(file_okay=False, exists=True), help="Work directory  [default: the run's own].")
+@click.option("--k", type=int, help="Patches per image  [default: inference.k = 100; 1 for global runs].")
+@config_options("configs/patched.yaml")
+@reports_input_errors
+def predict_base_command(run_dir, data, k, config_path, overrides):
+    """Per-image vote fractions and mean probabilities for the fold's train, valid and test images."""
+    from tfflannel.learners.infer import predict_base
+
+    inference = load_cli_config(config_path, overrides, "configs/patched.yaml").inference
+    speeds = predict_base(run_dir, data, k or inference.k, inference.images_per_batch, inference.seed)
+    for role, speed in speeds.items():
+        click.echo(f"{role}: {speed:.1f} images/s -> {Path(run_dir) / 'predictions' / (role + '.csv')}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

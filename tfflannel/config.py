@@ -60,11 +60,69 @@ class SegmentationConfig:
 
 
 @dataclass
+class PatchedConfig:
+    """Patch base learners (train-patch): the Patched FLANNEL recipe."""
+
+    patch_size: int = 0              # 0: the backbone's native size (299 for InceptionV3, else 224)
+    patches_per_image: int = 1
+    batch_size: int = 16
+    epochs: int = 100
+    learning_rate: float = 1e-5
+    weight_decay: float = 1e-4
+    l1: float = 0.0
+    bn_momentum: float = 0.9
+    dropout: float = 0.0
+    augment: bool = True
+    val_patches: int = 8
+    early_stopping_patience: int = 20
+    images_per_batch: int = 4
+    seed: int = 0
+
+
+@dataclass
+class GlobalConfig:
+    """Whole-image base learners (train-global): the original FLANNEL recipe."""
+
+    resize: int = 336
+    crop_size: int = 0               # 0: the backbone's native size
+    batch_size: int = 10
+    epochs: int = 200
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    lr_milestones: tuple = (0.75, 1.125)   # 150 and 225 of 200 epochs, scaled to the epochs run
+    bn_momentum: float = 0.9
+    dropout: float = 0.0
+    early_stopping_patience: int = 0
+    seed: int = 0
+
+
+@dataclass
+class InferenceConfig:
+    """predict-base: K patches per image classified in batched forward passes."""
+
+    k: int = 100
+    images_per_batch: int = 4
+    seed: int = 0
+
+
+@dataclass
+class RuntimeConfig:
+    """Where and how training runs."""
+
+    strategy: str = "auto"           # auto (MirroredStrategy if > 1 GPU) | mirrored | default
+    mixed_precision: bool = False
+
+
+@dataclass
 class ExperimentConfig:
     """Every stage's settings; a run writes the resolved tree as config.yaml."""
 
     data: DataConfig = field(default_factory=DataConfig)
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
+    patched: PatchedConfig = field(default_factory=PatchedConfig)
+    global_learner: GlobalConfig = field(default_factory=GlobalConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
 
 def _coerce(value, default, where):

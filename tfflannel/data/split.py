@@ -8,6 +8,10 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 def _group_folds(labels, groups, n_splits, seed):
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    counts = {str(label): int(np.sum(labels == label)) for label in np.unique(labels)}
+    if max(counts.values()) < n_splits:
+        raise ValueError(f"every class has fewer images than the {n_splits} partitions asked for "
+                         f"(images per class: {counts}); lower --folds or raise --test-size")
     return [held for _, held in splitter.split(np.zeros(len(labels)), labels, groups)]
 
 

@@ -1,0 +1,1 @@
+"""Base-learner stage: training (patched and global) and batched K-patch inference."""

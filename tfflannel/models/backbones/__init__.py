@@ -1,0 +1,20 @@
+"""Backbone registry: a backbone is a name mapped to a builder (timm style).
+
+Every other part of tfflannel looks backbones up by name:
+
+    >>> from tfflannel.models.backbones import create_backbone, list_backbones
+    >>> "inception_v3" in list_backbones()
+    True
+
+Importing this package registers the families in `keras_apps.py`,
+`densenet.py`, `resnext.py` and `vgg.py`.
+"""
+
+from tfflannel.models.backbones import densenet, keras_apps, resnext, vgg  # noqa: F401,E402
+from tfflannel.models.backbones.registry import (  # noqa: F401
+    BackboneConfig,
+    backbone_config,
+    create_backbone,
+    list_backbones,
+    register_backbone,
+)

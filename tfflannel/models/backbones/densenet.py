@@ -1,0 +1,52 @@
+"""DenseNet161 in the torchvision layout (Huang et al., CVPR 2017): Keras has no DenseNet161."""
+
+from __future__ import annotations
+
+from keras import layers
+
+from tfflannel.models.backbones.registry import BackboneConfig, register_backbone
+
+
+def _bn(x, momentum, name):
+    return layers.BatchNormalization(momentum=momentum, epsilon=1e-5, name=name)(x)
+
+
+def apply_densenet_layer(x, growth_rate, bn_size, bn_momentum, name):
+    """BN-ReLU-Conv1x1(bn_size*growth)-BN-ReLU-Conv3x3(growth), concatenated to the input."""
+    y = layers.Activation("relu", name=f"{name}_relu1")(_bn(x, bn_momentum, f"{name}_bn1"))
+    y = layers.Conv2D(bn_size * growth_rate, 1, use_bias=False, name=f"{name}_conv1")(y)
+    y = layers.Activation("relu", name=f"{name}_relu2")(_bn(y, bn_momentum, f"{name}_bn2"))
+    y = layers.Conv2D(growth_rate, 3, padding="same", use_bias=False, name=f"{name}_conv2")(y)
+    return layers.Concatenate(name=f"{name}_concat")([x, y])
+
+
+def apply_transition(x, bn_momentum, name):
+    y = layers.Activation("relu", name=f"{name}_relu")(_bn(x, bn_momentum, f"{name}_bn"))
+    y = layers.Conv2D(x.shape[-1] // 2, 1, use_bias=False, name=f"{name}_conv")(y)
+    return layers.AveragePooling2D(2, strides=2, name=f"{name}_pool")(y)
+
+
+def build_densenet(inputs, growth_rate, blocks, stem, bn_size=4, bn_momentum=0.9, include_top=False, classes=1000,
+                   prefix="densenet"):
+    x = layers.ZeroPadding2D(3, name=f"{prefix}_stem_pad")(inputs)
+    x = layers.Conv2D(stem, 7, strides=2, use_bias=False, name=f"{prefix}_stem_conv")(x)
+    x = layers.Activation("relu", name=f"{prefix}_stem_relu")(_bn(x, bn_momentum, f"{prefix}_stem_bn"))
+    x = layers.ZeroPadding2D(1, name=f"{prefix}_stem_pool_pad")(x)
+    x = layers.MaxPooling2D(3, strides=2, name=f"{prefix}_stem_pool")(x)
+    for block, num_layers in enumerate(blocks, start=1):
+        for index in range(1, num_layers + 1):
+            x = apply_densenet_layer(x, growth_rate, bn_size, bn_momentum, f"{prefix}_block{block}_layer{index}")
+        if block != len(blocks):
+            x = apply_transition(x, bn_momentum, f"{prefix}_transition{block}")
+    x = layers.Activation("relu", name=f"{prefix}_final_relu")(_bn(x, bn_momentum, f"{prefix}_final_bn"))
+    if include_top:
+        x = layers.GlobalAveragePooling2D(name=f"{prefix}_avg_pool")(x)
+        x = layers.Dense(classes, name=f"{prefix}_classifier")(x)
+    return x
+
+
+@register_backbone(BackboneConfig("densenet161", 224, "torch", 2208, "densenet161_final_relu", False, 28_681_000))
+def densenet161(inputs, weights=None, include_top=False, bn_momentum=0.9):
+    """DenseNet161: stem 96, growth 48, blocks 6-12-36-24, bottleneck 4x (torchvision `densenet161`)."""
+    return build_densenet(inputs, 48, (6, 12, 36, 24), 96, bn_momentum=bn_momentum, include_top=include_top,
+                          prefix="densenet161")

@@ -1,0 +1,34 @@
+"""VGG19 with batch normalisation (Simonyan & Zisserman 2015), torchvision `vgg19_bn` layout."""
+
+from __future__ import annotations
+
+from keras import layers
+
+from tfflannel.models.backbones.registry import BackboneConfig, register_backbone
+
+VGG19_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M")
+
+
+@register_backbone(BackboneConfig("vgg19_bn", 224, "torch", 512, "vgg19_bn_block5_conv4", False, 143_678_248))
+def vgg19_bn(inputs, weights=None, include_top=False, bn_momentum=0.9, classes=1000):
+    """VGG19-BN: 16 conv3x3 (with bias) + BN + ReLU, five max-pools; with `include_top` the 4096-4096-1000 classifier."""
+    x = inputs
+    block, conv = 1, 0
+    for item in VGG19_CFG:
+        if item == "M":
+            x = layers.MaxPooling2D(2, strides=2, name=f"vgg19_bn_block{block}_pool")(x)
+            block, conv = block + 1, 0
+            continue
+        conv += 1
+        name = f"vgg19_bn_block{block}_conv{conv}"
+        x = layers.Conv2D(item, 3, padding="same", name=name)(x)
+        x = layers.BatchNormalization(momentum=bn_momentum, epsilon=1e-5, name=f"{name}_bn")(x)
+        x = layers.Activation("relu", name=f"{name}_relu")(x)
+    if include_top:
+        x = layers.Flatten(name="vgg19_bn_flatten")(x)  # 7x7x512 at 224, as torchvision's adaptive pool gives
+        x = layers.Dense(4096, activation="relu", name="vgg19_bn_fc1")(x)
+        x = layers.Dropout(0.5, name="vgg19_bn_drop1")(x)
+        x = layers.Dense(4096, activation="relu", name="vgg19_bn_fc2")(x)
+        x = layers.Dropout(0.5, name="vgg19_bn_drop2")(x)
+        x = layers.Dense(classes, name="vgg19_bn_predictions")(x)
+    return x

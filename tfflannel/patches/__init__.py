@@ -1,0 +1,1 @@
+"""Patch stage: lung-centred random patches from the masked-image cache."""

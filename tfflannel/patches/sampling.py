@@ -1,0 +1,61 @@
+"""Patch sampling as small NumPy functions: the reference the tf.data pipeline is tested against.
+
+The originals drew a centre's row and column independently from the lung
+pixels, so the centre could fall outside the lung, and truncated border patches
+were then stretched to size. Here a centre is one lung pixel drawn as a pair,
+and a patch crossing the border is zero-padded, never stretched.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def sample_patch_centres(mask, k, rng):
+    """Draw `k` (row, col) centres uniformly from the foreground pixels of a (H, W) mask.
+
+    Args:
+        mask: (H, W) array; > 0 is lung.
+        k: int. Number of centres (with replacement).
+        rng: numpy.random.Generator.
+
+    Returns:
+        (k, 2) int64 array of (row, col); the image centre k times if the mask is empty.
+    """
+    rows, cols = np.nonzero(np.asarray(mask) > 0)
+    if rows.size == 0:
+        height, width = np.asarray(mask).shape
+        return np.tile([[height // 2, width // 2]], (k, 1)).astype(np.int64)
+    index = rng.integers(0, rows.size, size=k)
+    return np.stack([rows[index], cols[index]], axis=1).astype(np.int64)
+
+
+def crop_patch(image, centre, size):
+    """The `size` x `size` patch whose top-left is centre - size // 2, zero-padded outside the image.
+
+    Args:
+        image: (H, W) or (H, W, C) array.
+        centre: (row, col).
+        size: int.
+    """
+    image = np.asarray(image)
+    row, col = int(centre[0]) - size // 2, int(centre[1]) - size // 2
+    patch = np.zeros((size, size) + image.shape[2:], dtype=image.dtype)
+    top, left = max(row, 0), max(col, 0)
+    bottom, right = min(row + size, image.shape[0]), min(col + size, image.shape[1])
+    if bottom > top and right > left:
+        patch[top - row:bottom - row, left - col:right - col] = image[top:bottom, left:right]
+    return patch
+
+
+def aggregate_patch_scores(probabilities):
+    """Per-image scores from (N, K, C) patch probabilities: (vote fractions, mean probabilities).
+
+    Vote fractions are the share of the K patches whose argmax is each class (the
+    paper's majority-vote confidence); mean probabilities average the softmax.
+    Both sum to 1 over the classes.
+    """
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    classes = probabilities.shape[-1]
+    votes = np.eye(classes)[np.argmax(probabilities, axis=-1)].mean(axis=1)
+    return votes, probabilities.mean(axis=1)
