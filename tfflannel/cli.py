@@ -10,11 +10,14 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 from pathlib import Path
 
 import click
 
 from tfflannel import DISCLAIMER
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter hides our progress output
 
 
 class InputError(click.ClickException):

@@ -25,6 +25,17 @@ from tfflannel.segmentation.readers import read_pairs, split_pairs  # noqa: E402
 from tfflannel.segmentation.train import build_segmenter, train_segmenter  # noqa: E402
 
 
+def write_pairs_csv(pairs, path):
+    """The held-out pairs as a CSV that `evaluate-seg --pairs` reads (absolute paths)."""
+    import csv
+
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "mask", "patient_id"])
+        for pair in pairs:
+            writer.writerow([str(Path(pair.image).resolve()), str(Path(pair.masks["lung"]).resolve()), pair.patient_id])
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", required=True, help="folder or CSV of image/mask pairs")
@@ -53,6 +64,7 @@ def main():
         started = time.time()
         metrics = train_segmenter(config, pairs, out / "measure", progress=True, time_limit_s=limit)
         _, valid = split_pairs(pairs, 0.2, args.seed)
+        write_pairs_csv(valid, out / "measure" / "validation_pairs.csv")
         import keras
 
         model = keras.saving.load_model(out / "measure" / "model.keras", compile=False)

@@ -34,14 +34,16 @@ class GrayToImageNet(layers.Layer):
         self.mode = mode
 
     def call(self, inputs):
-        x = ops.concatenate([ops.cast(inputs, self.compute_dtype)] * 3, axis=-1)
+        # One broadcast multiply-add per output value: grey * scale_c + offset_c gives all three channels.
+        x = ops.cast(inputs, self.compute_dtype)
         if self.mode == "tf":
-            return x / 127.5 - 1.0
-        if self.mode == "torch":
-            mean = ops.convert_to_tensor(_IMAGENET_MEAN, dtype=x.dtype)
-            std = ops.convert_to_tensor(_IMAGENET_STD, dtype=x.dtype)
-            return (x / 255.0 - mean) / std
-        return x - ops.convert_to_tensor(_CAFFE_MEAN_BGR, dtype=x.dtype)
+            scale, offset = (1 / 127.5,) * 3, (-1.0,) * 3
+        elif self.mode == "torch":
+            scale = tuple(1.0 / (255.0 * s) for s in _IMAGENET_STD)
+            offset = tuple(-m / s for m, s in zip(_IMAGENET_MEAN, _IMAGENET_STD, strict=True))
+        else:
+            scale, offset = (1.0,) * 3, tuple(-m for m in _CAFFE_MEAN_BGR)
+        return x * ops.convert_to_tensor(scale, dtype=x.dtype) + ops.convert_to_tensor(offset, dtype=x.dtype)
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], 3)

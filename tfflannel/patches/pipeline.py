@@ -87,7 +87,7 @@ def crop_patches(images, centres, size):
     boxes = tf.stack([top / height, left / width, (top + size - 1) / height, (left + size - 1) / width], axis=1)
     box_indices = tf.repeat(tf.range(batch), k)
     # Nearest sampling at exact pixel positions: a crop, never a resize; outside the image -> 0.
-    return tf.image.crop_and_resize(tf.cast(images, tf.float32), boxes, box_indices, [size, size],
+    return tf.image.crop_and_resize(images, boxes, box_indices, [size, size],
                                     method="nearest", extrapolation_value=0.0)
 
 

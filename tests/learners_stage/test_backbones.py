@@ -1,0 +1,97 @@
+"""Backbone registry: reference parameter counts, config sanity, one forward pass for every backbone."""
+
+import keras
+import numpy as np
+import pytest
+
+from tfflannel.models.backbones import backbone_config, create_backbone, list_backbones
+from tfflannel.models.classifier import build_classifier
+
+TORCHVISION_PARAMS = {
+    "densenet161": 28_681_000,
+    "resnext101_32x8d": 88_791_336,
+    "vgg19_bn": 143_678_248,
+}
+
+
+def _trainable(model):
+    return sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+
+
+def _reference_model(name):
+    size = backbone_config(name).input_size
+    inputs = keras.Input((size, size, 3))
+    return keras.Model(inputs, create_backbone(name, inputs, include_top=True))
+
+
+@pytest.mark.parametrize("name", sorted(TORCHVISION_PARAMS))
+def test_hand_written_backbones_equal_torchvision_counts(name):
+    assert _trainable(_reference_model(name)) == TORCHVISION_PARAMS[name] == backbone_config(name).reference_params
+
+
+def test_inception_v3_equals_torchvision_plus_bn_scales():
+    model = _reference_model("inception_v3")
+    # Keras builds InceptionV3's BN without gamma (scale=False); torchvision has one gamma per BN channel.
+    gammas = sum(layer.beta.shape[0] for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization))
+    assert _trainable(model) + gammas == 23_834_568
+
+
+def test_resnet152_keras_count_is_stated():
+    model = _reference_model("resnet152")
+    # Keras' ResNet152 has biased convs (torchvision: 60,192,808 without); the README states this number.
+    assert _trainable(model) == 60_268_520
+
+
+@pytest.mark.parametrize("name", list_backbones())
+def test_every_backbone_classifies_a_small_patch(name):
+    size = 80 if name == "inception_v3" else 64
+    model = build_classifier(name, input_size=size, weights="none")
+    config = backbone_config(name)
+    out = np.asarray(model(np.random.default_rng(0).random((2, size, size, 1), dtype=np.float32) * 255))
+    assert out.shape == (2, 4)
+    np.testing.assert_allclose(out.sum(axis=1), 1.0, atol=1e-5)
+    assert model.get_layer(config.last_conv).output.shape[-1] == config.feature_dim
+    assert model.layers[1].name == "imagenet_scaling"
+    assert not any(isinstance(layer, keras.Model) for layer in model.layers), "backbone built flat, not nested"
+    momenta = {layer.momentum for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)}
+    assert momenta in ({0.9}, set())
+
+
+def test_native_input_sizes():
+    assert backbone_config("inception_v3").input_size == 299
+    assert all(backbone_config(n).input_size == 224 for n in list_backbones() if n != "inception_v3")
+
+
+def test_unknown_backbone_suggests_a_name():
+    with pytest.raises(ValueError, match="Did you mean 'densenet161'"):
+        backbone_config("densenet16")
+
+
+def test_imagenet_without_keras_weights_explains(tmp_path):
+    with pytest.raises(ValueError, match="no ImageNet weights for 'vgg19_bn'"):
+        build_classifier("vgg19_bn", input_size=32, weights="imagenet")
+    with pytest.raises(FileNotFoundError, match="weights file not found"):
+        build_classifier("mobilenet_v2", input_size=32, weights=str(tmp_path / "missing.weights.h5"))
+
+
+def test_local_weights_file_round_trip(tmp_path):
+    model = build_classifier("mobilenet_v2", input_size=32)
+    path = tmp_path / "mn.weights.h5"
+    model.save_weights(path)
+    clone = build_classifier("mobilenet_v2", input_size=32, weights=str(path))
+    for a, b in zip(model.get_weights(), clone.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_resnext_split_and_grouped_agree():
+    inputs = keras.Input((32, 32, 64))
+    from tfflannel.models.backbones.resnext import apply_grouped_conv
+
+    split = keras.Model(inputs, apply_grouped_conv(inputs, 64, 8, 1, "split", "s"))
+    grouped = keras.Model(inputs, apply_grouped_conv(inputs, 64, 8, 1, "grouped", "g"))
+    kernel = grouped.get_layer("g").kernel.numpy()
+    for group in range(8):
+        split.get_layer(f"s_g{group}").kernel.assign(kernel[..., group * 8:(group + 1) * 8])
+    x = np.random.default_rng(0).random((1, 32, 32, 64), dtype=np.float32)
+    np.testing.assert_allclose(np.asarray(split(x)), np.asarray(grouped(x)), atol=1e-4)
+    assert _trainable(split) == _trainable(grouped)

@@ -1,0 +1,145 @@
+"""train-patch / train-global / predict-base on the bundled sample: outputs, resume, strategy, scores."""
+
+import csv
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from click.testing import CliRunner
+
+from tfflannel import CLASS_NAMES
+from tfflannel.cli import main
+from tfflannel.config import load_config
+from tfflannel.learners.infer import PREDICTION_COLUMNS, predict_base
+from tfflannel.learners.train import train_patch_learner
+from tfflannel.patches.pipeline import evaluation_dataset
+
+SMALL = ["--set", "patched.patch_size=64", "--set", "patched.val_patches=2", "--set", "patched.learning_rate=0.0003"]
+
+
+def _history(path):
+    with open(path) as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture(scope="module")
+def patch_run(tmp_path_factory, sample_workdir):
+    out = tmp_path_factory.mktemp("patch-run")
+    result = CliRunner().invoke(main, ["train-patch", "--backbone", "mobilenet_v2", "--fold", "1", "--data",
+                                       str(sample_workdir), "--out", str(out), "--epochs", "2", "--batch-size", "16",
+                                       *SMALL, "--set", "patched.patches_per_image=4", "--set", "patched.augment=false"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_train_patch_improves_loss_and_writes_every_output(patch_run):
+    history = _history(patch_run / "history.csv")
+    assert [int(r["epoch"]) for r in history] == [0, 1]
+    assert float(history[1]["loss"]) < float(history[0]["loss"])
+    assert {"val_macro_f1", "learning_rate"} <= set(history[0]) and all(f"val_f1_{c}" in history[0] for c in CLASS_NAMES)
+    for name in ("model.keras", "config.yaml", "run.yaml"):
+        assert (patch_run / name).is_file()
+    assert any((patch_run / "logs").rglob("*.tfevents*"))
+    assert not (patch_run / "backup").exists() or not any((patch_run / "backup").iterdir())
+
+
+def test_predict_base_matches_direct_computation(patch_run, sample_workdir):
+    predict_base(patch_run, k=6, images_per_batch=3, seed=5, progress=False)
+    model = keras.saving.load_model(patch_run / "model.keras", compile=False)
+    with open(patch_run / "predictions" / "valid.csv") as handle:
+        rows = {r["image_id"]: r for r in csv.DictReader(handle)}
+    assert list(next(iter(rows.values()))) == list(PREDICTION_COLUMNS)
+    checked = 0
+    for patches, labels, ids in evaluation_dataset(sample_workdir, "valid", 1, 6, 64, seed=5, images_per_batch=1):
+        probs = np.asarray(model.predict_on_batch(patches))          # the same 6 patches, one image at a time
+        image_id = ids.numpy()[0].decode()
+        votes = np.bincount(probs.argmax(axis=1), minlength=4) / 6
+        row = rows[image_id]
+        np.testing.assert_allclose([float(row[f"vote_{c}"]) for c in CLASS_NAMES], votes, atol=1e-6)
+        np.testing.assert_allclose([float(row[f"prob_{c}"]) for c in CLASS_NAMES], probs.mean(axis=0), atol=1e-5)
+        assert row["label"] == CLASS_NAMES[int(labels.numpy()[0])]
+        checked += 1
+    assert checked == len(rows) > 0
+    for role in ("train", "test"):
+        assert (patch_run / "predictions" / f"{role}.csv").is_file()
+
+
+class _Interrupt(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == 1:
+            raise KeyboardInterrupt("simulated kill")
+
+
+class _CountEpochs(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.epochs = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epochs.append(epoch)
+
+
+def test_killed_run_resumes_from_its_last_epoch(tmp_path, sample_workdir):
+    config = load_config(overrides=[s for s in SMALL if s != "--set"] + ["patched.epochs=3", "patched.batch_size=8"])
+    with pytest.raises(KeyboardInterrupt):
+        train_patch_learner(config, "mobilenet_v2", 1, sample_workdir, tmp_path, progress=False,
+                            extra_callbacks=[_Interrupt()])
+    assert (tmp_path / "backup").exists()
+    counter = _CountEpochs()
+    train_patch_learner(config, "mobilenet_v2", 1, sample_workdir, tmp_path, progress=False, extra_callbacks=[counter])
+    assert counter.epochs == [1, 2], "resumed after the finished epoch 0"
+    assert [int(r["epoch"]) for r in _history(tmp_path / "history.csv")] == [0, 1, 2]
+
+
+def test_train_global_and_predict_base_k1(tmp_path, sample_workdir):
+    out = tmp_path / "global"
+    result = CliRunner().invoke(main, ["train-global", "--backbone", "mobilenet_v2", "--fold", "2", "--data",
+                                       str(sample_workdir), "--out", str(out), "--epochs", "1", "--batch-size", "6",
+                                       "--set", "global_learner.resize=80", "--set", "global_learner.crop_size=64"])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(main, ["predict-base", "--run", str(out)])
+    assert result.exit_code == 0, result.output
+    with open(out / "predictions" / "test.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert rows
+    for row in rows:
+        votes = [float(row[f"vote_{c}"]) for c in CLASS_NAMES]
+        assert sorted(votes) == [0.0, 0.0, 0.0, 1.0], "K = 1: the vote is one-hot"
+
+
+MIRRORED_SCRIPT = textwrap.dedent("""
+    import sys, tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    from tfflannel.config import load_config
+    from tfflannel.learners.train import train_patch_learner
+    config = load_config(overrides=["runtime.strategy=mirrored", "patched.batch_size=3", "patched.epochs=1",
+                                    "patched.patch_size=32", "patched.val_patches=1"])
+    history = train_patch_learner(config, "mobilenet_v2", 1, sys.argv[1], sys.argv[2], progress=False)
+    import tfflannel.learners.strategy as s
+    print("REPLICAS", s.make_strategy("mirrored").num_replicas_in_sync, "LOSS", history.history["loss"][-1])
+""")
+
+
+def test_mirrored_strategy_on_two_logical_cpus_with_uneven_batch(tmp_path, sample_workdir):
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    result = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT, str(sample_workdir), str(tmp_path / "run")],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "REPLICAS 2" in result.stdout
+    assert "rounded up to 4" in result.stderr
+    assert np.isfinite(float(result.stdout.split("LOSS")[1]))
+
+
+def test_strategy_default_without_gpus():
+    from tfflannel.learners.strategy import make_strategy, replica_batch_size
+
+    strategy = make_strategy("auto")
+    assert strategy.num_replicas_in_sync == 1 and replica_batch_size(5, strategy) == 5
+    assert not tf.config.list_physical_devices("GPU")

@@ -1,0 +1,95 @@
+"""Patches/s of the tf.data patch pipeline versus the original per-patch approach, on the same images.
+
+tfflannel: TFRecord cache read + PNG decode + joint lung-centre sampling + one vectorised
+crop_and_resize per batch + ImageNet scaling. Original (Patched FLANNEL customloader): for every
+patch, reload the 1024x1024 float32 npz, np.nonzero, draw row and column independently, crop
+(truncated at borders) and PIL-resize to the patch size. Prints both rates and their ratio; asserts
+nothing. Uses the bundled sample unless --data names a work directory with a cache.
+
+    python tools/bench_patches.py [--data WORKDIR] [--k 100] [--size 224]
+"""
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from tfflannel.models.classifier import GrayToImageNet  # noqa: E402
+from tfflannel.patches.pipeline import evaluation_dataset  # noqa: E402
+from tfflannel.segmentation.cache import read_cache_records  # noqa: E402
+
+
+def ensure_workdir(path):
+    if path:
+        return Path(path)
+    from tfflannel.data.manifest import prepare_manifest
+    from tfflannel.sample import CLS_DIR
+    from tfflannel.segmentation.cache import CacheSettings, build_cache
+    from tfflannel.segmentation.inference import load_segmenter
+
+    work = Path(tempfile.mkdtemp(prefix="bench-patches-"))
+    prepare_manifest(work, folders=[CLS_DIR], progress=False)
+    build_cache(work, load_segmenter(), CacheSettings(shard_size=16), progress=False)
+    return work
+
+
+def original_patch(npz_path, size, rng):
+    image = np.load(npz_path)["image"]
+    rows, cols = np.nonzero(image)
+    r, c = rng.choice(rows), rng.choice(cols)             # independent draws, as the original
+    half = size // 2
+    crop = image[max(0, r - half):min(1024, r + half), max(0, c - half):min(1024, c + half)]
+    patch = np.asarray(Image.fromarray(crop, mode="F").resize((size, size), Image.BILINEAR))
+    return np.repeat(patch[None], 3, axis=0)              # ToTensor + 3 channels, no normalisation
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data")
+    parser.add_argument("--k", type=int, default=100)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--original-patches", type=int, default=300)
+    args = parser.parse_args()
+    work = ensure_workdir(args.data)
+    scaling = GrayToImageNet("torch")
+
+    def run_ours():
+        count = 0
+        dataset = evaluation_dataset(work, "all", 1, args.k, args.size, seed=0, images_per_batch=4)
+        dataset = dataset.map(lambda p, y, i: (scaling(p), y, i))
+        for patches, _, _ in dataset:
+            count += int(patches.shape[0])
+        return count
+
+    run_ours()                                             # warm-up: tracing
+    started = time.perf_counter()
+    ours_count = run_ours()
+    ours = ours_count / (time.perf_counter() - started)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = []
+        for record in read_cache_records(work / "cache"):
+            path = Path(tmp) / (record["image_id"].replace(":", "_").replace("/", "_") + ".npz")
+            np.savez_compressed(path, image=record["image"].astype(np.float32))
+            paths.append(path)
+        rng = np.random.default_rng(0)
+        started = time.perf_counter()
+        for index in range(args.original_patches):
+            original_patch(paths[index % len(paths)], args.size, rng)
+        theirs = args.original_patches / (time.perf_counter() - started)
+    print(f"work directory     : {work}  ({len(paths)} images, K={args.k}, patch {args.size})")
+    print(f"tfflannel pipeline : {ours:9.1f} patches/s ({ours_count} patches)")
+    print(f"original per patch : {theirs:9.1f} patches/s ({args.original_patches} patches)")
+    print(f"ratio              : {ours / theirs:9.1f}x")
+
+
+if __name__ == "__main__":
+    main()
