@@ -56,12 +56,23 @@ def config_options(default_config):
     return decorate
 
 
-def load_cli_config(config_path, overrides, default_config=None):
-    """Load the config; a default path that does not exist (installed package) means built-in defaults."""
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_cli_config(config_path, overrides, default_config=None, required=False):
+    """Load the config. A default `configs/X.yaml` is looked up in the working directory, then in the
+    checkout tfflannel was installed from; if neither has it, the built-in defaults apply (or, when
+    `required`, a clear error)."""
     from tfflannel.config import load_config
 
     if config_path and config_path == default_config and not Path(config_path).exists():
-        config_path = None
+        candidate = REPO_ROOT / default_config
+        if candidate.exists():
+            config_path = str(candidate)
+        elif required:
+            raise click.UsageError(f"{default_config} not found here or in {REPO_ROOT}; pass --config FILE")
+        else:
+            config_path = None
     return load_config(config_path, overrides)
 
 
@@ -284,6 +295,55 @@ def predict_base_command(run_dir, data, k, config_path, overrides):
     speeds = predict_base(run_dir, data, k or inference.k, inference.images_per_batch, inference.seed)
     for role, speed in speeds.items():
         click.echo(f"{role}: {speed:.1f} images/s -> {Path(run_dir) / 'predictions' / (role + '.csv')}")
+
+
+@main.command("train-ensemble")
+@click.option("--fold", type=int, help="Fold of the runs (checked against their run.yaml).")
+@click.option("--runs", "run_dirs", required=True, multiple=True, type=click.Path(file_okay=False, exists=True),
+              help="Base-learner run directories with predictions/ (repeat --runs for each; the five FLANNEL learners by default).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Ensemble run directory.")
+@click.option("--fit-on", type=click.Choice(["valid", "train"]), help="valid: out-of-fold predictions (default); train: in-sample, as the original.")
+@config_options("configs/ensemble.yaml")
+@reports_input_errors
+def train_ensemble_command(fold, run_dirs, out, fit_on, config_path, overrides):
+    """Fit the FLANNEL neural weight module with a focal loss on predictions joined by image_id."""
+    from tfflannel.ensemble.train import train_ensemble
+
+    config = load_cli_config(config_path, overrides, "configs/ensemble.yaml")
+    if fit_on:
+        config.ensemble.fit_on = fit_on
+    summary = train_ensemble(config, list(run_dirs), out, fold)
+    click.echo(json.dumps(summary, indent=2))
+    click.echo(f"model -> {Path(out) / 'model.keras'}; test predictions -> {Path(out) / 'predictions' / 'test.csv'}")
+
+
+@main.command("evaluate")
+@click.option("--runs", "run_dirs", required=True, multiple=True, type=click.Path(file_okay=False, exists=True),
+              help="Run directories (base learners and ensembles, any folds; repeat --runs).")
+@click.option("--out", default="report", show_default=True, type=click.Path(file_okay=False), help="Output directory.")
+@reports_input_errors
+def evaluate_command(run_dirs, out):
+    """Per-class F1, macro-F1, Table 3 over folds, confusion matrices, PR/ROC curves and report.md."""
+    from tfflannel.evaluation.report import evaluate_runs
+
+    evaluate_runs(list(run_dirs), out)
+    click.echo((Path(out) / "table3.md").read_text())
+    click.echo(f"report -> {Path(out) / 'report.md'}")
+    click.echo(DISCLAIMER)
+
+
+@main.command("demo")
+@click.option("--out", default="runs/demo", show_default=True, type=click.Path(file_okay=False), help="Where everything goes.")
+@config_options("configs/demo.yaml")
+@reports_input_errors
+def demo_command(out, config_path, overrides):
+    """The whole pipeline on the bundled real sample in a few minutes on a CPU (a demo, not a result)."""
+    from tfflannel.demo import run_demo
+
+    config = load_cli_config(config_path, overrides, "configs/demo.yaml", required=True)
+    report = run_demo(config, out)
+    click.echo(DISCLAIMER)
+    click.echo(f"open {report}")
 
 
 if __name__ == "__main__":  # pragma: no cover

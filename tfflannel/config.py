@@ -74,6 +74,7 @@ class PatchedConfig:
     dropout: float = 0.0
     augment: bool = True
     val_patches: int = 8
+    precise_bn_batches: int = 8      # recompute BN statistics over this many training batches before validation
     early_stopping_patience: int = 20
     images_per_batch: int = 4
     seed: int = 0
@@ -92,6 +93,7 @@ class GlobalConfig:
     lr_milestones: tuple = (0.75, 1.125)   # 150 and 225 of 200 epochs, scaled to the epochs run
     bn_momentum: float = 0.9
     dropout: float = 0.0
+    precise_bn_batches: int = 8
     early_stopping_patience: int = 0
     seed: int = 0
 
@@ -103,6 +105,33 @@ class InferenceConfig:
     k: int = 100
     images_per_batch: int = 4
     seed: int = 0
+
+
+@dataclass
+class EnsembleConfig:
+    """FLANNEL ensemble (train-ensemble): the original recipe, fitted out-of-fold by default."""
+
+    kind: str = "genet"              # genet | flannel | mlp
+    score: str = "prob"              # prob (mean softmax, what the paper fed) | vote (vote fractions)
+    fit_on: str = "valid"            # valid (out-of-fold) | train (in-sample, as the original)
+    holdout_share: float = 0.25      # share of the fit patients held out for checkpoint selection
+    gamma: float = 10.0              # focal-loss gamma of the original code (the focal-loss paper: 2)
+    learning_rate: float = 1e-5
+    weight_decay: float = 1e-4
+    lr_milestones: tuple = (50,)     # epochs at which lr x 0.1
+    epochs: int = 200
+    batch_size: int = 20
+    seed: int = 0
+
+
+@dataclass
+class DemoConfig:
+    """`demo`: which learners to train on the bundled sample, and for how long."""
+
+    backbones: tuple = ("mobilenet_v2", "resnet50")
+    fold: int = 1
+    patch_epochs: int = 3
+    global_epochs: int = 3
 
 
 @dataclass
@@ -122,6 +151,8 @@ class ExperimentConfig:
     patched: PatchedConfig = field(default_factory=PatchedConfig)
     global_learner: GlobalConfig = field(default_factory=GlobalConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
 

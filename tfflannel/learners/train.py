@@ -22,6 +22,7 @@ from tfflannel.data.manifest import load_manifest
 from tfflannel.learners.strategy import make_strategy, replica_batch_size
 from tfflannel.models.backbones import backbone_config
 from tfflannel.models.classifier import build_classifier
+from tfflannel.models.precise_bn import recompute_batchnorm_statistics
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +42,20 @@ def predict_image_scores(model, dataset):
 
 
 class ValidationF1(keras.callbacks.Callback):
-    """Image-level macro-F1 and per-class F1 (mean probability over the fixed patches) each epoch."""
+    """Image-level macro-F1 and per-class F1 (mean probability over the fixed patches) each epoch.
 
-    def __init__(self, dataset_fn):
+    With `bn_batches`, BatchNorm statistics are first recomputed over that many
+    training batches (precise BN), so selection sees the model as inference will.
+    """
+
+    def __init__(self, dataset_fn, train_dataset=None, bn_batches=0):
         super().__init__()
-        self.dataset_fn = dataset_fn
+        self.dataset_fn, self.train_dataset, self.bn_batches = dataset_fn, train_dataset, bn_batches
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
+        if self.bn_batches and self.train_dataset is not None:
+            recompute_batchnorm_statistics(self.model, (x for x, _ in self.train_dataset.take(self.bn_batches)))
         probs, labels, _ = predict_image_scores(self.model, self.dataset_fn())
         predicted = probs.mean(axis=1).argmax(axis=-1)
         per_class = f1_score(labels, predicted, labels=range(len(CLASS_NAMES)), average=None, zero_division=0)
@@ -119,7 +126,8 @@ def train_patch_learner(config, backbone, fold, workdir, out_dir, weights=None, 
         model.compile(optimizer=keras.optimizers.AdamW(cfg.learning_rate, weight_decay=cfg.weight_decay),
                       loss=keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
     validation = ValidationF1(lambda: evaluation_dataset(workdir, "valid", fold, cfg.val_patches, size, cfg.seed,
-                                                         cfg.images_per_batch))
+                                                         cfg.images_per_batch),
+                              train, 0 if multi else cfg.precise_bn_batches)
     callbacks = [validation, SamplePatchImages(out_dir / "logs", train), *extra_callbacks]
     return _fit(model, train, cfg.epochs, out_dir, callbacks, cfg.early_stopping_patience, progress)
 
@@ -152,7 +160,8 @@ def train_global_learner(config, backbone, fold, workdir, out_dir, weights=None,
         model = build_classifier(backbone, crop, weights=weights, bn_momentum=cfg.bn_momentum, dropout=cfg.dropout)
         model.compile(optimizer=keras.optimizers.AdamW(cfg.learning_rate, weight_decay=cfg.weight_decay),
                       loss=keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
-    validation = ValidationF1(lambda: global_evaluation_dataset(valid_rows, resize, crop))
+    validation = ValidationF1(lambda: global_evaluation_dataset(valid_rows, resize, crop), train,
+                              0 if strategy.num_replicas_in_sync > 1 else cfg.precise_bn_batches)
     schedule = keras.callbacks.LearningRateScheduler(milestone_schedule(cfg.epochs, cfg.lr_milestones, cfg.learning_rate))
     callbacks = [validation, schedule, SamplePatchImages(out_dir / "logs", train), *extra_callbacks]
     return _fit(model, train, cfg.epochs, out_dir, callbacks, cfg.early_stopping_patience, progress)

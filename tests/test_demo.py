@@ -1,0 +1,33 @@
+"""A reduced `demo` end to end: every stage runs on the bundled sample and the report is complete."""
+
+import csv
+
+from click.testing import CliRunner
+
+from tfflannel.cli import main
+
+
+def test_reduced_demo_end_to_end(tmp_path):
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(main, [
+        "demo", "--out", str(out),
+        "--set", "demo.backbones=[mobilenet_v2]", "--set", "demo.patch_epochs=1", "--set", "demo.global_epochs=1",
+        "--set", "patched.patch_size=64", "--set", "global_learner.resize=80", "--set", "global_learner.crop_size=64",
+        "--set", "inference.k=4", "--set", "ensemble.epochs=3",
+    ])
+    assert result.exit_code == 0, result.output
+    report = out / "report"
+    text = (report / "report.md").read_text()
+    assert "RESEARCH USE ONLY" in text and "Source confound" in text and "Per source" in text
+    with open(report / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == ["run", "fold", "class", "precision", "recall", "f1", "support"]
+    runs = {r["run"] for r in rows}
+    assert {"patch:mobilenet_v2", "global:mobilenet_v2"} <= runs and sum(r.startswith("ensemble:") for r in runs) == 2
+    assert all(0.0 <= float(r["f1"]) <= 1.0 for r in rows)
+    with open(report / "table3.csv") as handle:
+        table = list(csv.DictReader(handle))
+    assert len(table) == 4 * 5
+    plots = list((report / "plots").glob("*.png"))
+    assert len(plots) == 1 + 2 * 4 and all(p.stat().st_size > 5000 for p in plots)
+    assert "report ->" in result.output and "RESEARCH USE ONLY" in result.output
