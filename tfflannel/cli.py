@@ -223,6 +223,15 @@ def segment(model_path, data, shard, config_path, overrides):
         click.echo(f"index -> {summary['cache']}/index.csv; masks at a glance -> {summary['cache']}/qc.png")
 
 
+def _run_list(values):
+    """`--runs a --runs b` and `--runs a,b` both name runs a and b."""
+    runs = [item for value in values for item in value.split(",") if item]
+    for run in runs:
+        if not Path(run).is_dir():
+            raise click.BadParameter(f"{run}: not a directory", param_hint="--runs")
+    return runs
+
+
 def _backbone_choice():
     from tfflannel.models.backbones import list_backbones
 
@@ -299,8 +308,8 @@ def predict_base_command(run_dir, data, k, config_path, overrides):
 
 @main.command("train-ensemble")
 @click.option("--fold", type=int, help="Fold of the runs (checked against their run.yaml).")
-@click.option("--runs", "run_dirs", required=True, multiple=True, type=click.Path(file_okay=False, exists=True),
-              help="Base-learner run directories with predictions/ (repeat --runs for each; the five FLANNEL learners by default).")
+@click.option("--runs", "run_dirs", required=True, multiple=True,
+              help="Base-learner run directories with predictions/ (repeat --runs, or separate with commas).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Ensemble run directory.")
 @click.option("--fit-on", type=click.Choice(["valid", "train"]), help="valid: out-of-fold predictions (default); train: in-sample, as the original.")
 @config_options("configs/ensemble.yaml")
@@ -312,21 +321,21 @@ def train_ensemble_command(fold, run_dirs, out, fit_on, config_path, overrides):
     config = load_cli_config(config_path, overrides, "configs/ensemble.yaml")
     if fit_on:
         config.ensemble.fit_on = fit_on
-    summary = train_ensemble(config, list(run_dirs), out, fold)
+    summary = train_ensemble(config, _run_list(run_dirs), out, fold)
     click.echo(json.dumps(summary, indent=2))
     click.echo(f"model -> {Path(out) / 'model.keras'}; test predictions -> {Path(out) / 'predictions' / 'test.csv'}")
 
 
 @main.command("evaluate")
-@click.option("--runs", "run_dirs", required=True, multiple=True, type=click.Path(file_okay=False, exists=True),
-              help="Run directories (base learners and ensembles, any folds; repeat --runs).")
+@click.option("--runs", "run_dirs", required=True, multiple=True,
+              help="Run directories (base learners and ensembles, any folds; repeat --runs, or separate with commas).")
 @click.option("--out", default="report", show_default=True, type=click.Path(file_okay=False), help="Output directory.")
 @reports_input_errors
 def evaluate_command(run_dirs, out):
     """Per-class F1, macro-F1, Table 3 over folds, confusion matrices, PR/ROC curves and report.md."""
     from tfflannel.evaluation.report import evaluate_runs
 
-    evaluate_runs(list(run_dirs), out)
+    evaluate_runs(_run_list(run_dirs), out)
     click.echo((Path(out) / "table3.md").read_text())
     click.echo(f"report -> {Path(out) / 'report.md'}")
     click.echo(DISCLAIMER)
