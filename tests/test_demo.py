@@ -31,3 +31,5 @@ def test_reduced_demo_end_to_end(tmp_path):
     plots = list((report / "plots").glob("*.png"))
     assert len(plots) == 1 + 2 * 4 and all(p.stat().st_size > 5000 for p in plots)
     assert "report ->" in result.output and "RESEARCH USE ONLY" in result.output
+    assert (out / "export" / "1" / "saved_model.pb").is_file()
+    assert "predict --model on" in result.output and '"lung_fraction"' in result.output

@@ -341,6 +341,97 @@ def evaluate_command(run_dirs, out):
     click.echo(DISCLAIMER)
 
 
+@main.command("export")
+@click.option("--seg", "seg_path", type=click.Path(exists=True), help="Segmenter (run dir, .keras or .json)  [default: the shipped lung segmenter].")
+@click.option("--runs", "run_dirs", required=True, multiple=True, help="Base-learner runs (repeat --runs or separate with commas; the ensemble's order).")
+@click.option("--ensemble", "ensemble_dir", type=click.Path(file_okay=False, exists=True), help="train-ensemble run; omit to export a single learner.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Export directory (TF Serving model base path).")
+@click.option("--version", default=1, show_default=True, type=int, help="Version folder to write.")
+@config_options("configs/patched.yaml")
+@reports_input_errors
+def export_command(seg_path, run_dirs, ensemble_dir, out, version, config_path, overrides):
+    """Write one SavedModel (raw image -> 4 class probabilities) in TF Serving's EXPORT_DIR/<version>/ layout."""
+    from tfflannel.export.saved_model import build_pipeline, export_pipeline
+    from tfflannel.segmentation.inference import load_segmenter
+
+    config = load_cli_config(config_path, overrides, "configs/patched.yaml")
+    runs = _run_list(run_dirs)
+    if len(runs) > 1 and not ensemble_dir:
+        raise click.UsageError("several --runs need an --ensemble that combines them")
+    seg = config.segmentation
+    pipeline = build_pipeline(load_segmenter(seg_path), runs, ensemble_dir, k=config.inference.k,
+                              seed=config.inference.seed, min_lung_fraction=seg.min_lung_fraction,
+                              max_lung_fraction=seg.max_lung_fraction, cache_size=seg.cache_size)
+    target = export_pipeline(pipeline, out, version)
+    click.echo(f"SavedModel -> {target} (signatures: serving_default on encoded PNG/JPEG, predict_uint8)")
+    click.echo(f"inspect: saved_model_cli show --dir {target} --all")
+
+
+@main.command("predict")
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--model", "model_dir", type=click.Path(file_okay=False, exists=True), help="Export directory (from `export`).")
+@click.option("--runs", "run_dirs", multiple=True, help="Instead of --model: base-learner runs (with --ensemble for several).")
+@click.option("--ensemble", "ensemble_dir", type=click.Path(file_okay=False, exists=True), help="train-ensemble run for --runs.")
+@click.option("--format", "output_format", type=click.Choice(["json", "csv"]), default="json", show_default=True, help="Output format on stdout.")
+@click.option("--batch-size", default=4, show_default=True, type=int, help="Images of one size per call.")
+@config_options("configs/patched.yaml")
+@reports_input_errors
+def predict_command(images, model_dir, run_dirs, ensemble_dir, output_format, batch_size, config_path, overrides):
+    """Classify PNG, JPEG (8/16-bit) and DICOM files or folders. Research use only; not a diagnosis."""
+    import csv as csv_module
+    import sys
+
+    from tfflannel.export.predict import load_exported, predict_files
+
+    if bool(model_dir) == bool(run_dirs):
+        raise click.UsageError("give either --model EXPORT_DIR or --runs (with --ensemble)")
+    if model_dir:
+        predict_fn = load_exported(model_dir)
+    else:
+        from tfflannel.export.saved_model import build_pipeline
+        from tfflannel.segmentation.inference import load_segmenter
+
+        config = load_cli_config(config_path, overrides, "configs/patched.yaml")
+        pipeline = build_pipeline(load_segmenter(), _run_list(run_dirs), ensemble_dir, k=config.inference.k,
+                                  seed=config.inference.seed)
+        predict_fn = pipeline.serve_uint8
+    records, failures = predict_files(predict_fn, images, batch_size)
+    if output_format == "json":
+        click.echo(json.dumps(records, indent=2))
+    else:
+        writer = csv_module.writer(sys.stdout, lineterminator="\n")
+        from tfflannel import CLASS_NAMES
+
+        writer.writerow(["file", *[f"prob_{c}" for c in CLASS_NAMES], "label", "lung_fraction", "mask_ok"])
+        for record in records:
+            writer.writerow([record["file"], *[record["probabilities"][c] for c in CLASS_NAMES], record["label"],
+                             record["lung_fraction"], int(record["mask_ok"])])
+    for failure in failures:
+        click.echo(f"error: {failure['file']}: {failure['error']}", err=True)
+    click.echo(DISCLAIMER, err=True)
+    if failures:
+        sys.exit(1)
+
+
+@main.command("explain")
+@click.argument("image", type=click.Path(exists=True, dir_okay=False))
+@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False, exists=True), help="A train-patch or train-global run.")
+@click.option("--out", type=click.Path(dir_okay=False), help="PNG to write  [default: IMAGE stem + _gradcam.png here].")
+@click.option("--class", "class_name", type=click.Choice(list(__import__("tfflannel").CLASS_NAMES)), help="Class to explain  [default: the predicted one].")
+@click.option("--k", default=32, show_default=True, type=int, help="Patches for the probabilistic Grad-CAM of patched runs.")
+@reports_input_errors
+def explain_command(image, run_dir, out, class_name, k):
+    """Grad-CAM (global runs) or probabilistic patch Grad-CAM (patched runs), masked to the lungs, as a PNG."""
+    from tfflannel.data.io import read_image
+    from tfflannel.explain.gradcam import explain_image, save_explanation
+
+    result = explain_image(read_image(image)[0], run_dir, class_name, k=k)
+    target = save_explanation(result, out or f"{Path(image).stem}_gradcam.png")
+    click.echo(json.dumps({"file": image, "target": result["target"], "probabilities": result["probabilities"]}, indent=2))
+    click.echo(f"explanation -> {target}")
+    click.echo(DISCLAIMER)
+
+
 @main.command("demo")
 @click.option("--out", default="runs/demo", show_default=True, type=click.Path(file_okay=False), help="Where everything goes.")
 @config_options("configs/demo.yaml")

@@ -2,7 +2,8 @@
 
 prepare-data -> segment (shipped lung segmenter) -> train-patch and train-global
 for each demo backbone on one fold -> predict-base -> train-ensemble (patched
-and original FLANNEL) -> evaluate. A demonstration on 40 images, not a result.
+and original FLANNEL) -> evaluate -> export + predict. A demonstration on 40
+images, not a result.
 """
 
 from __future__ import annotations
@@ -33,11 +34,11 @@ def run_demo(config, out_dir):
     work, runs = out / "work", out / "runs"
     demo, seg = config.demo, config.segmentation
     started = time.time()
-    _stage("1/6 prepare-data on the bundled sample")
+    _stage("1/7 prepare-data on the bundled sample")
     rows = prepare_manifest(work, folders=[CLS_DIR], seed=config.data.seed, folds=config.data.folds,
                             test_size=config.data.test_size)
     click.echo(f"{len(rows)} images -> {work / 'manifest.csv'}")
-    _stage("2/6 segment with the shipped lung segmenter")
+    _stage("2/7 segment with the shipped lung segmenter")
     summary = build_cache(work, load_segmenter(), CacheSettings(size=seg.cache_size, keep_aspect=seg.keep_aspect,
                                                                 min_lung_fraction=seg.min_lung_fraction,
                                                                 max_lung_fraction=seg.max_lung_fraction,
@@ -45,23 +46,45 @@ def run_demo(config, out_dir):
     click.echo(f"cache -> {summary['cache']} (QC grid: qc.png)")
     patch_runs, global_runs = [], []
     for backbone in demo.backbones:
-        _stage(f"3/6 train-patch {backbone}, fold {demo.fold}")
+        _stage(f"3/7 train-patch {backbone}, fold {demo.fold}")
         config.patched.epochs = demo.patch_epochs
         train_patch_learner(config, backbone, demo.fold, work, runs / f"patch_{backbone}")
         patch_runs.append(runs / f"patch_{backbone}")
-        _stage(f"3/6 train-global {backbone}, fold {demo.fold}")
+        _stage(f"3/7 train-global {backbone}, fold {demo.fold}")
         config.global_learner.epochs = demo.global_epochs
         train_global_learner(config, backbone, demo.fold, work, runs / f"global_{backbone}")
         global_runs.append(runs / f"global_{backbone}")
-    _stage(f"4/6 predict-base (K={config.inference.k} patches per image)")
+    _stage(f"4/7 predict-base (K={config.inference.k} patches per image)")
     for run in patch_runs + global_runs:
         speeds = predict_base(run, work, config.inference.k, config.inference.images_per_batch, config.inference.seed)
         click.echo(f"{run.name}: " + ", ".join(f"{role} {speed:.1f} img/s" for role, speed in speeds.items()))
-    _stage("5/6 train-ensemble: Patched FLANNEL and original FLANNEL")
+    _stage("5/7 train-ensemble: Patched FLANNEL and original FLANNEL")
     train_ensemble(config, patch_runs, runs / "ensemble_patched", fold=demo.fold)
     train_ensemble(config, global_runs, runs / "ensemble_global", fold=demo.fold)
-    _stage("6/6 evaluate")
+    _stage("6/7 evaluate")
     evaluate_runs(patch_runs + global_runs + [runs / "ensemble_patched", runs / "ensemble_global"], out / "report")
     click.echo((out / "report" / "table3.md").read_text())
+    _stage("7/7 export the Patched FLANNEL pipeline as a SavedModel, then predict with it")
+    import json
+    import shutil
+
+    from tfflannel.export.predict import load_exported, predict_files
+    from tfflannel.export.saved_model import build_pipeline, export_pipeline
+
+    shutil.rmtree(out / "export", ignore_errors=True)
+    pipeline = build_pipeline(load_segmenter(), patch_runs, runs / "ensemble_patched", k=config.inference.k,
+                              seed=config.inference.seed, min_lung_fraction=seg.min_lung_fraction,
+                              max_lung_fraction=seg.max_lung_fraction, cache_size=seg.cache_size)
+    target = export_pipeline(pipeline, out / "export")
+    test_files = [row["path"] for row in rows if row["split"] == "test"][:4]
+    records, _ = predict_files(load_exported(out / "export"), test_files)
+    click.echo(f"SavedModel -> {target}; predict --model on {len(records)} test films:")
+    click.echo(json.dumps(records[:2], indent=2))
+    from tfflannel.data.io import read_image
+    from tfflannel.explain.gradcam import explain_image, save_explanation
+
+    explained = save_explanation(explain_image(read_image(test_files[0])[0], patch_runs[-1], k=config.inference.k),
+                                 out / "report" / "gradcam.png")
+    click.echo(f"probabilistic patch Grad-CAM of {Path(test_files[0]).name} -> {explained}")
     click.echo(f"total {time.time() - started:.0f} s; report -> {out / 'report' / 'report.md'}")
     return out / "report" / "report.md"

@@ -29,6 +29,8 @@ PREDICTION_COLUMNS = ("image_id", "label") + tuple(f"vote_{c}" for c in CLASS_NA
 
 def read_run(run_dir):
     """A run directory's model and its run.yaml (kind, backbone, fold, workdir, input size)."""
+    import tfflannel.models.classifier  # noqa: F401  (registers GrayToImageNet and the backbone layers)
+
     run_dir = Path(run_dir)
     info_path = run_dir / "run.yaml"
     if not info_path.is_file() or not (run_dir / "model.keras").is_file():

@@ -1,0 +1,1 @@
+"""Explanations: Grad-CAM for global learners, probabilistic (patch) Grad-CAM for patched learners."""

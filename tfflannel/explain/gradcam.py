@@ -1,0 +1,123 @@
+"""Grad-CAM (Selvaraju et al. 2017) with tf-keras-vis, and the patch-based "probabilistic Grad-CAM"
+of Oh, Park & Ye (IEEE TMI 2020): a Grad-CAM per patch for the predicted class, placed back at the
+patch position, averaged over the K patches covering each pixel, and masked to the lungs.
+
+tf-keras-vis 0.8.7 works with Keras 3 here because our backbones are built flat on the model's
+input, so the target conv layer is reachable by name (`BackboneConfig.last_conv`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from tfflannel import CLASS_NAMES
+
+
+def gradcam(model, inputs, class_index, layer_name):
+    """Grad-CAM maps (N, H, W) in [0, 1] for `class_index` at `layer_name`, upsampled to the input size."""
+    from tf_keras_vis.gradcam import Gradcam
+    from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
+    from tf_keras_vis.utils.scores import CategoricalScore
+
+    explainer = Gradcam(model, model_modifier=ReplaceToLinear(), clone=True)
+    inputs = np.asarray(inputs, np.float32)
+    maps = explainer(CategoricalScore([int(class_index)] * len(inputs)), inputs, penultimate_layer=layer_name,
+                     normalize_cam=False)
+    maps = np.maximum(np.asarray(maps, np.float64), 0.0)
+    return maps
+
+
+def patch_gradcam(model, masked_image, mask, centres, size, class_index, layer_name):
+    """Probabilistic Grad-CAM over K patches of a (S, S) masked image; returns an (S, S) map in [0, 1], 0 outside the lungs."""
+    from tfflannel.patches.pipeline import crop_patches
+
+    patches = crop_patches(tf.constant(masked_image[None, ..., None]), tf.constant(centres[None], tf.int32), size).numpy()
+    maps = gradcam(model, patches, class_index, layer_name)
+    height, width = masked_image.shape
+    total = np.zeros((height + size, width + size))
+    count = np.zeros_like(total)
+    for (row, col), cam in zip(centres, maps, strict=True):
+        top, left = int(row) - size // 2 + size // 2, int(col) - size // 2 + size // 2   # offset by the padding
+        total[top:top + size, left:left + size] += cam
+        count[top:top + size, left:left + size] += 1
+    pad = size // 2
+    average = (total / np.maximum(count, 1))[pad:pad + height, pad:pad + width]
+    average = average * (np.asarray(mask) > 0)
+    peak = average.max()
+    return average / peak if peak > 0 else average
+
+
+def explain_image(image, run_dir, class_name=None, k=32, seed=0, segmenter=None):
+    """Explain one (H, W) uint8 image with a trained run.
+
+    Returns:
+        dict with `image` (the image the map refers to), `mask`, `heatmap` (same size, [0, 1], zero outside the
+        lungs), `probabilities` (dict), `target` (class explained).
+    """
+    from tfflannel.learners.infer import read_run
+    from tfflannel.models.backbones import backbone_config
+    from tfflannel.segmentation.cache import CacheSettings, fit_to_square, mask_and_resize
+    from tfflannel.segmentation.inference import load_segmenter
+
+    model, info = read_run(run_dir)
+    size = int(info["input_size"])
+    layer = backbone_config(info["backbone"]).last_conv
+    segmenter = segmenter or load_segmenter()
+    original_mask = segmenter.predict([image])[0]
+    masked, mask, _, ok = mask_and_resize(image, original_mask, CacheSettings())
+    if info["kind"] == "global":
+        import cv2
+
+        resize = int(info["resize"])
+        offset = (resize - size) // 2
+        crop = (slice(offset, offset + size), slice(offset, offset + size))
+        view = fit_to_square(image, resize)[crop]
+        lung = original_mask if ok else np.ones_like(original_mask)
+        view_mask = fit_to_square(lung.astype(np.uint8), resize, interpolation=cv2.INTER_NEAREST)[crop]
+        probabilities = np.asarray(model(view[None, ..., None].astype(np.float32), training=False))[0]
+        target = CLASS_NAMES.index(class_name) if class_name else int(np.argmax(probabilities))
+        heatmap = gradcam(model, view[None, ..., None], target, layer)[0]
+        heatmap = heatmap * (view_mask > 0)
+        heatmap = heatmap / heatmap.max() if heatmap.max() > 0 else heatmap
+        shown, shown_mask = view, view_mask
+    else:
+        from tfflannel.patches.pipeline import crop_patches, sample_centres
+
+        centres = sample_centres(tf.constant(mask), k, tf.constant([seed, 0], tf.int64)).numpy()
+        patches = crop_patches(tf.constant(masked[None, ..., None]), tf.constant(centres[None], tf.int32), size)
+        probabilities = np.asarray(model(patches, training=False)).mean(axis=0)
+        target = CLASS_NAMES.index(class_name) if class_name else int(np.argmax(probabilities))
+        heatmap = patch_gradcam(model, masked, mask, centres, size, target, layer)
+        shown, shown_mask = masked, mask
+    return {"image": shown, "mask": shown_mask, "heatmap": heatmap, "target": CLASS_NAMES[target],
+            "probabilities": {c: float(p) for c, p in zip(CLASS_NAMES, probabilities, strict=True)}}
+
+
+def save_explanation(result, path):
+    """PNG: the image, the image with the lung outline, and the heat map overlay, titled with the probabilities."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tfflannel import DISCLAIMER
+    from tfflannel.utils import atomic_path
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4.4))
+    axes[0].imshow(result["image"], cmap="gray")
+    axes[0].set_title("image")
+    axes[1].imshow(result["image"], cmap="gray")
+    axes[1].contour(result["mask"], levels=[0.5], colors="lime", linewidths=0.8)
+    axes[1].set_title("lung mask")
+    axes[2].imshow(result["image"], cmap="gray")
+    axes[2].imshow(result["heatmap"], cmap="jet", alpha=0.45, vmin=0, vmax=1)
+    axes[2].set_title(f"Grad-CAM: {result['target']}")
+    for ax in axes:
+        ax.axis("off")
+    probs = ", ".join(f"{c} {p:.2f}" for c, p in result["probabilities"].items())
+    fig.suptitle(f"{probs}\n{DISCLAIMER}", fontsize=8)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path
