@@ -212,10 +212,7 @@ def segment(model_path, data, shard, config_path, overrides):
     from tfflannel.segmentation.inference import load_segmenter
 
     seg = load_cli_config(config_path, overrides, "configs/segmentation.yaml").segmentation
-    settings = CacheSettings(size=seg.cache_size, keep_aspect=seg.keep_aspect, min_lung_fraction=seg.min_lung_fraction,
-                             max_lung_fraction=seg.max_lung_fraction, shard_size=seg.shard_size,
-                             batch_size=seg.inference_batch)
-    summary = build_cache(data, load_segmenter(model_path), settings, _parse_shard(shard))
+    summary = build_cache(data, load_segmenter(model_path), CacheSettings.from_config(seg), _parse_shard(shard))
     click.echo(json.dumps(summary, indent=2))
     if summary["errors"]:
         click.echo(f"warning: {summary['errors']} image(s) could not be read; see {summary['cache']}/errors.csv", err=True)
@@ -256,38 +253,37 @@ def learner_options(default_config):
     return decorate
 
 
+def _train_learner(kind, backbone, fold, data, out, epochs, weights, batch_size, mixed_precision, config_path,
+                   overrides):
+    from tfflannel.learners.train import train_global_learner, train_patch_learner
+
+    default = "configs/patched.yaml" if kind == "patch" else "configs/global.yaml"
+    config = load_cli_config(config_path, overrides, default)
+    section = config.patched if kind == "patch" else config.global_learner
+    if epochs is not None:
+        section.epochs = epochs
+    if batch_size is not None:
+        section.batch_size = batch_size
+    config.runtime.mixed_precision = config.runtime.mixed_precision or mixed_precision
+    trainer = train_patch_learner if kind == "patch" else train_global_learner
+    trainer(config, backbone, fold, data, out, weights=weights)
+    click.echo(f"model -> {Path(out) / 'model.keras'}; history -> {Path(out) / 'history.csv'}")
+
+
 @main.command("train-patch")
 @learner_options("configs/patched.yaml")
 @reports_input_errors
-def train_patch(backbone, fold, data, out, epochs, weights, batch_size, mixed_precision, config_path, overrides):
+def train_patch(**options):
     """Train a Patched FLANNEL base learner on random lung-centred patches of the masked-image cache."""
-    from tfflannel.learners.train import train_patch_learner
-
-    config = load_cli_config(config_path, overrides, "configs/patched.yaml")
-    if epochs is not None:
-        config.patched.epochs = epochs
-    if batch_size is not None:
-        config.patched.batch_size = batch_size
-    config.runtime.mixed_precision = config.runtime.mixed_precision or mixed_precision
-    train_patch_learner(config, backbone, fold, data, out, weights=weights)
-    click.echo(f"model -> {Path(out) / 'model.keras'}; history -> {Path(out) / 'history.csv'}")
+    _train_learner("patch", **options)
 
 
 @main.command("train-global")
 @learner_options("configs/global.yaml")
 @reports_input_errors
-def train_global(backbone, fold, data, out, epochs, weights, batch_size, mixed_precision, config_path, overrides):
+def train_global(**options):
     """Train an original-FLANNEL whole-image base learner (resize 336, random crop, flip)."""
-    from tfflannel.learners.train import train_global_learner
-
-    config = load_cli_config(config_path, overrides, "configs/global.yaml")
-    if epochs is not None:
-        config.global_learner.epochs = epochs
-    if batch_size is not None:
-        config.global_learner.batch_size = batch_size
-    config.runtime.mixed_precision = config.runtime.mixed_precision or mixed_precision
-    train_global_learner(config, backbone, fold, data, out, weights=weights)
-    click.echo(f"model -> {Path(out) / 'model.keras'}; history -> {Path(out) / 'history.csv'}")
+    _train_learner("global", **options)
 
 
 @main.command("predict-base")

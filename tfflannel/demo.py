@@ -39,10 +39,7 @@ def run_demo(config, out_dir):
                             test_size=config.data.test_size)
     click.echo(f"{len(rows)} images -> {work / 'manifest.csv'}")
     _stage("2/7 segment with the shipped lung segmenter")
-    summary = build_cache(work, load_segmenter(), CacheSettings(size=seg.cache_size, keep_aspect=seg.keep_aspect,
-                                                                min_lung_fraction=seg.min_lung_fraction,
-                                                                max_lung_fraction=seg.max_lung_fraction,
-                                                                shard_size=seg.shard_size))
+    summary = build_cache(work, load_segmenter(), CacheSettings.from_config(seg))
     click.echo(f"cache -> {summary['cache']} (QC grid: qc.png)")
     patch_runs, global_runs = [], []
     for backbone in demo.backbones:

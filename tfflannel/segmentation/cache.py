@@ -36,6 +36,12 @@ class CacheSettings:
     shard_size: int = 64
     batch_size: int = 8
 
+    @classmethod
+    def from_config(cls, seg):
+        """From a `SegmentationConfig`."""
+        return cls(size=seg.cache_size, keep_aspect=seg.keep_aspect, min_lung_fraction=seg.min_lung_fraction,
+                   max_lung_fraction=seg.max_lung_fraction, shard_size=seg.shard_size, batch_size=seg.inference_batch)
+
 
 def fit_to_square(image, size, keep_aspect=True, interpolation=cv2.INTER_AREA):
     """Resize (H, W) to (size, size): letterboxed (pad bottom/right, centred content kept) or stretched."""
