@@ -36,7 +36,7 @@ def reports_input_errors(command):
 
         try:
             return command(*args, **kwargs)
-        except (DatasetError, ImageReadError, FileNotFoundError, ValueError) as error:
+        except (DatasetError, ImageReadError, FileNotFoundError, FileExistsError, ValueError) as error:
             raise InputError(str(error)) from error
 
     return wrapper
@@ -352,6 +352,8 @@ def export_command(seg_path, run_dirs, ensemble_dir, out, version, config_path, 
 
     config = load_cli_config(config_path, overrides, "configs/patched.yaml")
     runs = _run_list(run_dirs)
+    if (Path(out) / str(version)).exists():
+        raise FileExistsError(f"{Path(out) / str(version)} exists; choose another --version (TF Serving serves the highest)")
     if len(runs) > 1 and not ensemble_dir:
         raise click.UsageError("several --runs need an --ensemble that combines them")
     seg = config.segmentation
@@ -370,9 +372,11 @@ def export_command(seg_path, run_dirs, ensemble_dir, out, version, config_path, 
 @click.option("--ensemble", "ensemble_dir", type=click.Path(file_okay=False, exists=True), help="train-ensemble run for --runs.")
 @click.option("--format", "output_format", type=click.Choice(["json", "csv"]), default="json", show_default=True, help="Output format on stdout.")
 @click.option("--batch-size", default=4, show_default=True, type=int, help="Images of one size per call.")
+@click.option("--explain", "explain_dir", type=click.Path(file_okay=False), help="With --runs: also write a Grad-CAM PNG per image and run here.")
 @config_options("configs/patched.yaml")
 @reports_input_errors
-def predict_command(images, model_dir, run_dirs, ensemble_dir, output_format, batch_size, config_path, overrides):
+def predict_command(images, model_dir, run_dirs, ensemble_dir, output_format, batch_size, explain_dir, config_path,
+                    overrides):
     """Classify PNG, JPEG (8/16-bit) and DICOM files or folders. Research use only; not a diagnosis."""
     import csv as csv_module
     import sys
@@ -381,6 +385,8 @@ def predict_command(images, model_dir, run_dirs, ensemble_dir, output_format, ba
 
     if bool(model_dir) == bool(run_dirs):
         raise click.UsageError("give either --model EXPORT_DIR or --runs (with --ensemble)")
+    if explain_dir and not run_dirs:
+        raise click.UsageError("--explain needs --runs: Grad-CAM works on the Keras models, not on an export")
     if model_dir:
         predict_fn = load_exported(model_dir)
     else:
@@ -402,6 +408,16 @@ def predict_command(images, model_dir, run_dirs, ensemble_dir, output_format, ba
         for record in records:
             writer.writerow([record["file"], *[record["probabilities"][c] for c in CLASS_NAMES], record["label"],
                              record["lung_fraction"], int(record["mask_ok"])])
+    if explain_dir:
+        from tfflannel.data.io import read_image
+        from tfflannel.explain.gradcam import explain_image, save_explanation
+
+        for record in records:
+            for run in _run_list(run_dirs):
+                result = explain_image(read_image(record["file"])[0], run)
+                target = Path(explain_dir) / f"{Path(record['file']).stem}__{Path(run).name}.png"
+                save_explanation(result, target)
+                click.echo(f"explanation -> {target}", err=True)
     for failure in failures:
         click.echo(f"error: {failure['file']}: {failure['error']}", err=True)
     click.echo(DISCLAIMER, err=True)
