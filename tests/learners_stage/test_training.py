@@ -143,3 +143,16 @@ def test_strategy_default_without_gpus():
     strategy = make_strategy("auto")
     assert strategy.num_replicas_in_sync == 1 and replica_batch_size(5, strategy) == 5
     assert not tf.config.list_physical_devices("GPU")
+
+
+def test_optional_l1_adds_a_penalty_per_kernel():
+    from tfflannel.learners.train import _apply_l1
+    from tfflannel.models.classifier import build_classifier
+
+    model = build_classifier("mobilenet_v2", 32)
+    _apply_l1(model, 1e-5)
+    model(np.zeros((1, 32, 32, 1), np.float32))
+    kernels = [v for v in model.trainable_variables if "kernel" in v.path]
+    assert len(model.losses) == len(kernels) > 0
+    expected = 1e-5 * sum(float(np.abs(v.numpy()).sum()) for v in kernels)
+    assert float(sum(model.losses)) == pytest.approx(expected, rel=1e-4)
