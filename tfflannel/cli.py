@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from tfflannel import DISCLAIMER
+from tfflannel import CLASS_NAMES, DISCLAIMER
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter hides our progress output
 
@@ -402,8 +402,6 @@ def predict_command(images, model_dir, run_dirs, ensemble_dir, output_format, ba
         click.echo(json.dumps(records, indent=2))
     else:
         writer = csv_module.writer(sys.stdout, lineterminator="\n")
-        from tfflannel import CLASS_NAMES
-
         writer.writerow(["file", *[f"prob_{c}" for c in CLASS_NAMES], "label", "lung_fraction", "mask_ok"])
         for record in records:
             writer.writerow([record["file"], *[record["probabilities"][c] for c in CLASS_NAMES], record["label"],
@@ -429,7 +427,7 @@ def predict_command(images, model_dir, run_dirs, ensemble_dir, output_format, ba
 @click.argument("image", type=click.Path(exists=True, dir_okay=False))
 @click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False, exists=True), help="A train-patch or train-global run.")
 @click.option("--out", type=click.Path(dir_okay=False), help="PNG to write  [default: IMAGE stem + _gradcam.png here].")
-@click.option("--class", "class_name", type=click.Choice(list(__import__("tfflannel").CLASS_NAMES)), help="Class to explain  [default: the predicted one].")
+@click.option("--class", "class_name", type=click.Choice(list(CLASS_NAMES)), help="Class to explain  [default: the predicted one].")
 @click.option("--k", default=32, show_default=True, type=int, help="Patches for the probabilistic Grad-CAM of patched runs.")
 @reports_input_errors
 def explain_command(image, run_dir, out, class_name, k):

@@ -61,8 +61,8 @@ def test_cli_ccx_plus_kcx_end_to_end(tmp_path, ccx_kcx):
     assert "RESEARCH USE ONLY" in result.output
 
 
-def test_sample_flag_groups_multi_image_patients(tmp_path):
-    rows = prepare_manifest(tmp_path, folders=[str(__import__("tfflannel.sample").sample.CLS_DIR)], progress=False)
+def test_sample_flag_groups_multi_image_patients(tmp_path, sample_cls_dir):
+    rows = prepare_manifest(tmp_path, folders=[str(sample_cls_dir)], progress=False)
     _assert_no_patient_in_two_partitions(rows)
     multi = [p for p in {r["patient_id"] for r in rows} if sum(r["patient_id"] == p for r in rows) > 1]
     assert multi, "the sample should contain patients with several images"

@@ -110,17 +110,20 @@ def train_ensemble(config, run_dirs, out_dir, fold=None, progress=True):
                       loss=keras.losses.CategoricalFocalCrossentropy(alpha=alpha, gamma=cfg.gamma),
                       metrics=[keras.metrics.F1Score(average="macro", name="macro_f1"), "accuracy"])
     one_hot = np.eye(len(CLASS_NAMES), dtype=np.float32)
-    schedule = milestone_schedule(1, cfg.lr_milestones, cfg.learning_rate)  # milestones are absolute epochs here
+    # lr_milestones are absolute epochs here: a schedule over "1 epoch" takes them as they are.
+    schedule = milestone_schedule(1, cfg.lr_milestones, cfg.learning_rate)
     callbacks = [
         keras.callbacks.LearningRateScheduler(schedule),
-        keras.callbacks.ModelCheckpoint(str(out_dir / "model.keras"), monitor="val_loss", mode="min", save_best_only=True),
         keras.callbacks.CSVLogger(str(out_dir / "history.csv")),
         keras.callbacks.TensorBoard(log_dir=str(out_dir / "logs")),
     ]
+    validation = None
+    if len(hold_rows):
+        validation = (scores[hold_rows], one_hot[labels[hold_rows]])
+        callbacks.append(keras.callbacks.ModelCheckpoint(str(out_dir / "model.keras"), monitor="val_loss", mode="min",
+                                                         save_best_only=True))
     model.fit(scores[fit_rows], one_hot[labels[fit_rows]], batch_size=cfg.batch_size, epochs=cfg.epochs,
-              validation_data=(scores[hold_rows], one_hot[labels[hold_rows]]) if len(hold_rows) else None,
-              callbacks=callbacks if len(hold_rows) else callbacks[:1] + callbacks[2:],
-              shuffle=True, verbose=2 if progress else 0)
+              validation_data=validation, callbacks=callbacks, shuffle=True, verbose=2 if progress else 0)
     if not len(hold_rows) or not (out_dir / "model.keras").exists():
         model.save(out_dir / "model.keras")
     best = keras.saving.load_model(out_dir / "model.keras", compile=False)

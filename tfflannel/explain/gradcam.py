@@ -37,11 +37,10 @@ def patch_gradcam(model, masked_image, mask, centres, size, class_index, layer_n
     height, width = masked_image.shape
     total = np.zeros((height + size, width + size))
     count = np.zeros_like(total)
+    pad = size // 2  # the canvas has `pad` extra pixels on top/left, so a patch starting at row - pad lands at row
     for (row, col), cam in zip(centres, maps, strict=True):
-        top, left = int(row) - size // 2 + size // 2, int(col) - size // 2 + size // 2   # offset by the padding
-        total[top:top + size, left:left + size] += cam
-        count[top:top + size, left:left + size] += 1
-    pad = size // 2
+        total[int(row):int(row) + size, int(col):int(col) + size] += cam
+        count[int(row):int(row) + size, int(col):int(col) + size] += 1
     average = (total / np.maximum(count, 1))[pad:pad + height, pad:pad + width]
     average = average * (np.asarray(mask) > 0)
     peak = average.max()

@@ -88,16 +88,16 @@ def _apply_l1(model, l1):
 
 
 def _fit(model, train, epochs, out_dir, callbacks, patience, progress):
+    stopping = [keras.callbacks.EarlyStopping(monitor="val_macro_f1", mode="max", patience=patience)] if patience > 0 else []
     callbacks = [
         *callbacks,
+        *stopping,
         keras.callbacks.ModelCheckpoint(str(out_dir / "model.keras"), monitor="val_macro_f1", mode="max",
                                         save_best_only=True),
         keras.callbacks.CSVLogger(str(out_dir / "history.csv"), append=True),
         keras.callbacks.TensorBoard(log_dir=str(out_dir / "logs")),
         keras.callbacks.BackupAndRestore(str(out_dir / "backup")),
     ]
-    if patience > 0:
-        callbacks.insert(-4, keras.callbacks.EarlyStopping(monitor="val_macro_f1", mode="max", patience=patience))
     return model.fit(train, epochs=epochs, callbacks=callbacks, verbose=2 if progress else 0)
 
 

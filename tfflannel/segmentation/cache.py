@@ -184,16 +184,19 @@ def build_cache(workdir, segmenter, settings=None, shard=(1, 1), progress=True):
         for n in range(count):
             index += read_csv(cache / "parts" / (Path(shard_name(n, count)).stem + ".csv"))
         write_csv_atomic(cache / "index.csv", index, INDEX_COLUMNS)
-        write_qc_grid(cache, index)
+        write_qc_grid(cache)
     return {"shards": count, "written": len(todo), "skipped": skipped, "errors": len(errors), "complete": complete,
             "cache": str(cache)}
 
 
-def read_cache_records(cache_dir):
-    """Decode every record of a cache into dicts of NumPy arrays (for tests, QC and small data)."""
+def read_cache_records(cache_dir, limit=None):
+    """Decode the records of a cache (the first `limit`, in shard order) into dicts of NumPy arrays."""
     files = sorted(str(p) for p in Path(cache_dir).glob("shard-*.tfrecord"))
+    dataset = tf.data.TFRecordDataset(files)
+    if limit is not None:
+        dataset = dataset.take(limit)
     records = []
-    for raw in tf.data.TFRecordDataset(files):
+    for raw in dataset:
         example = tf.io.parse_single_example(raw, FEATURE_SPEC)
         records.append({
             "image_id": example["image_id"].numpy().decode(),
@@ -209,13 +212,10 @@ def read_cache_records(cache_dir):
     return records
 
 
-def write_qc_grid(cache_dir, index, limit=24, thumb=192):
-    """cache/qc.png: thumbnails with the lung outline (green) and a red frame where QC failed."""
-    wanted = {row["image_id"] for row in index[:limit]}
+def write_qc_grid(cache_dir, limit=24, thumb=192):
+    """cache/qc.png: the first `limit` images with the lung outline (green), a red frame where QC failed."""
     tiles = []
-    for record in read_cache_records(cache_dir):
-        if record["image_id"] not in wanted:
-            continue
+    for record in read_cache_records(cache_dir, limit):
         image = cv2.cvtColor(cv2.resize(record["image"], (thumb, thumb), interpolation=cv2.INTER_AREA), cv2.COLOR_GRAY2BGR)
         mask = cv2.resize(record["mask"], (thumb, thumb), interpolation=cv2.INTER_NEAREST)
         contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
