@@ -8,7 +8,11 @@ patch, reload the 1024x1024 float32 npz, np.nonzero, draw row and column indepen
 (truncated at borders) and PIL-resize to the patch size. Prints both rates and their ratio; asserts
 nothing. Uses the bundled sample unless --data names a work directory with a cache.
 
-    python tools/bench_patches.py [--data WORKDIR] [--k 100] [--size 224]
+With --model BACKBONE it also measures, in the same run on the same host, how many images/s that
+backbone trains and infers on (tools/bench_train_step.py, default device: the GPU where TensorFlow
+sees one) and prints pipeline / model: above 1, the model, not the pipeline, is the bottleneck.
+
+    python tools/bench_patches.py [--data WORKDIR] [--k 100] [--size 224] [--model densenet161 --batch 8]
 """
 
 import argparse
@@ -59,6 +63,9 @@ def main():
     parser.add_argument("--k", type=int, default=100)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--original-patches", type=int, default=300)
+    parser.add_argument("--model", help="also measure this backbone's training and inference images/s")
+    parser.add_argument("--batch", type=int, default=8, help="batch of the --model measurement")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps of the --model measurement")
     args = parser.parse_args()
     work = ensure_workdir(args.data)
     scaling = GrayToImageNet("torch")
@@ -99,6 +106,14 @@ def main():
     print(f"original per patch              : {theirs:9.1f} patches/s ({args.original_patches} patches)")
     print(f"ratio (as fed to the model)     : {rates[False] / theirs:9.1f}x")
     print(f"ratio (scaling on the CPU too)  : {rates[True] / theirs:9.1f}x")
+    if args.model:
+        from bench_train_step import device_name, measure_model
+
+        _, train_rate, infer_rate = measure_model(args.model, args.batch, args.steps, args.size)
+        print(f"{args.model} on {device_name()}, batch {args.batch}: train {train_rate:.1f} images/s, "
+              f"inference {infer_rate:.1f} images/s")
+        print(f"pipeline / model training       : {rates[False] / train_rate:9.1f}x")
+        print(f"pipeline / model inference      : {rates[False] / infer_rate:9.1f}x   (above 1: the model is the bottleneck)")
 
 
 if __name__ == "__main__":
