@@ -23,7 +23,7 @@ from tfflannel.config import dump_config
 from tfflannel.learners.infer import PREDICTION_COLUMNS
 from tfflannel.learners.strategy import make_strategy
 from tfflannel.models.ensemble import build_ensemble, inverse_frequency_alpha
-from tfflannel.segmentation.train import milestone_schedule
+from tfflannel.schedules import step_decay
 from tfflannel.utils import read_csv, write_csv_atomic, write_text_atomic
 
 
@@ -110,8 +110,7 @@ def train_ensemble(config, run_dirs, out_dir, fold=None, progress=True):
                       loss=keras.losses.CategoricalFocalCrossentropy(alpha=alpha, gamma=cfg.gamma),
                       metrics=[keras.metrics.F1Score(average="macro", name="macro_f1"), "accuracy"])
     one_hot = np.eye(len(CLASS_NAMES), dtype=np.float32)
-    # lr_milestones are absolute epochs here: a schedule over "1 epoch" takes them as they are.
-    schedule = milestone_schedule(1, cfg.lr_milestones, cfg.learning_rate)
+    schedule = step_decay(cfg.lr_milestones, cfg.learning_rate)       # lr_milestones are epochs here
     callbacks = [
         keras.callbacks.LearningRateScheduler(schedule),
         keras.callbacks.CSVLogger(str(out_dir / "history.csv")),

@@ -23,6 +23,7 @@ from tfflannel.learners.strategy import make_strategy, replica_batch_size
 from tfflannel.models.backbones import backbone_config
 from tfflannel.models.classifier import build_classifier
 from tfflannel.models.precise_bn import recompute_batchnorm_statistics
+from tfflannel.schedules import scale_milestones, step_decay
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,6 @@ def train_patch_learner(config, backbone, fold, workdir, out_dir, weights=None, 
 def train_global_learner(config, backbone, fold, workdir, out_dir, weights=None, progress=True, extra_callbacks=()):
     """Train an original-FLANNEL whole-image learner on fold `fold` of the manifest in `workdir`."""
     from tfflannel.learners.global_data import global_evaluation_dataset, global_training_dataset, manifest_partition
-    from tfflannel.segmentation.train import milestone_schedule
 
     cfg = config.global_learner
     out_dir = Path(out_dir)
@@ -162,6 +162,6 @@ def train_global_learner(config, backbone, fold, workdir, out_dir, weights=None,
                       loss=keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
     validation = ValidationF1(lambda: global_evaluation_dataset(valid_rows, resize, crop), train,
                               0 if strategy.num_replicas_in_sync > 1 else cfg.precise_bn_batches)
-    schedule = keras.callbacks.LearningRateScheduler(milestone_schedule(cfg.epochs, cfg.lr_milestones, cfg.learning_rate))
+    schedule = keras.callbacks.LearningRateScheduler(step_decay(scale_milestones(cfg.lr_milestones, cfg.epochs), cfg.learning_rate))
     callbacks = [validation, schedule, SamplePatchImages(out_dir / "logs", train), *extra_callbacks]
     return _fit(model, train, cfg.epochs, out_dir, callbacks, cfg.early_stopping_patience, progress)

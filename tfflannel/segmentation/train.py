@@ -25,6 +25,7 @@ from tfflannel.config import dump_config
 from tfflannel.models.fc_densenet import SEGMENTATION_CLASSES, build_fc_densenet, lung_class_indices
 from tfflannel.models.losses import PixelWeightedCrossentropy
 from tfflannel.models.precise_bn import recompute_batchnorm_statistics
+from tfflannel.schedules import scale_milestones, step_decay
 from tfflannel.segmentation.augment import augment_pair
 from tfflannel.segmentation.preprocess import preprocess_for_segmentation, resize_label_map
 from tfflannel.segmentation.readers import load_pair, split_pairs
@@ -120,16 +121,6 @@ def batches_of(array, size):
     return (array[i:i + size] for i in range(0, len(array), size))
 
 
-def milestone_schedule(epochs, milestones, learning_rate, factor=0.1):
-    """lr x factor at each milestone (fractions of `epochs`), as MultiStepLR([70, 80, 90]) for 100 epochs."""
-    steps = sorted(int(round(m * epochs)) for m in milestones)
-
-    def schedule(epoch, lr=None):
-        return learning_rate * factor ** sum(epoch >= step for step in steps)
-
-    return schedule
-
-
 def build_segmenter(config):
     seg = config.segmentation
     num_classes = len(SEGMENTATION_CLASSES[seg.classes])
@@ -195,7 +186,7 @@ def train_segmenter(config, pairs, out_dir, progress=True, extra_callbacks=(), t
                                                            patience=seg.plateau_patience))
     else:
         callbacks.append(keras.callbacks.LearningRateScheduler(
-            milestone_schedule(seg.epochs, seg.lr_milestones, seg.learning_rate)))
+            step_decay(scale_milestones(seg.lr_milestones, seg.epochs), seg.learning_rate)))
     if len(val_x):
         callbacks.append(keras.callbacks.ModelCheckpoint(best_path, monitor="val_jaccard", mode="max",
                                                          save_best_only=True, save_weights_only=True))
