@@ -347,19 +347,15 @@ def evaluate_command(run_dirs, out):
 @reports_input_errors
 def export_command(seg_path, run_dirs, ensemble_dir, out, version, config_path, overrides):
     """Write one SavedModel (raw image -> 4 class probabilities) in TF Serving's EXPORT_DIR/<version>/ layout."""
-    from tfflannel.export.saved_model import build_pipeline, export_pipeline
+    from tfflannel.export.saved_model import export_pipeline, new_version_dir, pipeline_from_config
     from tfflannel.segmentation.inference import load_segmenter
 
     config = load_cli_config(config_path, overrides, "configs/patched.yaml")
     runs = _run_list(run_dirs)
-    if (Path(out) / str(version)).exists():
-        raise FileExistsError(f"{Path(out) / str(version)} exists; choose another --version (TF Serving serves the highest)")
+    new_version_dir(out, version)                # fail before the slow build, not after it
     if len(runs) > 1 and not ensemble_dir:
         raise click.UsageError("several --runs need an --ensemble that combines them")
-    seg = config.segmentation
-    pipeline = build_pipeline(load_segmenter(seg_path), runs, ensemble_dir, k=config.inference.k,
-                              seed=config.inference.seed, min_lung_fraction=seg.min_lung_fraction,
-                              max_lung_fraction=seg.max_lung_fraction, cache_size=seg.cache_size)
+    pipeline = pipeline_from_config(config, load_segmenter(seg_path), runs, ensemble_dir)
     target = export_pipeline(pipeline, out, version)
     click.echo(f"SavedModel -> {target} (signatures: serving_default on encoded PNG/JPEG, predict_uint8)")
     click.echo(f"inspect: saved_model_cli show --dir {target} --all")
@@ -390,12 +386,13 @@ def predict_command(images, model_dir, run_dirs, ensemble_dir, output_format, ba
     if model_dir:
         predict_fn = load_exported(model_dir)
     else:
-        from tfflannel.export.saved_model import build_pipeline
+        from tfflannel.export.saved_model import pipeline_from_config
         from tfflannel.segmentation.inference import load_segmenter
 
         config = load_cli_config(config_path, overrides, "configs/patched.yaml")
-        pipeline = build_pipeline(load_segmenter(), _run_list(run_dirs), ensemble_dir, k=config.inference.k,
-                                  seed=config.inference.seed)
+        runs = _run_list(run_dirs)
+        segmenter = load_segmenter()
+        pipeline = pipeline_from_config(config, segmenter, runs, ensemble_dir)
         predict_fn = pipeline.serve_uint8
     records, failures = predict_files(predict_fn, images, batch_size)
     if output_format == "json":
@@ -408,11 +405,12 @@ def predict_command(images, model_dir, run_dirs, ensemble_dir, output_format, ba
                              record["lung_fraction"], int(record["mask_ok"])])
     if explain_dir:
         from tfflannel.data.io import read_image
-        from tfflannel.explain.gradcam import explain_image, save_explanation
+        from tfflannel.explain.gradcam import explain_with_run, save_explanation
 
         for record in records:
-            for run in _run_list(run_dirs):
-                result = explain_image(read_image(record["file"])[0], run)
+            image = read_image(record["file"])[0]
+            for run, model, info in zip(runs, pipeline.learners, pipeline.learner_info, strict=True):
+                result = explain_with_run(image, model, info, None, 32, 0, segmenter)
                 target = Path(explain_dir) / f"{Path(record['file']).stem}__{Path(run).name}.png"
                 save_explanation(result, target)
                 click.echo(f"explanation -> {target}", err=True)

@@ -8,6 +8,8 @@ images, not a result.
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
 from pathlib import Path
 
@@ -62,16 +64,11 @@ def run_demo(config, out_dir):
     evaluate_runs(patch_runs + global_runs + [runs / "ensemble_patched", runs / "ensemble_global"], out / "report")
     click.echo((out / "report" / "table3.md").read_text())
     _stage("7/7 export the Patched FLANNEL pipeline as a SavedModel, then predict with it")
-    import json
-    import shutil
-
     from tfflannel.export.predict import load_exported, predict_files
-    from tfflannel.export.saved_model import build_pipeline, export_pipeline
+    from tfflannel.export.saved_model import export_pipeline, pipeline_from_config
 
     shutil.rmtree(out / "export", ignore_errors=True)
-    pipeline = build_pipeline(load_segmenter(), patch_runs, runs / "ensemble_patched", k=config.inference.k,
-                              seed=config.inference.seed, min_lung_fraction=seg.min_lung_fraction,
-                              max_lung_fraction=seg.max_lung_fraction, cache_size=seg.cache_size)
+    pipeline = pipeline_from_config(config, load_segmenter(), patch_runs, runs / "ensemble_patched")
     target = export_pipeline(pipeline, out / "export")
     test_files = [row["path"] for row in rows if row["split"] == "test"][:4]
     records, _ = predict_files(load_exported(out / "export"), test_files)

@@ -20,7 +20,7 @@ from sklearn.model_selection import GroupShuffleSplit
 
 from tfflannel import CLASS_NAMES
 from tfflannel.config import dump_config
-from tfflannel.learners.infer import PREDICTION_COLUMNS
+from tfflannel.learners.infer import PREDICTION_COLUMNS, prediction_row
 from tfflannel.learners.strategy import make_strategy
 from tfflannel.models.ensemble import build_ensemble, inverse_frequency_alpha
 from tfflannel.schedules import step_decay
@@ -129,12 +129,8 @@ def train_ensemble(config, run_dirs, out_dir, fold=None, progress=True):
 
     test_ids, test_labels, test_scores = join_predictions(run_dirs, "test", cfg.score)
     probabilities = np.asarray(best.predict(test_scores, verbose=0))
-    rows = []
-    for image_id, label, prob in zip(test_ids, test_labels, probabilities, strict=True):
-        row = {"image_id": image_id, "label": CLASS_NAMES[int(label)]}
-        row.update({f"vote_{c}": f"{float(v):.6f}" for c, v in zip(CLASS_NAMES, one_hot[int(np.argmax(prob))], strict=True)})
-        row.update({f"prob_{c}": f"{float(p):.6f}" for c, p in zip(CLASS_NAMES, prob, strict=True)})
-        rows.append(row)
+    rows = [prediction_row(image_id, label, one_hot[int(np.argmax(prob))], prob)
+            for image_id, label, prob in zip(test_ids, test_labels, probabilities, strict=True)]
     write_csv_atomic(out_dir / "predictions" / "test.csv", rows, PREDICTION_COLUMNS)
     summary = {"learners": names, "alpha": alpha, "fit_images": int(len(fit_rows)), "holdout_images": int(len(hold_rows))}
     if cfg.kind != "mlp":

@@ -28,13 +28,14 @@ def gradcam(model, inputs, class_index, layer_name):
     return maps
 
 
-def patch_gradcam(model, masked_image, mask, centres, size, class_index, layer_name):
-    """Probabilistic Grad-CAM over K patches of a (S, S) masked image; returns an (S, S) map in [0, 1], 0 outside the lungs."""
-    from tfflannel.patches.pipeline import crop_patches
+def patch_gradcam(model, patches, centres, mask, class_index, layer_name):
+    """Probabilistic Grad-CAM of K patches (K, S, S, 1) cut at `centres` of an image with lung `mask` (H, W).
 
-    patches = crop_patches(tf.constant(masked_image[None, ..., None]), tf.constant(centres[None], tf.int32), size).numpy()
+    Returns an (H, W) map in [0, 1], 0 outside the lungs.
+    """
     maps = gradcam(model, patches, class_index, layer_name)
-    height, width = masked_image.shape
+    size = int(np.shape(patches)[1])
+    height, width = np.shape(mask)
     total = np.zeros((height + size, width + size))
     count = np.zeros_like(total)
     pad = size // 2  # the canvas has `pad` extra pixels on top/left, so a patch starting at row - pad lands at row
@@ -48,21 +49,25 @@ def patch_gradcam(model, masked_image, mask, centres, size, class_index, layer_n
 
 
 def explain_image(image, run_dir, class_name=None, k=32, seed=0, segmenter=None):
-    """Explain one (H, W) uint8 image with a trained run.
+    """Explain one (H, W) uint8 image with the trained run in `run_dir` (see `explain_with_run`)."""
+    from tfflannel.learners.infer import read_run
+    from tfflannel.segmentation.inference import load_segmenter
+
+    return explain_with_run(image, *read_run(run_dir), class_name, k, seed, segmenter or load_segmenter())
+
+
+def explain_with_run(image, model, info, class_name, k, seed, segmenter):
+    """Explain one (H, W) uint8 image with a loaded run (model and run.yaml info) and segmenter.
 
     Returns:
         dict with `image` (the image the map refers to), `mask`, `heatmap` (same size, [0, 1], zero outside the
         lungs), `probabilities` (dict), `target` (class explained).
     """
-    from tfflannel.learners.infer import read_run
     from tfflannel.models.backbones import backbone_config
     from tfflannel.segmentation.cache import CacheSettings, fit_to_square, mask_and_resize
-    from tfflannel.segmentation.inference import load_segmenter
 
-    model, info = read_run(run_dir)
     size = int(info["input_size"])
     layer = backbone_config(info["backbone"]).last_conv
-    segmenter = segmenter or load_segmenter()
     original_mask = segmenter.predict([image])[0]
     masked, mask, _, ok = mask_and_resize(image, original_mask, CacheSettings())
     if info["kind"] == "global":
@@ -87,7 +92,7 @@ def explain_image(image, run_dir, class_name=None, k=32, seed=0, segmenter=None)
         patches = crop_patches(tf.constant(masked[None, ..., None]), tf.constant(centres[None], tf.int32), size)
         probabilities = np.asarray(model(patches, training=False)).mean(axis=0)
         target = CLASS_NAMES.index(class_name) if class_name else int(np.argmax(probabilities))
-        heatmap = patch_gradcam(model, masked, mask, centres, size, target, layer)
+        heatmap = patch_gradcam(model, patches.numpy(), centres, mask, target, layer)
         shown, shown_mask = masked, mask
     return {"image": shown, "mask": shown_mask, "heatmap": heatmap, "target": CLASS_NAMES[target],
             "probabilities": {c: float(p) for c, p in zip(CLASS_NAMES, probabilities, strict=True)}}

@@ -49,33 +49,41 @@ def expand_inputs(paths):
 
 
 def predict_files(predict_fn, paths, batch_size=4, progress=True):
-    """Returns (records, failures): records in input order with file, probabilities, label, lung_fraction, mask_ok."""
+    """Returns (records, failures): records in input order with file, probabilities, label, lung_fraction, mask_ok.
+
+    Images are read one by one and held only until a batch of their size is full, so a large folder is never
+    all in memory at once.
+    """
     files = expand_inputs(paths)
-    images, failures = {}, []
+    results, failures, pending = {}, [], collections.defaultdict(dict)
+    bar = tqdm(total=len(files), desc="predict", unit="img", disable=not progress)
+
+    def run_batch(shape):
+        chunk = pending.pop(shape)
+        outputs = predict_fn(np.stack(list(chunk.values()))[..., None])
+        outputs = {key: np.asarray(value) for key, value in outputs.items()}
+        for index, path in enumerate(chunk):
+            probabilities = outputs["probabilities"][index]
+            results[path] = {
+                "file": str(path),
+                "probabilities": {c: round(float(p), 6) for c, p in zip(CLASS_NAMES, probabilities, strict=True)},
+                "label": CLASS_NAMES[int(np.argmax(probabilities))],
+                "lung_fraction": round(float(outputs["lung_fraction"][index]), 4),
+                "mask_ok": bool(outputs["mask_ok"][index]),
+            }
+        bar.update(len(chunk))
+
     for path in files:
         try:
-            images[path] = read_image(path)[0]
+            image = read_image(path)[0]
         except ImageReadError as error:
             failures.append({"file": str(path), "error": error.reason})
-    by_shape = collections.defaultdict(list)
-    for path, image in images.items():
-        by_shape[image.shape].append(path)
-    results = {}
-    bar = tqdm(total=len(images), desc="predict", unit="img", disable=not progress)
-    for group in by_shape.values():
-        for start in range(0, len(group), batch_size):
-            chunk = group[start:start + batch_size]
-            outputs = predict_fn(np.stack([images[p] for p in chunk])[..., None])
-            outputs = {key: np.asarray(value) for key, value in outputs.items()}
-            for index, path in enumerate(chunk):
-                probabilities = outputs["probabilities"][index]
-                results[path] = {
-                    "file": str(path),
-                    "probabilities": {c: round(float(p), 6) for c, p in zip(CLASS_NAMES, probabilities, strict=True)},
-                    "label": CLASS_NAMES[int(np.argmax(probabilities))],
-                    "lung_fraction": round(float(outputs["lung_fraction"][index]), 4),
-                    "mask_ok": bool(outputs["mask_ok"][index]),
-                }
-            bar.update(len(chunk))
+            bar.update(1)
+            continue
+        pending[image.shape][path] = image
+        if len(pending[image.shape]) == batch_size:
+            run_batch(image.shape)
+    for shape in list(pending):
+        run_batch(shape)
     bar.close()
     return [results[p] for p in files if p in results], failures

@@ -25,8 +25,6 @@ from tfflannel import CLASS_NAMES, DISCLAIMER
 from tfflannel.models.fc_densenet import lung_class_indices
 from tfflannel.patches.pipeline import crop_patches, sample_centres
 
-SIGNATURE_OUTPUTS = ("probabilities", "label", "learner_scores", "lung_fraction", "mask_ok")
-
 
 def equalize_gamma_tf(image, gamma=0.5):
     """TensorFlow twin of `segmentation.preprocess.equalize_gamma` for (H, W) uint8."""
@@ -169,11 +167,25 @@ def build_pipeline(segmenter, run_dirs, ensemble_dir=None, k=100, seed=0, **qc):
     return InferencePipeline(segmenter, load_learner_runs(run_dirs), ensemble, k=k, seed=seed, score=score, **qc)
 
 
-def export_pipeline(pipeline, export_dir, version=1):
-    """Write EXPORT_DIR/<version>/ (saved_model.pb, variables/, assets.extra/) for TF Serving."""
+def pipeline_from_config(config, segmenter, run_dirs, ensemble_dir=None):
+    """`build_pipeline` with K and seed from `config.inference`, mask QC and cache size from `config.segmentation`."""
+    seg = config.segmentation
+    return build_pipeline(segmenter, run_dirs, ensemble_dir, k=config.inference.k, seed=config.inference.seed,
+                          min_lung_fraction=seg.min_lung_fraction, max_lung_fraction=seg.max_lung_fraction,
+                          cache_size=seg.cache_size)
+
+
+def new_version_dir(export_dir, version):
+    """EXPORT_DIR/<version>, refused if it exists: an export never overwrites one TF Serving may be serving."""
     target = Path(export_dir) / str(version)
     if target.exists():
         raise FileExistsError(f"{target} exists; choose another --version (TF Serving serves the highest)")
+    return target
+
+
+def export_pipeline(pipeline, export_dir, version=1):
+    """Write EXPORT_DIR/<version>/ (saved_model.pb, variables/, assets.extra/) for TF Serving."""
+    target = new_version_dir(export_dir, version)
     signatures = {"serving_default": pipeline.serve_encoded, "predict_uint8": pipeline.serve_uint8}
     tmp = Path(export_dir) / f".{version}.partial"
     tf.saved_model.save(pipeline, str(tmp), signatures=signatures)

@@ -6,7 +6,6 @@ Unmasked image from the manifest -> letterboxed to `resize` (pad, no stretch)
 
 from __future__ import annotations
 
-import numpy as np
 import tensorflow as tf
 
 from tfflannel import CLASS_NAMES
@@ -71,7 +70,3 @@ def global_evaluation_dataset(rows, resize, crop, images_per_batch=8):
         return tf.cast(image[offset:offset + crop, offset:offset + crop], tf.float32), label, image_id
 
     return _base_dataset(rows, resize).map(centre).batch(images_per_batch).prefetch(tf.data.AUTOTUNE)
-
-
-def as_numpy_labels(rows):
-    return np.array([CLASS_NAMES.index(r["label"]) for r in rows])

@@ -27,6 +27,14 @@ ROLES = ("train", "valid", "test")
 PREDICTION_COLUMNS = ("image_id", "label") + tuple(f"vote_{c}" for c in CLASS_NAMES) + tuple(f"prob_{c}" for c in CLASS_NAMES)
 
 
+def prediction_row(image_id, label, votes, probabilities):
+    """One row of `predictions/*.csv`: image_id, label name, vote_<class>..., prob_<class>..."""
+    row = {"image_id": image_id, "label": CLASS_NAMES[int(label)]}
+    row.update({f"vote_{c}": f"{float(v):.6f}" for c, v in zip(CLASS_NAMES, votes, strict=True)})
+    row.update({f"prob_{c}": f"{float(p):.6f}" for c, p in zip(CLASS_NAMES, probabilities, strict=True)})
+    return row
+
+
 def read_run(run_dir):
     """A run directory's model and its run.yaml (kind, backbone, fold, workdir, input size)."""
     import tfflannel.models.classifier  # noqa: F401  (registers GrayToImageNet and the backbone layers)
@@ -51,14 +59,13 @@ def predict_base(run_dir, workdir=None, k=100, images_per_batch=4, seed=0, roles
     rows = load_manifest(workdir)
     speeds = {}
     for role in roles:
-        expected = len(manifest_partition(rows, role, fold))
+        partition = manifest_partition(rows, role, fold)
         if info["kind"] == "global":
-            dataset = global_evaluation_dataset(manifest_partition(rows, role, fold), int(info["resize"]), size,
-                                                images_per_batch)
+            dataset = global_evaluation_dataset(partition, int(info["resize"]), size, images_per_batch)
         else:
             dataset = evaluation_dataset(workdir, role, fold, k, size, seed, images_per_batch)
         started = time.time()
-        bar = tqdm(total=expected, desc=f"predict-base {role}", unit="img", disable=not progress)
+        bar = tqdm(total=len(partition), desc=f"predict-base {role}", unit="img", disable=not progress)
         parts = []
         for batch in dataset:
             parts.append(predict_image_scores(model, [batch]))
@@ -69,12 +76,7 @@ def predict_base(run_dir, workdir=None, k=100, images_per_batch=4, seed=0, roles
         labels = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0,), int)
         ids = [i for p in parts for i in p[2]]
         votes, means = aggregate_patch_scores(probs) if len(probs) else (probs[:, 0], probs[:, 0])
-        out_rows = []
-        for image_id, label, vote, mean in zip(ids, labels, votes, means, strict=True):
-            row = {"image_id": image_id, "label": CLASS_NAMES[int(label)]}
-            row.update({f"vote_{c}": f"{v:.6f}" for c, v in zip(CLASS_NAMES, vote, strict=True)})
-            row.update({f"prob_{c}": f"{p:.6f}" for c, p in zip(CLASS_NAMES, mean, strict=True)})
-            out_rows.append(row)
+        out_rows = [prediction_row(*fields) for fields in zip(ids, labels, votes, means, strict=True)]
         write_csv_atomic(Path(run_dir) / "predictions" / f"{role}.csv", out_rows, PREDICTION_COLUMNS)
         speeds[role] = len(ids) / max(time.time() - started, 1e-9)
     return speeds

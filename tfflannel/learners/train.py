@@ -14,6 +14,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import tensorflow as tf
+import yaml
 from sklearn.metrics import f1_score
 
 from tfflannel import CLASS_NAMES
@@ -24,6 +25,7 @@ from tfflannel.models.backbones import backbone_config
 from tfflannel.models.classifier import build_classifier
 from tfflannel.models.precise_bn import recompute_batchnorm_statistics
 from tfflannel.schedules import scale_milestones, step_decay
+from tfflannel.utils import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +90,27 @@ def _apply_l1(model, l1):
                 variable.regularizer = keras.regularizers.L1(l1)
 
 
+def _start_run(config, seed, out_dir, run_info):
+    """Seed, precision policy, and the run directory's config.yaml and run.yaml (what predict-base reads)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(seed)
+    if config.runtime.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    dump_config(config, out_dir / "config.yaml")
+    write_text_atomic(out_dir / "run.yaml", yaml.safe_dump(run_info, sort_keys=False))
+    return out_dir
+
+
+def _compiled_classifier(cfg, backbone, size, weights, l1=0.0):
+    """The base learner with the section's BN momentum and dropout, compiled with AdamW + cross-entropy."""
+    model = build_classifier(backbone, size, weights=weights, bn_momentum=cfg.bn_momentum, dropout=cfg.dropout)
+    _apply_l1(model, l1)
+    model.compile(optimizer=keras.optimizers.AdamW(cfg.learning_rate, weight_decay=cfg.weight_decay),
+                  loss=keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
+    return model
+
+
 def _fit(model, train, epochs, out_dir, callbacks, patience, progress):
     stopping = [keras.callbacks.EarlyStopping(monitor="val_macro_f1", mode="max", patience=patience)] if patience > 0 else []
     callbacks = [
@@ -107,25 +130,16 @@ def train_patch_learner(config, backbone, fold, workdir, out_dir, weights=None, 
     from tfflannel.patches.pipeline import evaluation_dataset, training_dataset
 
     cfg = config.patched
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     size = cfg.patch_size or backbone_config(backbone).input_size
-    keras.utils.set_random_seed(cfg.seed)
-    if config.runtime.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
-    dump_config(config, out_dir / "config.yaml")
-    (out_dir / "run.yaml").write_text(f"kind: patch\nbackbone: {backbone}\nfold: {fold}\nworkdir: {Path(workdir).resolve()}\n"
-                                      f"input_size: {size}\n")
+    out_dir = _start_run(config, cfg.seed, out_dir, {"kind": "patch", "backbone": backbone, "fold": fold,
+                                                     "workdir": str(Path(workdir).resolve()), "input_size": size})
     strategy = make_strategy(config.runtime.strategy)
     batch = replica_batch_size(cfg.batch_size, strategy)
     multi = strategy.num_replicas_in_sync > 1
     train = training_dataset(workdir, fold, size, batch, cfg.patches_per_image, cfg.seed, cfg.augment,
                              drop_remainder=multi)
     with strategy.scope():
-        model = build_classifier(backbone, size, weights=weights, bn_momentum=cfg.bn_momentum, dropout=cfg.dropout)
-        _apply_l1(model, cfg.l1)
-        model.compile(optimizer=keras.optimizers.AdamW(cfg.learning_rate, weight_decay=cfg.weight_decay),
-                      loss=keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
+        model = _compiled_classifier(cfg, backbone, size, weights, cfg.l1)
     validation = ValidationF1(lambda: evaluation_dataset(workdir, "valid", fold, cfg.val_patches, size, cfg.seed,
                                                          cfg.images_per_batch),
                               train, 0 if multi else cfg.precise_bn_batches)
@@ -138,28 +152,21 @@ def train_global_learner(config, backbone, fold, workdir, out_dir, weights=None,
     from tfflannel.learners.global_data import global_evaluation_dataset, global_training_dataset, manifest_partition
 
     cfg = config.global_learner
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     crop = cfg.crop_size or backbone_config(backbone).input_size
     resize = max(cfg.resize, crop)
-    keras.utils.set_random_seed(cfg.seed)
-    if config.runtime.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
     rows = load_manifest(workdir)
     train_rows, valid_rows = manifest_partition(rows, "train", fold), manifest_partition(rows, "valid", fold)
     if not valid_rows:
         raise ValueError(f"{workdir}: fold {fold} has no validation images")
-    dump_config(config, out_dir / "config.yaml")
-    (out_dir / "run.yaml").write_text(f"kind: global\nbackbone: {backbone}\nfold: {fold}\nworkdir: {Path(workdir).resolve()}\n"
-                                      f"input_size: {crop}\nresize: {resize}\n")
+    out_dir = _start_run(config, cfg.seed, out_dir, {"kind": "global", "backbone": backbone, "fold": fold,
+                                                     "workdir": str(Path(workdir).resolve()), "input_size": crop,
+                                                     "resize": resize})
     strategy = make_strategy(config.runtime.strategy)
     batch = replica_batch_size(cfg.batch_size, strategy)
     train = global_training_dataset(train_rows, resize, crop, batch, cfg.seed,
                                     drop_remainder=strategy.num_replicas_in_sync > 1)
     with strategy.scope():
-        model = build_classifier(backbone, crop, weights=weights, bn_momentum=cfg.bn_momentum, dropout=cfg.dropout)
-        model.compile(optimizer=keras.optimizers.AdamW(cfg.learning_rate, weight_decay=cfg.weight_decay),
-                      loss=keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
+        model = _compiled_classifier(cfg, backbone, crop, weights)
     validation = ValidationF1(lambda: global_evaluation_dataset(valid_rows, resize, crop), train,
                               0 if strategy.num_replicas_in_sync > 1 else cfg.precise_bn_batches)
     schedule = keras.callbacks.LearningRateScheduler(step_decay(scale_milestones(cfg.lr_milestones, cfg.epochs), cfg.learning_rate))

@@ -116,6 +116,11 @@ def shard_name(index, count):
     return f"shard-{index:05d}-of-{count:05d}.tfrecord"
 
 
+def _part_index(cache, index, count):
+    """cache/parts/<shard stem>.csv: the index rows of one finished shard."""
+    return cache / "parts" / (Path(shard_name(index, count)).stem + ".csv")
+
+
 def _write_shard(segmenter, rows, path, index_path, settings, errors):
     images, kept = [], []
     for row in rows:
@@ -162,7 +167,7 @@ def build_cache(workdir, segmenter, settings=None, shard=(1, 1), progress=True):
         if number % parts != part - 1:
             continue
         path = cache / shard_name(number, count)
-        index_path = cache / "parts" / (path.stem + ".csv")
+        index_path = _part_index(cache, number, count)
         if path.exists() and index_path.exists():
             skipped += 1
             continue
@@ -178,11 +183,9 @@ def build_cache(workdir, segmenter, settings=None, shard=(1, 1), progress=True):
     done_ids = {e["image_id"] for e in errors}
     errors += [e for e in previous_errors if e["image_id"] not in done_ids]
     write_csv_atomic(cache / "errors.csv", errors, ERROR_COLUMNS)
-    complete = all((cache / "parts" / (Path(shard_name(n, count)).stem + ".csv")).exists() for n in range(count))
+    complete = all(_part_index(cache, n, count).exists() for n in range(count))
     if complete:
-        index = []
-        for n in range(count):
-            index += read_csv(cache / "parts" / (Path(shard_name(n, count)).stem + ".csv"))
+        index = [row for n in range(count) for row in read_csv(_part_index(cache, n, count))]
         write_csv_atomic(cache / "index.csv", index, INDEX_COLUMNS)
         write_qc_grid(cache)
     return {"shards": count, "written": len(todo), "skipped": skipped, "errors": len(errors), "complete": complete,

@@ -206,8 +206,8 @@ def train_segmenter(config, pairs, out_dir, progress=True, extra_callbacks=(), t
     elapsed = time.time() - started
 
     if len(val_x) and best_path.exists():
-        model.load_weights(best_path)
-    if seg.precise_bn:
+        model.load_weights(best_path)      # saved right after InferenceJaccard's precise-BN pass: statistics included
+    elif seg.precise_bn:
         recompute_batchnorm_statistics(model, batches_of(train_x, seg.precise_bn_batch))
     metrics = {
         "model": seg.model,
