@@ -38,7 +38,7 @@ def test_unknown_config_key_names_file_and_suggests(tmp_path):
     path.write_text("data:\n  sed: 3\n")
     with pytest.raises(ValueError, match=r"bad.yaml: unknown key 'data.sed'; did you mean 'data.seed'"):
         load_config(path)
-    with pytest.raises(ValueError, match="expected a number"):
+    with pytest.raises(ValueError, match="expected a whole number"):
         load_config(overrides=["data.folds=many"])
 
 
