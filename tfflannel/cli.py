@@ -42,7 +42,7 @@ def reports_input_errors(command):
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        _quiet_tensorflow_import(click.get_current_context())
+        _quiet_tensorflow_import(click.get_current_context(silent=True))
         try:
             return command(*args, **kwargs)
         except (InputError, FileNotFoundError, FileExistsError) as error:
@@ -109,7 +109,7 @@ def _set_verbosity(verbose):
 def _quiet_tensorflow_import(ctx):
     """Without `-v`, import TensorFlow with stderr muted: absl logs CUDA/oneDNN lines before it reads
     TF_CPP_MIN_LOG_LEVEL. Commands in TENSORFLOW_FREE_COMMANDS skip it."""
-    if ctx.find_root().params.get("verbose") or ctx.info_name in TENSORFLOW_FREE_COMMANDS:
+    if ctx is None or ctx.find_root().params.get("verbose") or ctx.info_name in TENSORFLOW_FREE_COMMANDS:
         return
     if "tensorflow" not in sys.modules:
         with _quiet_stderr():
