@@ -67,6 +67,7 @@ def test_installed_wheel_runs_outside_the_checkout(installed):
     version = _run([str(venv / "bin" / "tfflannel"), "--version"], cwd=root)
     assert version.stdout.splitlines()[0] == f"tfflannel {tfflannel.__version__}"
     assert "TensorFlow" in version.stdout and "Keras" in version.stdout and "GPU:" in version.stdout
+    assert version.stderr == "", "no TensorFlow start-up log without -v"
     demo_help = _run([str(venv / "bin" / "tfflannel"), "demo", "--help"], cwd=root)
     assert "configs/demo.yaml" in demo_help.stdout
     script = ("import tfflannel\n"
