@@ -20,6 +20,7 @@ from sklearn.model_selection import GroupShuffleSplit
 
 from tfflannel import CLASS_NAMES
 from tfflannel.config import dump_config
+from tfflannel.errors import InputError
 from tfflannel.learners.infer import PREDICTION_COLUMNS, prediction_row
 from tfflannel.learners.strategy import make_strategy
 from tfflannel.models.ensemble import build_ensemble, inverse_frequency_alpha
@@ -27,7 +28,7 @@ from tfflannel.schedules import step_decay
 from tfflannel.utils import read_csv, write_csv_atomic, write_text_atomic
 
 
-class JoinError(ValueError):
+class JoinError(InputError):
     """Base-learner prediction files that do not cover the same images."""
 
 
@@ -88,7 +89,7 @@ def train_ensemble(config, run_dirs, out_dir, fold=None, progress=True):
     infos = [run_name(r) for r in run_dirs]
     folds = {int(info["fold"]) for _, info in infos}
     if len(folds) != 1 or (fold is not None and folds != {int(fold)}):
-        raise ValueError(f"all runs must come from one fold{'' if fold is None else f' ({fold})'}; found folds {sorted(folds)}")
+        raise JoinError(f"all runs must come from one fold{'' if fold is None else f' ({fold})'}; found folds {sorted(folds)}")
     fold = folds.pop()
     keras.utils.set_random_seed(cfg.seed)
     ids, labels, scores = join_predictions(run_dirs, cfg.fit_on, cfg.score)
