@@ -25,6 +25,8 @@ class DataConfig:
     folds: int = 5
     test_size: float = 0.2
     fungal_as_bacterial: bool = False
+    link_max_distance: int = 8           # dHash Hamming distance of a near-identical candidate pair (of 64 bits)
+    link_min_correlation: float = 0.97   # 64x64 thumbnail correlation that confirms a candidate
 
 
 @dataclass
