@@ -102,26 +102,34 @@ def hamming_candidates(hashes, max_distance, chunk=512):
             np.concatenate(found_d).astype(int))
 
 
-def thumbnail_correlation(thumbnails, i, j):
+def thumbnail_correlation(thumbnails, i, j, chunk=4096):
     """Pearson correlation of the thumbnails of each pair (i[k], j[k]); 0 where one is constant.
 
+    The thumbnails of the films in a pair are standardised once (float32), then the pairs are
+    reduced `chunk` at a time, so millions of candidate pairs need ~150 MB beyond the thumbnails.
+
     Args:
-        thumbnails: `(N, 64, 64)` uint8 array.
+        thumbnails: `(N, 64, 64)` uint8 array (or a list of such arrays).
         i: int array. First film of each pair.
         j: int array. Second film of each pair.
+        chunk: int. Pairs per block. Defaults to `4096`.
 
     Returns:
         float64 array of correlations in [-1, 1].
     """
     i, j = np.asarray(i, int), np.asarray(j, int)
     used, inverse = np.unique(np.concatenate([i, j]), return_inverse=True)   # only the films in a pair
-    flat = np.asarray(thumbnails)[used].reshape(len(used), -1).astype(np.float64)
+    flat = np.stack([np.asarray(thumbnails[k], np.float32).ravel() for k in used]) if len(used) else \
+        np.zeros((0, THUMB_SIZE * THUMB_SIZE), np.float32)
     centred = flat - flat.mean(axis=1, keepdims=True)
     norm = np.linalg.norm(centred, axis=1)
     unit = centred / np.where(norm > 0, norm, 1.0)[:, None]
     first, second = inverse[:len(i)], inverse[len(i):]
-    correlation = np.einsum("kp,kp->k", unit[first], unit[second])
-    return np.where((norm[first] > 0) & (norm[second] > 0), correlation, 0.0)
+    correlation = np.empty(len(i), np.float64)
+    for start in range(0, len(i), chunk):
+        a, b = first[start:start + chunk], second[start:start + chunk]
+        correlation[start:start + chunk] = np.einsum("kp,kp->k", unit[a], unit[b])
+    return np.where((norm[first] > 0) & (norm[second] > 0), np.clip(correlation, -1.0, 1.0), 0.0)
 
 
 def near_identical_pairs(hashes, thumbnails, max_distance=8, min_correlation=0.97):

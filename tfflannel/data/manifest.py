@@ -151,7 +151,7 @@ def library_versions():
     return versions
 
 
-def _links_section(links, max_distance, min_correlation):
+def _links_section(rows, links, max_distance, min_correlation):
     merges = [link for link in links if link.patient_a != link.patient_b]
     header = ["kind", "patient a", "patient b", "film a", "film b", "dHash distance", "correlation"]
     text = (f"## Patient links\n\nPatient ids are merged into one split group when they share an identical file "
@@ -159,9 +159,14 @@ def _links_section(links, max_distance, min_correlation):
             f">= {min_correlation}). {len(merges)} links join different patient ids")
     if not merges:
         return text + "."
-    rows = [[link.kind, link.patient_a, link.patient_b, link.image_a, link.image_b, link.distance,
-             f"{link.correlation:.4f}"] for link in merges]
-    return text + ":\n\n" + _markdown_table(header, rows)
+    members = collections.defaultdict(set)
+    for row in rows:
+        members[row["group_id"]].add(row["patient_id"])
+    largest = min(members, key=lambda group: (-len(members[group]), group))
+    table = [[link.kind, link.patient_a, link.patient_b, link.image_a, link.image_b, link.distance,
+              f"{link.correlation:.4f}"] for link in merges]
+    return (text + f"; the largest group, {largest}, holds {len(members[largest])} patient ids of kept films "
+            "(a large group means a chain of links: check them):\n\n" + _markdown_table(header, table))
 
 
 def _conflicts_section(links):
@@ -190,7 +195,8 @@ def format_statistics(rows, rejected, seed, folds, test_size, links=(), max_dist
                  len({r["group_id"] for r in rows if _partition(r) == p}),
                  sum(1 for r in rows if _partition(r) == p)] for p in partitions]
     own_patient = sum(1 for r in rows if r["patient_id"].startswith("image:"))
-    reasons = collections.Counter(r["reason"].split(" [")[0].split(":")[0] for r in rejected)
+    reasons = collections.Counter("duplicate (same sha256)" if r["reason"].startswith("duplicate (same sha256)")
+                                  else r["reason"].split(" [")[0].split(":")[0] for r in rejected)
     parts = [
         "# Dataset statistics",
         f"{len(rows)} images from {len({r['patient_id'] for r in rows})} patients kept; {len(rejected)} inputs rejected "
@@ -200,7 +206,7 @@ def format_statistics(rows, rejected, seed, folds, test_size, links=(), max_dist
         count_table(lambda r: r["view"], "Images per view"),
         count_table(_partition, "Images per partition"),
         "## Patients per partition\n\n" + _markdown_table(["partition", "patients", "groups", "images"], patients),
-        _links_section(links, max_distance, min_correlation),
+        _links_section(rows, links, max_distance, min_correlation),
     ]
     conflicts = _conflicts_section(links)
     if conflicts:
