@@ -18,6 +18,8 @@ from tfflannel.data.linkage import (
 )
 from tfflannel.data.manifest import prepare_manifest
 
+from .builders import build_ccx
+
 DEMO_SPLIT = {"folds": 3, "test_size": 0.25}
 LOOK_ALIKE = ("viral_pneumonia/kermany__person1524_virus_2658.png", "viral_pneumonia/kermany__person494_virus_1000.png")
 
@@ -144,6 +146,37 @@ def test_copies_link_patients_and_share_a_partition_for_every_seed(tmp_path, sam
     assert conflict and "| covid19 |" in conflict[-1]
     assert "3 links join different patient ids; the largest group, ccx:277, holds 2 patient ids" in stats
     assert "| scikit-learn | " in stats and "| numpy | " in stats
+
+
+def test_collection_layout_one_film_under_two_patients(tmp_path, sample_cls_dir):
+    """The collection's two known cases, rebuilt on real films: a file listed under two patient ids
+    (`000001-27.jpg`: patients 287 and 340) and one film under two names and ids (patients 97 and 178)."""
+    row = {"view": "PA", "modality": "X-ray"}
+    extra = [dict(row, patientid="340", finding="Mycoplasma Bacterial Pneumonia", filename="000001.jpg"),
+             dict(row, patientid="340", finding="Mycoplasma Bacterial Pneumonia", filename="340-other.png"),
+             dict(row, patientid="178", finding="No Finding", filename="16660_5_1.jpg"),
+             dict(row, patientid="178", finding="No Finding", filename="178-other.png")]
+    root = build_ccx(tmp_path / "ccx", extra_rows=extra)
+    shutil.copyfile(root / "images" / "f6575117.jpg", root / "images" / "16660_5_1.jpg")     # one of patient 228's
+    shutil.copyfile(sample_cls_dir / "bacterial_pneumonia/kermany__person83_bacteria_407.png",
+                    root / "images" / "340-other.png")                                        # films of their own
+    shutil.copyfile(sample_cls_dir / "normal/kermany__IM-0231-0001.png", root / "images" / "178-other.png")
+    for seed in (0, 1, 2, 3):
+        out = tmp_path / f"work{seed}"
+        rows = prepare_manifest(out, ccx=root, seed=seed, progress=False, **DEMO_SPLIT)
+        for pair in (("ccx:282", "ccx:340"), ("ccx:228", "ccx:178")):
+            linked = [r for r in rows if r["patient_id"] in pair]
+            assert {r["patient_id"] for r in linked} == set(pair)
+            assert len({r["group_id"] for r in linked}) == 1, [(r["image_id"], r["group_id"]) for r in linked]
+            assert len({_partition(r) for r in linked}) == 1, [(r["image_id"], _partition(r)) for r in linked]
+    assert len(rows) == 19 + 2
+    reasons = {r["path"].rsplit("/", 1)[1]: r["reason"] for r in csv.DictReader(open(out / "rejected.csv"))}
+    assert reasons == {"000001.jpg": "listed again: ccx:000001 also under patient ccx:340 (kept under ccx:282; "
+                                     "the patients are linked)",
+                       "f6575117.jpg": "duplicate (same sha256) of ccx:16660_5_1"}
+    stats = (out / "statistics.md").read_text()
+    assert "| same file | ccx:282 | ccx:340 | ccx:000001 | ccx:000001 | 0 | 1.0000 |" in stats
+    assert "| identical | ccx:178 | ccx:228 | ccx:16660_5_1 | ccx:f6575117 | 0 | 1.0000 |" in stats
 
 
 def test_look_alike_passes_the_hash_filter_but_not_the_correlation(sample_cls_dir):

@@ -42,6 +42,41 @@ def _check_image(record):
         return record, error.reason
 
 
+def _merge_listings(records, rejected):
+    """One record per file that metadata lists several times (one film under two patient ids, say).
+
+    Returns:
+        (records, links): the first listing of each file, and a `Link` of kind `"same file"` to every
+        other listing under another patient id. A file listed under two labels is excluded entirely.
+
+    Raises:
+        DatasetError: one image_id names two different files.
+    """
+    by_id = collections.defaultdict(list)
+    for record in records:
+        by_id[record["image_id"]].append(record)
+    clashes = [image_id for image_id, rows in by_id.items() if len({r["path"] for r in rows}) > 1]
+    if clashes:
+        raise DatasetError(f"image_id is not unique for {clashes[:5]}: two inputs share a source and file name")
+    kept, links = [], []
+    for rows in by_id.values():
+        first = rows[0]
+        links += [Link("same file", first["image_id"], row["image_id"], first["patient_id"], row["patient_id"],
+                       first["label"], row["label"], 0, 1.0) for row in rows[1:] if row["patient_id"] != first["patient_id"]]
+        labels = sorted({r["label"] for r in rows})
+        patients = sorted({r["patient_id"] for r in rows})
+        if len(labels) > 1:
+            rejected += [{"path": row["path"], "source": row["source"],
+                          "reason": f"file listed under conflicting labels: {labels}, patients {patients}"}
+                         for row in rows]
+            continue
+        kept.append(first)
+        rejected += [{"path": row["path"], "source": row["source"],
+                      "reason": f"listed again: {first['image_id']} also under patient {row['patient_id']} "
+                                f"(kept under {first['patient_id']}; the patients are linked)"} for row in rows[1:]]
+    return kept, links
+
+
 def _identical_link(first, second):
     return Link("identical", first["image_id"], second["image_id"], first["patient_id"], second["patient_id"],
                 first["label"], second["label"], 0, 1.0)
@@ -90,7 +125,7 @@ def collect_records(ccx=None, kcx=None, folders=(), fungal_as_bacterial=False, w
 
     Returns:
         (records, rejected, links): records sorted by image_id, each with `sha256` and `group_id`;
-        links: every `Link` found (identical copies and confirmed near-identical films), sorted.
+        links: every `Link` found (files listed twice, identical copies, confirmed near-identical films), sorted.
     """
     records, rejected = [], []
     if ccx:
@@ -105,10 +140,7 @@ def collect_records(ccx=None, kcx=None, folders=(), fungal_as_bacterial=False, w
         found, left = read_folder(folder)
         records += found
         rejected += left
-    ids = collections.Counter(r["image_id"] for r in records)
-    clashes = [name for name, count in ids.items() if count > 1]
-    if clashes:
-        raise DatasetError(f"image_id is not unique for {clashes[:5]}: two inputs share a source and file name")
+    records, listed = _merge_listings(records, rejected)
     checked = []
     with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
         results = pool.map(_check_image, records)
@@ -118,6 +150,7 @@ def collect_records(ccx=None, kcx=None, folders=(), fungal_as_bacterial=False, w
             else:
                 checked.append(record)
     kept, links = _drop_duplicates(checked, rejected)
+    links += listed
     kept.sort(key=lambda r: r["image_id"])
     links += link_near_identical(kept, [r["_dhash"] for r in kept], [r["_thumbnail"] for r in kept],
                                  max_distance, min_correlation)
@@ -154,8 +187,8 @@ def library_versions():
 def _links_section(rows, links, max_distance, min_correlation):
     merges = [link for link in links if link.patient_a != link.patient_b]
     header = ["kind", "patient a", "patient b", "film a", "film b", "dHash distance", "correlation"]
-    text = (f"## Patient links\n\nPatient ids are merged into one split group when they share an identical file "
-            f"(sha256) or a near-identical film (dHash distance <= {max_distance} and 64x64 thumbnail correlation "
+    text = (f"## Patient links\n\nPatient ids are merged into one split group when they share a file (listed "
+            f"twice in metadata, or identical by sha256) or a near-identical film (dHash distance <= {max_distance} and 64x64 thumbnail correlation "
             f">= {min_correlation}). {len(merges)} links join different patient ids")
     if not merges:
         return text + "."
@@ -177,7 +210,7 @@ def _conflicts_section(links):
     rows = [[link.kind, link.image_a, link.label_a, link.image_b, link.label_b, link.distance,
              f"{link.correlation:.4f}"] for link in conflicts]
     return ("## Films linked to two labels\n\nWarning: these films are the same film (or a near-identical copy) "
-            "under two labels. Identical files are excluded (rejected.csv); near-identical ones are kept, in one "
+            "under two labels. Identical files and files listed twice are excluded (rejected.csv); near-identical ones are kept, in one "
             "partition, but their labels disagree: check them.\n\n" + _markdown_table(header, rows))
 
 
