@@ -9,7 +9,9 @@ under its own patient id and a source of its own (`copyNN`). Then, side by side 
 2. the same pass with fingerprints (`manifest._check_image`, what `prepare-data` runs now): the ratio is the
    cost of the hashes;
 3. candidate search (`hamming_candidates`, dHash <= max distance), confirmation (`thumbnail_correlation` on
-   the candidates), union-find (`group_patients`).
+   the candidates), union-find (`group_patients`);
+4. `prepare_manifest` end to end on the folder (what `prepare-data --folder` runs: all of the above, the split
+   and the outputs).
 
 Prints the times and whether every copy joined its original's group and no two originals were merged.
 Asserts nothing. The generated set (~1.5 GB) is kept under --data for reruns.
@@ -33,7 +35,7 @@ from PIL import Image  # noqa: E402
 
 from tfflannel.data.io import read_image, sha256_of_file  # noqa: E402
 from tfflannel.data.linkage import Link, group_patients, hamming_candidates, thumbnail_correlation  # noqa: E402
-from tfflannel.data.manifest import _check_image  # noqa: E402
+from tfflannel.data.manifest import _check_image, prepare_manifest  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "cxr-cls"
 
@@ -149,6 +151,12 @@ def main():
           f"; extra over the plain pass: {hashed - plain + search + confirm + union:.1f} s")
     print(f"originals whose copies fell into more than one group: {split_originals} of {len(by_original)}; "
           f"groups joining two shared-set patients: {merged}")
+    start = time.perf_counter()
+    rows = prepare_manifest(out.with_name(out.name + "-work"), folders=[out], progress=False,
+                            max_distance=args.max_distance, min_correlation=args.min_correlation)
+    print(f"prepare_manifest end to end:         {time.perf_counter() - start:7.1f} s  ({len(rows)} films, "
+          f"{len({r['group_id'] for r in rows})} groups)")
+    print(f"load average (1, 5, 15 min): {', '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
 
 
 if __name__ == "__main__":

@@ -59,17 +59,18 @@ def fingerprint_image(image):
 
     Returns:
         (dhash, thumbnail): dhash is an int in [0, 2**64), bit 63 first (row-major over the 8x8
-        comparisons "pixel left < pixel right"); thumbnail is a `(64, 64)` uint8 array, both
-        area-averaged (Pillow BOX) from the whole film, so resizing and recompression barely move them.
+        comparisons "pixel left < pixel right", on the thumbnail area-averaged to 9x8); thumbnail is
+        a `(64, 64)` uint8 array area-averaged (Pillow BOX) from the whole film, so resizing and
+        recompression barely move either. One resize of the full film serves both.
     """
     from PIL import Image
 
-    picture = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8))
-    small = np.asarray(picture.resize((HASH_WIDTH, HASH_HEIGHT), Image.Resampling.BOX), dtype=np.int16)
+    thumbnail = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).resize(
+        (THUMB_SIZE, THUMB_SIZE), Image.Resampling.BOX)
+    small = np.asarray(thumbnail.resize((HASH_WIDTH, HASH_HEIGHT), Image.Resampling.BOX), dtype=np.int16)
     bits = (small[:, 1:] > small[:, :-1]).ravel()
     dhash = int(np.packbits(bits).view(">u8")[0])
-    thumbnail = np.asarray(picture.resize((THUMB_SIZE, THUMB_SIZE), Image.Resampling.BOX), dtype=np.uint8)
-    return dhash, thumbnail
+    return dhash, np.asarray(thumbnail, dtype=np.uint8)
 
 
 def hamming_candidates(hashes, max_distance, chunk=512):
@@ -102,34 +103,44 @@ def hamming_candidates(hashes, max_distance, chunk=512):
             np.concatenate(found_d).astype(int))
 
 
-def thumbnail_correlation(thumbnails, i, j, chunk=4096):
+def thumbnail_correlation(thumbnails, i, j, chunk=256):
     """Pearson correlation of the thumbnails of each pair (i[k], j[k]); 0 where one is constant.
 
-    The thumbnails of the films in a pair are standardised once (float32), then the pairs are
-    reduced `chunk` at a time, so millions of candidate pairs need ~150 MB beyond the thumbnails.
+    The thumbnails of the films in a pair are standardised once (float32). The pairs are then taken
+    `chunk` first films at a time: one BLAS product of those films against all their partners gives
+    every needed dot product (far faster than gathering two 4,096-vectors per pair: 2.7 M candidate
+    pairs of 6,806 films in a few seconds on 2 cores).
 
     Args:
         thumbnails: `(N, 64, 64)` uint8 array (or a list of such arrays).
         i: int array. First film of each pair.
         j: int array. Second film of each pair.
-        chunk: int. Pairs per block. Defaults to `4096`.
+        chunk: int. First films per block (memory about `chunk * N * 4` bytes). Defaults to `256`.
 
     Returns:
         float64 array of correlations in [-1, 1].
     """
     i, j = np.asarray(i, int), np.asarray(j, int)
+    correlation = np.zeros(len(i), np.float64)
+    if len(i) == 0:
+        return correlation
     used, inverse = np.unique(np.concatenate([i, j]), return_inverse=True)   # only the films in a pair
-    flat = np.stack([np.asarray(thumbnails[k], np.float32).ravel() for k in used]) if len(used) else \
-        np.zeros((0, THUMB_SIZE * THUMB_SIZE), np.float32)
+    flat = np.stack([np.asarray(thumbnails[k], np.float32).ravel() for k in used])
     centred = flat - flat.mean(axis=1, keepdims=True)
     norm = np.linalg.norm(centred, axis=1)
     unit = centred / np.where(norm > 0, norm, 1.0)[:, None]
     first, second = inverse[:len(i)], inverse[len(i):]
-    correlation = np.empty(len(i), np.float64)
-    for start in range(0, len(i), chunk):
-        a, b = first[start:start + chunk], second[start:start + chunk]
-        correlation[start:start + chunk] = np.einsum("kp,kp->k", unit[a], unit[b])
-    return np.where((norm[first] > 0) & (norm[second] > 0), np.clip(correlation, -1.0, 1.0), 0.0)
+    order = np.argsort(first, kind="stable")
+    firsts, seconds = first[order], second[order]
+    rows = np.unique(firsts)
+    for start in range(0, len(rows), chunk):
+        block = rows[start:start + chunk]
+        low, high = np.searchsorted(firsts, block[0], "left"), np.searchsorted(firsts, block[-1], "right")
+        partners, column = np.unique(seconds[low:high], return_inverse=True)
+        products = unit[block] @ unit[partners].T
+        correlation[order[low:high]] = products[np.searchsorted(block, firsts[low:high]), column]
+    valid = (norm[first] > 0) & (norm[second] > 0)
+    return np.where(valid, np.clip(correlation, -1.0, 1.0), 0.0)
 
 
 def near_identical_pairs(hashes, thumbnails, max_distance=8, min_correlation=0.97):

@@ -62,7 +62,8 @@ def _merge_listings(records, rejected):
     for rows in by_id.values():
         first = rows[0]
         links += [Link("same file", first["image_id"], row["image_id"], first["patient_id"], row["patient_id"],
-                       first["label"], row["label"], 0, 1.0) for row in rows[1:] if row["patient_id"] != first["patient_id"]]
+                       first["label"], row["label"], 0, 1.0)
+                  for row in rows[1:] if row["patient_id"] != first["patient_id"]]
         labels = sorted({r["label"] for r in rows})
         patients = sorted({r["patient_id"] for r in rows})
         if len(labels) > 1:
@@ -188,8 +189,8 @@ def _links_section(rows, links, max_distance, min_correlation):
     merges = [link for link in links if link.patient_a != link.patient_b]
     header = ["kind", "patient a", "patient b", "film a", "film b", "dHash distance", "correlation"]
     text = (f"## Patient links\n\nPatient ids are merged into one split group when they share a file (listed "
-            f"twice in metadata, or identical by sha256) or a near-identical film (dHash distance <= {max_distance} and 64x64 thumbnail correlation "
-            f">= {min_correlation}). {len(merges)} links join different patient ids")
+            f"twice in metadata, or identical by sha256) or a near-identical film (dHash distance <= {max_distance} "
+            f"and 64x64 thumbnail correlation >= {min_correlation}). {len(merges)} links join different patient ids")
     if not merges:
         return text + "."
     members = collections.defaultdict(set)
@@ -210,8 +211,9 @@ def _conflicts_section(links):
     rows = [[link.kind, link.image_a, link.label_a, link.image_b, link.label_b, link.distance,
              f"{link.correlation:.4f}"] for link in conflicts]
     return ("## Films linked to two labels\n\nWarning: these films are the same film (or a near-identical copy) "
-            "under two labels. Identical files and files listed twice are excluded (rejected.csv); near-identical ones are kept, in one "
-            "partition, but their labels disagree: check them.\n\n" + _markdown_table(header, rows))
+            "under two labels. Identical files and files listed twice are excluded (rejected.csv); near-identical "
+            "ones are kept, in one partition, but their labels disagree: check them.\n\n"
+            + _markdown_table(header, rows))
 
 
 def format_statistics(rows, rejected, seed, folds, test_size, links=(), max_distance=8, min_correlation=0.97):
