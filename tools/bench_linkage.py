@@ -21,6 +21,7 @@ Asserts nothing. The generated set (~1.5 GB) is kept under --data for reruns.
 
 import argparse
 import collections
+import contextlib
 import csv
 import os
 import sys
@@ -85,6 +86,22 @@ def generate(out, films, seed=0):
     return {name: (stem, group) for name, stem, _, group in made}
 
 
+class Clock:
+    """Wall and CPU seconds (all threads of this process) per named stage."""
+
+    def __init__(self):
+        self.wall, self.cpu = {}, {}
+
+    @contextlib.contextmanager
+    def __call__(self, name):
+        wall, cpu = time.perf_counter(), time.process_time()
+        yield
+        self.wall[name], self.cpu[name] = time.perf_counter() - wall, time.process_time() - cpu
+
+    def line(self, title, name, note):
+        print(f"{title:<40}{self.wall[name]:7.2f}  {self.cpu[name]:7.2f}   {note}")
+
+
 def decode_only(record):
     read_image(record["path"])
     return sha256_of_file(record["path"])
@@ -112,26 +129,22 @@ def main():
         copy = name.rsplit("__copy", 1)[-1][:2] if "__copy" in name else "00"
         records.append({"image_id": name, "path": str(out / name), "patient_id": f"copy{copy}:{stem}",
                         "label": name.split("/")[0]})
+    clock = Clock()
     with ThreadPoolExecutor(max_workers=args.workers) as pool:
-        start = time.perf_counter()
-        list(pool.map(decode_only, records))
-        plain = time.perf_counter() - start
-        start = time.perf_counter()
-        checked = [record for record, error in pool.map(_check_image, records) if not error]
-        hashed = time.perf_counter() - start
-    start = time.perf_counter()
-    i, j, distance = hamming_candidates([r["_dhash"] for r in checked], args.max_distance)
-    search = time.perf_counter() - start
-    start = time.perf_counter()
-    correlation = thumbnail_correlation([r["_thumbnail"] for r in checked], i, j)
-    confirm = time.perf_counter() - start
+        with clock("plain"):
+            list(pool.map(decode_only, records))
+        with clock("hashed"):
+            checked = [record for record, error in pool.map(_check_image, records) if not error]
+    with clock("search"):
+        i, j, distance = hamming_candidates([r["_dhash"] for r in checked], args.max_distance)
+    with clock("confirm"):
+        correlation = thumbnail_correlation([r["_thumbnail"] for r in checked], i, j)
     keep = correlation >= args.min_correlation
-    start = time.perf_counter()
-    links = [Link("near-identical", checked[a]["image_id"], checked[b]["image_id"], checked[a]["patient_id"],
-                  checked[b]["patient_id"], "", "", int(d), float(c))
-             for a, b, d, c in zip(i[keep], j[keep], distance[keep], correlation[keep], strict=True)]
-    groups = group_patients([r["patient_id"] for r in checked], links)
-    union = time.perf_counter() - start
+    with clock("union"):
+        links = [Link("near-identical", checked[a]["image_id"], checked[b]["image_id"], checked[a]["patient_id"],
+                      checked[b]["patient_id"], "", "", int(d), float(c))
+                 for a, b, d, c in zip(i[keep], j[keep], distance[keep], correlation[keep], strict=True)]
+        groups = group_patients([r["patient_id"] for r in checked], links)
 
     by_original = collections.defaultdict(set)    # original film -> groups its copies landed in
     by_group = collections.defaultdict(set)       # found group -> shared-set groups (patients) inside it
@@ -141,23 +154,25 @@ def main():
         by_group[groups[record["patient_id"]]].add(shared_group)
     split_originals = sum(len(found) > 1 for found in by_original.values())
     merged = sum(len(found) > 1 for found in by_group.values())
-    print(f"decoding + sha256 pass:              {plain:7.1f} s  ({len(records) / plain:.0f} films/s)")
-    print(f"same pass + dHash + 64x64 thumbnail: {hashed:7.1f} s  (x{hashed / plain:.2f} of the plain pass)")
-    print(f"candidate search (dHash <= {args.max_distance}):    {search:7.2f} s  ({len(i):,} candidate pairs of "
-          f"{len(checked) * (len(checked) - 1) // 2:,})")
-    print(f"confirmation (correlation >= {args.min_correlation}): {confirm:5.2f} s  ({int(keep.sum()):,} confirmed)")
-    print(f"union-find over patient ids:         {union:7.2f} s  ({len(set(groups.values()))} groups)")
-    print(f"linking total (hash pass + search + confirmation + union-find): {hashed + search + confirm + union:.1f} s"
-          f"; extra over the plain pass: {hashed - plain + search + confirm + union:.1f} s")
-    print(f"originals whose copies fell into more than one group: {split_originals} of {len(by_original)}; "
-          f"groups joining two shared-set patients: {merged}")
-    start = time.perf_counter()
-    rows = prepare_manifest(out.with_name(out.name + "-work"), folders=[out], progress=False,
-                            max_distance=args.max_distance, min_correlation=args.min_correlation)
-    print(f"prepare_manifest end to end:         {time.perf_counter() - start:7.1f} s  ({len(rows)} films, "
-          f"{len({r['group_id'] for r in rows})} groups)")
-    print(f"load average (1, 5, 15 min): {', '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
-
+    with clock("end to end"):
+        rows = prepare_manifest(out.with_name(out.name + "-work"), folders=[out], progress=False,
+                                max_distance=args.max_distance, min_correlation=args.min_correlation)
+    pairs = len(checked) * (len(checked) - 1) // 2
+    print("stage                                   wall s    CPU s (all threads of this process)")
+    clock.line("decoding + sha256 pass (before linking)", "plain", f"{len(records)} films")
+    clock.line("same pass + dHash + 64x64 thumbnail", "hashed",
+               f"x{clock.wall['hashed'] / clock.wall['plain']:.2f} wall, "
+               f"x{clock.cpu['hashed'] / clock.cpu['plain']:.2f} CPU of the plain pass")
+    clock.line(f"candidate search (dHash <= {args.max_distance})", "search", f"{len(i):,} candidates of {pairs:,} pairs")
+    clock.line(f"confirmation (correlation >= {args.min_correlation})", "confirm", f"{int(keep.sum()):,} confirmed")
+    clock.line("union-find over patient ids", "union", f"{len(set(groups.values()))} groups")
+    clock.line("prepare_manifest end to end", "end to end",
+               f"{len(rows)} films, {len({r['group_id'] for r in rows})} groups")
+    extra = sum(clock.wall[k] for k in ("search", "confirm", "union")) + clock.wall["hashed"] - clock.wall["plain"]
+    print(f"linking adds {extra:.1f} s wall to the decoding pass; originals whose copies fell into more than one "
+          f"group: {split_originals} of {len(by_original)}; groups joining two shared-set patients: {merged}")
+    print(f"load average (1, 5, 15 min): {', '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs "
+          "(CPU seconds are less affected by other jobs than wall seconds)")
 
 if __name__ == "__main__":
     main()
