@@ -5,6 +5,7 @@ import io
 import shutil
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from tfflannel.data.io import read_image
@@ -16,7 +17,7 @@ from tfflannel.data.linkage import (
     near_identical_pairs,
     thumbnail_correlation,
 )
-from tfflannel.data.manifest import prepare_manifest
+from tfflannel.data.manifest import load_manifest, prepare_manifest
 
 from .builders import build_ccx
 
@@ -232,3 +233,16 @@ def test_thresholds_separate_true_and_false_pairs_on_shared_set(shared_dir):
 
 def read_image_bytes(data):
     return np.asarray(Image.open(io.BytesIO(data)).convert("L"))
+
+
+def test_bad_thresholds_and_old_manifests_are_clear_errors(tmp_path, sample_cls_dir):
+    with pytest.raises(ValueError, match=r"data.link_max_distance must be in \[0, 64\] bits. Received: 65"):
+        prepare_manifest(tmp_path, folders=[sample_cls_dir], max_distance=65, progress=False)
+    with pytest.raises(ValueError, match=r"data.link_min_correlation must be in \(0, 1\]. Received: 0.0"):
+        prepare_manifest(tmp_path, folders=[sample_cls_dir], min_correlation=0.0, progress=False)
+    prepare_manifest(tmp_path, folders=[sample_cls_dir], progress=False)
+    rows = list(csv.reader(open(tmp_path / "manifest.csv", newline="")))
+    with open(tmp_path / "manifest.csv", "w", newline="") as handle:       # as written before group_id existed
+        csv.writer(handle).writerows(row[:-1] for row in rows)
+    with pytest.raises(ValueError, match=r"missing column\(s\) \['group_id'\]; .*rerun `prepare-data`"):
+        load_manifest(tmp_path)
