@@ -169,7 +169,8 @@ def prepare_data(ccx, kcx, folders, sample, out, seed, folds, test_size, config_
 
     Keeps AP/PA X-rays with one of the four labels (covid19, viral_pneumonia,
     bacterial_pneumonia, normal); every input left out is listed in rejected.csv
-    with its reason; identical files are kept once. Exit code 2 on bad input.
+    with its reason; identical files are kept once. Patient ids sharing an identical or near-identical
+    film are split as one group (data.link_max_distance, data.link_min_correlation). Exit code 2 on bad input.
     """
     from tfflannel.data.manifest import prepare_manifest
 
@@ -185,6 +186,7 @@ def prepare_data(ccx, kcx, folders, sample, out, seed, folds, test_size, config_
         folds=config.folds if folds is None else folds,
         test_size=config.test_size if test_size is None else test_size,
         fungal_as_bacterial=config.fungal_as_bacterial,
+        max_distance=config.link_max_distance, min_correlation=config.link_min_correlation,
     )
     out = Path(out)
     click.echo(f"{len(rows)} images kept -> {out / 'manifest.csv'}")

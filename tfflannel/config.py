@@ -80,6 +80,8 @@ class DataConfig:
     fungal_as_bacterial: bool = False
     max_megapixels: PositiveFloat = 100.0      # larger images are rejected unread (decompression bombs)
     min_side: PositiveInt = 64                 # smaller images are rejected (too small to classify)
+    link_max_distance: Annotated[int, Range(0, 64)] = 8     # dHash Hamming distance of a near-identical pair (64 bits)
+    link_min_correlation: Annotated[float, Range(0, 1, low_open=True)] = 0.97  # thumbnail correlation confirming it
 
 
 @dataclass

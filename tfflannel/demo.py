@@ -38,7 +38,8 @@ def run_demo(config, out_dir):
     started = time.time()
     _stage("1/7 prepare-data on the bundled sample")
     rows = prepare_manifest(work, folders=[CLS_DIR], seed=config.data.seed, folds=config.data.folds,
-                            test_size=config.data.test_size)
+                            test_size=config.data.test_size, max_distance=config.data.link_max_distance,
+                            min_correlation=config.data.link_min_correlation)
     click.echo(f"{len(rows)} images -> {work / 'manifest.csv'}")
     _stage("2/7 segment with the shipped lung segmenter")
     summary = build_cache(work, load_segmenter(), CacheSettings.from_config(seg))

@@ -1,45 +1,102 @@
 """Build `manifest.csv`, `rejected.csv` and `statistics.md` from the dataset readers.
 
 The manifest is the contract every later stage reads: one row per kept image
-with a stable `image_id`, its patient, label, file hash and partition.
+with a stable `image_id`, its patient, the patient group it is split with
+(`group_id`: patient ids linked by identical or near-identical films,
+`tfflannel.data.linkage`), label, file hash and partition.
 """
 
 from __future__ import annotations
 
 import collections
 import os
+import platform
 from concurrent.futures import ThreadPoolExecutor
+from importlib import metadata
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from tfflannel import CLASS_NAMES
 from tfflannel.data.io import ImageReadError, read_image, sha256_of_file
+from tfflannel.data.linkage import Link, fingerprint_image, group_patients, link_near_identical
 from tfflannel.data.sources import DatasetError, read_ccx, read_folder, read_kcx
 from tfflannel.data.split import assign_splits
+from tfflannel.errors import InputError
 from tfflannel.utils import read_csv, write_csv_atomic, write_text_atomic
 
-MANIFEST_COLUMNS = ("image_id", "path", "source", "patient_id", "view", "label", "sha256", "split", "fold")
+MANIFEST_COLUMNS = ("image_id", "path", "source", "patient_id", "view", "label", "sha256", "split", "fold",
+                    "group_id")
 REJECTED_COLUMNS = ("path", "source", "reason")
+# Libraries whose algorithms decide the split (scikit-learn, NumPy's RandomState), the film links (Pillow's
+# resampling, SciPy) and the metrics (scikit-learn); statistics.md records their versions.
+DECIDING_LIBRARIES = ("scikit-learn", "numpy", "scipy", "Pillow")
 
 
 def _check_image(record):
-    """Hash the file and make sure it decodes; return (record, error or None)."""
+    """Hash the file, decode it and fingerprint the pixels in the same pass; return (record, error or None)."""
     try:
-        read_image(record["path"])
-        return dict(record, sha256=sha256_of_file(record["path"])), None
+        image, _ = read_image(record["path"])
+        dhash, thumbnail = fingerprint_image(image)
+        return dict(record, sha256=sha256_of_file(record["path"]), _dhash=dhash, _thumbnail=thumbnail), None
     except ImageReadError as error:
         return record, error.reason
 
 
+def _merge_listings(records, rejected):
+    """One record per file that metadata lists several times (one film under two patient ids, say).
+
+    Returns:
+        (records, links): the first listing of each file, and a `Link` of kind `"same file"` to every
+        other listing under another patient id. A file listed under two labels is excluded entirely.
+
+    Raises:
+        DatasetError: one image_id names two different files.
+    """
+    by_id = collections.defaultdict(list)
+    for record in records:
+        by_id[record["image_id"]].append(record)
+    clashes = [image_id for image_id, rows in by_id.items() if len({r["path"] for r in rows}) > 1]
+    if clashes:
+        raise DatasetError(f"image_id is not unique for {clashes[:5]}: two inputs share a source and file name")
+    kept, links = [], []
+    for rows in by_id.values():
+        first = rows[0]
+        links += [Link("same file", first["image_id"], row["image_id"], first["patient_id"], row["patient_id"],
+                       first["label"], row["label"], 0, 1.0)
+                  for row in rows[1:] if row["patient_id"] != first["patient_id"]]
+        labels = sorted({r["label"] for r in rows})
+        patients = sorted({r["patient_id"] for r in rows})
+        if len(labels) > 1:
+            rejected += [{"path": row["path"], "source": row["source"],
+                          "reason": f"file listed under conflicting labels: {labels}, patients {patients}"}
+                         for row in rows]
+            continue
+        kept.append(first)
+        rejected += [{"path": row["path"], "source": row["source"],
+                      "reason": f"listed again: {first['image_id']} also under patient {row['patient_id']} "
+                                f"(kept under {first['patient_id']}; the patients are linked)"} for row in rows[1:]]
+    return kept, links
+
+
+def _identical_link(first, second):
+    return Link("identical", first["image_id"], second["image_id"], first["patient_id"], second["patient_id"],
+                first["label"], second["label"], 0, 1.0)
+
+
 def _drop_duplicates(records, rejected):
-    """Keep one copy of identical files; drop every copy whose labels disagree."""
+    """Keep one copy of identical files; drop every copy whose labels disagree.
+
+    Returns:
+        (kept, links): the kept records and one `Link` per dropped copy (its patient joins the kept copy's).
+    """
     by_hash = collections.defaultdict(list)
     for record in records:
         by_hash[record["sha256"]].append(record)
-    kept = []
+    kept, links = [], []
     for copies in by_hash.values():
         copies.sort(key=lambda r: r["image_id"])
+        links += [_identical_link(copies[0], copy) for copy in copies[1:]]
         labels = sorted({r["label"] for r in copies})
         if len(labels) > 1:
             names = ", ".join(r["image_id"] for r in copies)
@@ -51,14 +108,26 @@ def _drop_duplicates(records, rejected):
         for record in copies[1:]:
             rejected.append({"path": record["path"], "source": record["source"],
                              "reason": f"duplicate (same sha256) of {copies[0]['image_id']}"})
-    return kept
+    return kept, links
 
 
-def collect_records(ccx=None, kcx=None, folders=(), fungal_as_bacterial=False, workers=None, progress=True):
-    """Read the requested sources, verify every image decodes, de-duplicate.
+def collect_records(ccx=None, kcx=None, folders=(), fungal_as_bacterial=False, workers=None, progress=True,
+                    max_distance=8, min_correlation=0.97):
+    """Read the requested sources, verify every image decodes, de-duplicate, link patients.
+
+    Args:
+        ccx: str or Path. COVID chest X-ray collection checkout, or None.
+        kcx: str or Path. Kaggle pneumonia folder, or None.
+        folders: sequence of paths in the `DIR/<label>/*` layout.
+        fungal_as_bacterial: bool. Label fungal findings bacterial. Defaults to `False`.
+        workers: int. Decoding threads. Defaults to `min(8, cpu count)`.
+        progress: bool. Show a progress bar. Defaults to `True`.
+        max_distance: int. dHash Hamming distance of a near-identical candidate pair. Defaults to `8`.
+        min_correlation: float. 64x64 thumbnail correlation confirming a candidate. Defaults to `0.97`.
 
     Returns:
-        (records, rejected): records sorted by image_id, each with `sha256`.
+        (records, rejected, links): records sorted by image_id, each with `sha256` and `group_id`;
+        links: every `Link` found (files listed twice, identical copies, confirmed near-identical films), sorted.
     """
     records, rejected = [], []
     if ccx:
@@ -73,10 +142,7 @@ def collect_records(ccx=None, kcx=None, folders=(), fungal_as_bacterial=False, w
         found, left = read_folder(folder)
         records += found
         rejected += left
-    ids = collections.Counter(r["image_id"] for r in records)
-    clashes = [name for name, count in ids.items() if count > 1]
-    if clashes:
-        raise DatasetError(f"image_id is not unique for {clashes[:5]}: two inputs share a source and file name")
+    records, listed = _merge_listings(records, rejected)
     checked = []
     with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
         results = pool.map(_check_image, records)
@@ -85,10 +151,18 @@ def collect_records(ccx=None, kcx=None, folders=(), fungal_as_bacterial=False, w
                 rejected.append({"path": record["path"], "source": record["source"], "reason": f"unreadable image: {error}"})
             else:
                 checked.append(record)
-    kept = _drop_duplicates(checked, rejected)
+    kept, links = _drop_duplicates(checked, rejected)
+    links += listed
     kept.sort(key=lambda r: r["image_id"])
+    links += link_near_identical(kept, [r["_dhash"] for r in kept], [r["_thumbnail"] for r in kept],
+                                 max_distance, min_correlation)
+    links.sort(key=lambda link: (link.kind, link.image_a, link.image_b))
+    groups = group_patients([r["patient_id"] for r in checked], links)
+    for record in kept:
+        record["group_id"] = groups[record["patient_id"]]
+        del record["_dhash"], record["_thumbnail"]
     rejected.sort(key=lambda r: (r["path"], r["reason"]))
-    return kept, rejected
+    return kept, rejected, links
 
 
 def _markdown_table(header, rows):
@@ -101,8 +175,50 @@ def _partition(row):
     return "test" if row["split"] == "test" else f"fold {row['fold']}"
 
 
-def format_statistics(rows, rejected, seed, folds, test_size):
-    """A Table-2-like summary: counts per source, view and partition, and patients."""
+def library_versions():
+    """Versions of Python and of the libraries that decide the split, the links and the metrics."""
+    versions = {"python": platform.python_version()}
+    for name in DECIDING_LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def _links_section(rows, links, max_distance, min_correlation):
+    merges = [link for link in links if link.patient_a != link.patient_b]
+    header = ["kind", "patient a", "patient b", "film a", "film b", "dHash distance", "correlation"]
+    text = (f"## Patient links\n\nPatient ids are merged into one split group when they share a file (listed "
+            f"twice in metadata, or identical by sha256) or a near-identical film (dHash distance <= {max_distance} "
+            f"and 64x64 thumbnail correlation >= {min_correlation}). {len(merges)} links join different patient ids")
+    if not merges:
+        return text + "."
+    members = collections.defaultdict(set)
+    for row in rows:
+        members[row["group_id"]].add(row["patient_id"])
+    largest = min(members, key=lambda group: (-len(members[group]), group))
+    table = [[link.kind, link.patient_a, link.patient_b, link.image_a, link.image_b, link.distance,
+              f"{link.correlation:.4f}"] for link in merges]
+    return (text + f"; the largest group, {largest}, holds {len(members[largest])} patient ids of kept films "
+            "(a large group means a chain of links: check them):\n\n" + _markdown_table(header, table))
+
+
+def _conflicts_section(links):
+    conflicts = [link for link in links if link.label_a != link.label_b]
+    if not conflicts:
+        return ""
+    header = ["kind", "film a", "label a", "film b", "label b", "dHash distance", "correlation"]
+    rows = [[link.kind, link.image_a, link.label_a, link.image_b, link.label_b, link.distance,
+             f"{link.correlation:.4f}"] for link in conflicts]
+    return ("## Films linked to two labels\n\nWarning: these films are the same film (or a near-identical copy) "
+            "under two labels. Identical files and files listed twice are excluded (rejected.csv); near-identical "
+            "ones are kept, in one partition, but their labels disagree: check them.\n\n"
+            + _markdown_table(header, rows))
+
+
+def format_statistics(rows, rejected, seed, folds, test_size, links=(), max_distance=8, min_correlation=0.97):
+    """A Table-2-like summary: counts per source, view and partition, patients, links and library versions."""
     def count_table(key, title):
         values = sorted({key(r) for r in rows}, key=str)
         table = [[value] + [sum(1 for r in rows if key(r) == value and r["label"] == c) for c in CLASS_NAMES]
@@ -112,19 +228,25 @@ def format_statistics(rows, rejected, seed, folds, test_size):
 
     partitions = ["test"] + [f"fold {k}" for k in range(1, folds + 1)]
     patients = [[p, len({r["patient_id"] for r in rows if _partition(r) == p}),
+                 len({r["group_id"] for r in rows if _partition(r) == p}),
                  sum(1 for r in rows if _partition(r) == p)] for p in partitions]
     own_patient = sum(1 for r in rows if r["patient_id"].startswith("image:"))
-    reasons = collections.Counter(r["reason"].split(" [")[0].split(":")[0] for r in rejected)
+    reasons = collections.Counter("duplicate (same sha256)" if r["reason"].startswith("duplicate (same sha256)")
+                                  else r["reason"].split(" [")[0].split(":")[0] for r in rejected)
     parts = [
         "# Dataset statistics",
         f"{len(rows)} images from {len({r['patient_id'] for r in rows})} patients kept; {len(rejected)} inputs rejected "
-        f"(see rejected.csv). Split: test share {test_size}, {folds} folds, seed {seed}, grouped by patient and "
-        "stratified by label.",
+        f"(see rejected.csv). Split: test share {test_size}, {folds} folds, seed {seed}, grouped by patient group "
+        f"({len({r['group_id'] for r in rows})} groups: patient ids linked by shared films) and stratified by label.",
         count_table(lambda r: r["source"], "Images per source"),
         count_table(lambda r: r["view"], "Images per view"),
         count_table(_partition, "Images per partition"),
-        "## Patients per partition\n\n" + _markdown_table(["partition", "patients", "images"], patients),
+        "## Patients per partition\n\n" + _markdown_table(["partition", "patients", "groups", "images"], patients),
+        _links_section(rows, links, max_distance, min_correlation),
     ]
+    conflicts = _conflicts_section(links)
+    if conflicts:
+        parts.append(conflicts)
     if own_patient:
         parts.append(f"Warning: {own_patient} images had no patient id and count as their own patient; "
                      "patient leakage cannot be ruled out for them.")
@@ -134,11 +256,14 @@ def format_statistics(rows, rejected, seed, folds, test_size):
     if len(sources) > 1:
         parts.append("Caveat: sources differ in population (the COVID collection is mostly adult films, the "
                      "Kaggle pneumonia set paediatric); a classifier can separate classes by source cues.")
+    versions = library_versions()
+    parts.append("## Library versions\n\nThe split and the metrics depend on these releases (setup.cfg pins the "
+                 "compatible range):\n\n" + _markdown_table(["library", "version"], sorted(versions.items())))
     return "\n\n".join(parts) + "\n"
 
 
 def prepare_manifest(out, ccx=None, kcx=None, folders=(), seed=0, folds=5, test_size=0.2,
-                     fungal_as_bacterial=False, progress=True):
+                     fungal_as_bacterial=False, progress=True, max_distance=8, min_correlation=0.97):
     """Build and write `out/manifest.csv`, `out/rejected.csv` and `out/statistics.md`.
 
     Args:
@@ -150,27 +275,37 @@ def prepare_manifest(out, ccx=None, kcx=None, folders=(), seed=0, folds=5, test_
         folds: int. Number of folds. Defaults to `5`.
         test_size: float. Test share. Defaults to `0.2`.
         fungal_as_bacterial: bool. Label fungal findings bacterial, as the original. Defaults to `False`.
+        progress: bool. Show a progress bar. Defaults to `True`.
+        max_distance: int. dHash Hamming distance of a near-identical candidate pair, in [0, 64]. Defaults to `8`.
+        min_correlation: float. Thumbnail correlation confirming a near-identical pair, in (0, 1]. Defaults to `0.97`.
 
     Returns:
         The manifest rows (list of dicts).
 
     Raises:
         DatasetError: no source given, unreadable metadata, or no image left.
+        InputError: a linking threshold out of range.
     """
     if not (ccx or kcx or folders):
         raise DatasetError("no data source given: pass at least one of --ccx, --kcx, --folder (or --sample)")
-    records, rejected = collect_records(ccx, kcx, folders, fungal_as_bacterial, progress=progress)
+    if not 0 <= max_distance <= 64:
+        raise InputError(f"data.link_max_distance must be in [0, 64] bits. Received: {max_distance}.")
+    if not 0.0 < min_correlation <= 1.0:
+        raise InputError(f"data.link_min_correlation must be in (0, 1]. Received: {min_correlation}.")
+    records, rejected, links = collect_records(ccx, kcx, folders, fungal_as_bacterial, progress=progress,
+                                               max_distance=max_distance, min_correlation=min_correlation)
     if not records:
         raise DatasetError(f"no images left after filtering ({len(rejected)} inputs rejected; reasons in the error list)"
                            + "".join(f"\n  {r['path']}: {r['reason']}" for r in rejected[:10]))
-    split, fold = assign_splits([r["label"] for r in records], [r["patient_id"] for r in records],
+    split, fold = assign_splits([r["label"] for r in records], [r["group_id"] for r in records],
                                 test_size=test_size, folds=folds, seed=seed)
     for record, part, number in zip(records, split, fold, strict=True):
         record["split"] = part
         record["fold"] = str(number) if part == "train" else ""
     out = Path(out)
     write_csv_atomic(out / "rejected.csv", rejected, REJECTED_COLUMNS)
-    write_text_atomic(out / "statistics.md", format_statistics(records, rejected, seed, folds, test_size))
+    write_text_atomic(out / "statistics.md", format_statistics(records, rejected, seed, folds, test_size, links,
+                                                              max_distance, min_correlation))
     write_csv_atomic(out / "manifest.csv", records, MANIFEST_COLUMNS)
     return records
 
@@ -186,7 +321,8 @@ def load_manifest(path):
     if rows:
         missing = [c for c in MANIFEST_COLUMNS if c not in rows[0]]
         if missing:
-            raise DatasetError(f"{path}: missing column(s) {missing}")
+            raise DatasetError(f"{path}: missing column(s) {missing}; written by an older version? "
+                               "rerun `prepare-data`")
     for number, row in enumerate(rows, start=2):
         if row["label"] not in CLASS_NAMES:
             raise DatasetError(f"{path} row {number}: label '{row['label']}' is not one of {list(CLASS_NAMES)}")

@@ -28,7 +28,7 @@ def assign_splits(labels, groups, test_size=0.2, folds=5, seed=0):
 
     Args:
         labels: sequence of str. One label per row.
-        groups: sequence of str. One patient id per row.
+        groups: sequence of str. One patient group per row (`group_id`: patient ids linked by shared films).
         test_size: float. Share of rows held out as test, in (0, 0.5]. Defaults to `0.2`.
         folds: int. Number of cross-validation folds, >= 2. Defaults to `5`.
         seed: int. Seeds the shuffles. Defaults to `0`.

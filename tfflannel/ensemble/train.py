@@ -77,7 +77,7 @@ def join_predictions(run_dirs, role, score="prob"):
 def _patients(workdir, ids):
     from tfflannel.data.manifest import load_manifest
 
-    table = {row["image_id"]: row["patient_id"] for row in load_manifest(workdir)}
+    table = {row["image_id"]: row["group_id"] for row in load_manifest(workdir)}
     return [table.get(i, i) for i in ids]
 
 
