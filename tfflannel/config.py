@@ -280,7 +280,10 @@ def _apply(section, values, source, prefix=""):
         dotted = f"{prefix}{key}"
         if key not in names:
             close = difflib.get_close_matches(key, names, n=1)
-            hint = f"did you mean '{prefix}{close[0]}'?" if close else f"valid keys: {sorted(prefix + n for n in names)}"
+            if close:
+                hint = f"did you mean '{prefix}{close[0]}'?"
+            else:
+                hint = f"valid keys: {sorted(prefix + n for n in names)}"
             raise ConfigError(f"{source}: unknown key '{dotted}'; {hint}")
         current = getattr(section, key)
         if dataclasses.is_dataclass(current):

@@ -94,20 +94,31 @@ class Clock:
 
     @contextlib.contextmanager
     def __call__(self, name):
+        """Time the `with` block under `name` (wall: `perf_counter`, CPU: `process_time`)."""
         wall, cpu = time.perf_counter(), time.process_time()
         yield
         self.wall[name], self.cpu[name] = time.perf_counter() - wall, time.process_time() - cpu
 
     def line(self, title, name, note):
+        """Print one table row: `title`, the wall and CPU seconds recorded under `name`, and `note`."""
         print(f"{title:<40}{self.wall[name]:7.2f}  {self.cpu[name]:7.2f}   {note}")
 
 
 def decode_only(record):
+    """Decode a record's image and hash its file, as the manifest pass did before linking.
+
+    Args:
+        record: dict. A source record with a `path` key.
+
+    Returns:
+        str. The file's hex sha256.
+    """
     read_image(record["path"])
     return sha256_of_file(record["path"])
 
 
 def main():
+    """Parse the options, build (or reuse) the synthetic collection, time each linkage stage and print the table."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--films", type=int, default=5856 + 950)
     parser.add_argument("--data", default="/tmp/tfflannel-linkage-bench")
@@ -163,7 +174,8 @@ def main():
     clock.line("same pass + dHash + 64x64 thumbnail", "hashed",
                f"x{clock.wall['hashed'] / clock.wall['plain']:.2f} wall, "
                f"x{clock.cpu['hashed'] / clock.cpu['plain']:.2f} CPU of the plain pass")
-    clock.line(f"candidate search (dHash <= {args.max_distance})", "search", f"{len(i):,} candidates of {pairs:,} pairs")
+    clock.line(f"candidate search (dHash <= {args.max_distance})", "search",
+               f"{len(i):,} candidates of {pairs:,} pairs")
     clock.line(f"confirmation (correlation >= {args.min_correlation})", "confirm", f"{int(keep.sum()):,} confirmed")
     clock.line("union-find over patient ids", "union", f"{len(set(groups.values()))} groups")
     clock.line("prepare_manifest end to end", "end to end",

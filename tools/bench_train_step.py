@@ -1,4 +1,4 @@
-"""Images/s the model itself takes: training steps and batched inference of a base learner.
+r"""Images/s the model itself takes: training steps and batched inference of a base learner.
 
 The other half of "is the pipeline or the model the bottleneck?": `bench_patches.py` measures
 how fast the tf.data pipeline feeds patches; this script measures how fast a FLANNEL backbone
@@ -83,9 +83,11 @@ def measure_model(backbone, batch, steps, size=None, precision="float32", warmup
 
 
 def main():
+    """Parse the options, measure each requested backbone, print (and optionally append to --csv) its rates."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbone", nargs="+", default=["mobilenet_v2"],
-                        help=f"registered names, or 'flannel' for the five FLANNEL learners: {', '.join(list_backbones())}")
+                        help="registered names, or 'flannel' for the five FLANNEL learners: "
+                        + ", ".join(list_backbones()))
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=2)

@@ -148,7 +148,8 @@ def collect_records(ccx=None, kcx=None, folders=(), fungal_as_bacterial=False, w
         results = pool.map(_check_image, records)
         for record, error in tqdm(results, total=len(records), desc="reading images", unit="img", disable=not progress):
             if error:
-                rejected.append({"path": record["path"], "source": record["source"], "reason": f"unreadable image: {error}"})
+                reason = f"unreadable image: {error}"
+                rejected.append({"path": record["path"], "source": record["source"], "reason": reason})
             else:
                 checked.append(record)
     kept, links = _drop_duplicates(checked, rejected)
@@ -235,7 +236,8 @@ def format_statistics(rows, rejected, seed, folds, test_size, links=(), max_dist
                                   else r["reason"].split(" [")[0].split(":")[0] for r in rejected)
     parts = [
         "# Dataset statistics",
-        f"{len(rows)} images from {len({r['patient_id'] for r in rows})} patients kept; {len(rejected)} inputs rejected "
+        f"{len(rows)} images from {len({r['patient_id'] for r in rows})} patients kept; "
+        f"{len(rejected)} inputs rejected "
         f"(see rejected.csv). Split: test share {test_size}, {folds} folds, seed {seed}, grouped by patient group "
         f"({len({r['group_id'] for r in rows})} groups: patient ids linked by shared films) and stratified by label.",
         count_table(lambda r: r["source"], "Images per source"),
@@ -295,7 +297,8 @@ def prepare_manifest(out, ccx=None, kcx=None, folders=(), seed=0, folds=5, test_
     records, rejected, links = collect_records(ccx, kcx, folders, fungal_as_bacterial, progress=progress,
                                                max_distance=max_distance, min_correlation=min_correlation)
     if not records:
-        raise DatasetError(f"no images left after filtering ({len(rejected)} inputs rejected; reasons in the error list)"
+        raise DatasetError(f"no images left after filtering ({len(rejected)} inputs rejected; "
+                           "reasons in the error list)"
                            + "".join(f"\n  {r['path']}: {r['reason']}" for r in rejected[:10]))
     split, fold = assign_splits([r["label"] for r in records], [r["group_id"] for r in records],
                                 test_size=test_size, folds=folds, seed=seed)

@@ -55,13 +55,15 @@ def map_ccx_finding(finding, fungal_as_bacterial=False):
     if kind == "FUNGAL" or leaf in FUNGAL_ORGANISMS:
         if fungal_as_bacterial:
             return "bacterial_pneumonia", ""
-        return None, f"fungal finding '{text}' excluded (set data.fungal_as_bacterial to label it bacterial as the original did)"
+        return None, (f"fungal finding '{text}' excluded "
+                      "(set data.fungal_as_bacterial to label it bacterial as the original did)")
     return None, f"finding '{text}' maps to none of {list(CLASS_NAMES)}"
 
 
 def _open_metadata(metadata_path):
     if not metadata_path.is_file():
-        raise DatasetError(f"{metadata_path}: metadata.csv not found (expected a COVID chest X-ray collection checkout with metadata.csv and images/)")
+        raise DatasetError(f"{metadata_path}: metadata.csv not found "
+                           "(expected a COVID chest X-ray collection checkout with metadata.csv and images/)")
     with open(metadata_path, newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         columns = {name.strip().lower(): name for name in (reader.fieldnames or [])}
@@ -155,7 +157,8 @@ def read_kcx(root):
                         patient = match.group(1).lower()
                         label = "bacterial_pneumonia" if match.group(2).lower() == "bacteria" else "viral_pneumonia"
                 if patient is None:
-                    rejected.append({"path": str(path), "source": "kcx", "reason": "file name gives no patient id or pneumonia type"})
+                    reason = "file name gives no patient id or pneumonia type"
+                    rejected.append({"path": str(path), "source": "kcx", "reason": reason})
                     continue
                 records.append({
                     "image_id": f"kcx:{part}/{folder}/{path.stem}",
@@ -186,7 +189,9 @@ def read_folder(root):
         with open(patients_csv, newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
             if not {"filename", "patient_id"} <= set(reader.fieldnames or []):
-                raise DatasetError(f"{patients_csv}: needs columns 'filename' and 'patient_id'; found {reader.fieldnames}")
+                raise DatasetError(
+                    f"{patients_csv}: needs columns 'filename' and 'patient_id'; found {reader.fieldnames}"
+                )
             for row in reader:
                 table[row["filename"].strip()] = row
     records, rejected = [], []
@@ -194,7 +199,8 @@ def read_folder(root):
     for directory in sorted(p for p in root.iterdir() if p.is_dir()):
         for path in sorted(p for p in directory.rglob("*") if p.is_file()):
             if directory.name not in CLASS_NAMES:
-                rejected.append({"path": str(path), "source": "folder", "reason": f"label folder '{directory.name}' is not one of {list(CLASS_NAMES)}"})
+                reason = f"label folder '{directory.name}' is not one of {list(CLASS_NAMES)}"
+                rejected.append({"path": str(path), "source": "folder", "reason": reason})
                 continue
             if path.suffix.lower() not in IMAGE_SUFFIXES:
                 rejected.append({"path": str(path), "source": "folder", "reason": "not an image file name"})
