@@ -42,7 +42,16 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "cxr-cls"
 
 
 def near_copy(image, rng):
-    """A resized (long side 512-2048), shifted (<= 0.5 %) copy of a PIL image."""
+    """A resized (long side 512-2048), shifted (<= 0.5 %) copy of a PIL image.
+
+    Args:
+        image: `PIL.Image.Image`. The original film.
+        rng: `numpy.random.Generator`. Draws the shift (a crop of 0 to 0.5 % of each side from the
+            top left) and the new long side.
+
+    Returns:
+        `PIL.Image.Image`. The shifted copy resized bicubically, aspect ratio kept, sides >= 8 px.
+    """
     width, height = image.size
     dx, dy = (int(rng.integers(0, max(1, round(0.005 * side)) + 1)) for side in (width, height))
     shifted = image.crop((dx, dy, width, height)) if dx or dy else image
@@ -52,7 +61,21 @@ def near_copy(image, rng):
 
 
 def generate(out, films, seed=0):
-    """Write DIR/<label>/*.{png,jpg} and DIR/patients.csv; return {file: original} for every film."""
+    """Write a synthetic collection of `films` films built from the shared cxr-cls set.
+
+    Copy 0 of each shared film is a symlink (`<label>/<stem>.png`); copies 1, 2, ... are
+    `near_copy` JPEGs (quality 60-95) named `<label>/<stem>__copyNN.jpg`, until `films` files
+    exist. Every copy gets its own patient id (`copyNN:<stem>`) in `out/patients.csv`, so only
+    linkage can tie copies of one film together. Existing files are kept (the collection is reused).
+
+    Args:
+        out: pathlib.Path. Folder to write (`DIR/<label>/*` layout for `--folder`).
+        films: int. Number of films.
+        seed: int. Seeds which copy gets which shift, size and quality. Defaults to `0`.
+
+    Returns:
+        dict. File name relative to `out` -> (stem of the original film, its `group_id` in labels.csv).
+    """
     rows = list(csv.DictReader(open(SHARED / "labels.csv", newline="")))
     rng = np.random.default_rng(seed)
     jobs = []

@@ -56,7 +56,19 @@ def measure_model(backbone, batch, steps, size=None, precision="float32", warmup
     """Images/s of `steps` training steps and of `steps` inference calls on one fixed batch.
 
     The first `warmup` calls of each (tracing/compilation) are left out of the timing.
-    Returns (size, train_images_per_s, infer_images_per_s).
+
+    Args:
+        backbone: str. A registered backbone name (`list_backbones()`).
+        batch: int. Images per step.
+        steps: int. Timed training steps and timed inference calls.
+        size: int or None. Patch side; `None` uses the backbone's native input size. Defaults to `None`.
+        precision: str. Keras dtype policy while the model is built (`float32`, `mixed_float16`,
+            `mixed_bfloat16`); the global policy is restored afterwards. Defaults to `"float32"`.
+        warmup: int. Untimed calls before each measurement. Defaults to `2`.
+        seed: int. Seeds weight init and the random batch. Defaults to `0`.
+
+    Returns:
+        (size, train_images_per_s, infer_images_per_s): the side used and the two rates.
     """
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(precision)
