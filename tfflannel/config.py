@@ -46,13 +46,24 @@ class Range:
     high_open: bool = False
 
     def contains(self, value):
-        """Whether `value` lies in the interval."""
+        """Whether `value` lies in the interval.
+
+        Args:
+            value: int or float. The value to test.
+
+        Returns:
+            bool. True when `value` satisfies both bounds (open bounds exclude the bound itself).
+        """
         if self.low is not None and (value <= self.low if self.low_open else value < self.low):
             return False
         return not (self.high is not None and (value >= self.high if self.high_open else value > self.high))
 
     def describe(self):
-        """The rule in words, e.g. `>= 1` or `in (0, 0.5]`."""
+        """The rule in words, e.g. `>= 1` or `in (0, 0.5]`, for error messages.
+
+        Returns:
+            str. The interval in words; assumes at least one bound is set.
+        """
         if self.high is None:
             return f"{'>' if self.low_open else '>='} {self.low:g}"
         if self.low is None:
@@ -280,7 +291,10 @@ def _apply(section, values, source, prefix=""):
         dotted = f"{prefix}{key}"
         if key not in names:
             close = difflib.get_close_matches(key, names, n=1)
-            hint = f"did you mean '{prefix}{close[0]}'?" if close else f"valid keys: {sorted(prefix + n for n in names)}"
+            if close:
+                hint = f"did you mean '{prefix}{close[0]}'?"
+            else:
+                hint = f"valid keys: {sorted(prefix + n for n in names)}"
             raise ConfigError(f"{source}: unknown key '{dotted}'; {hint}")
         current = getattr(section, key)
         if dataclasses.is_dataclass(current):
@@ -406,7 +420,13 @@ def packaged_config(name):
 
 
 def dump_config(config, path):
-    """Write the resolved config as YAML atomically."""
+    """Write the resolved config as YAML atomically.
+
+    Args:
+        config: ExperimentConfig. The tree to write; tuples become YAML lists, keys keep field order.
+        path: str or `pathlib.Path`. Output file (written via `tfflannel.utils.write_text_atomic`);
+            `load_config(path)` reads it back to an equal config.
+    """
     from tfflannel.utils import write_text_atomic
 
     data = _plain(dataclasses.asdict(config))

@@ -22,7 +22,23 @@ def _stage(title):
 
 
 def run_demo(config, out_dir):
-    """Run every stage into `out_dir`; returns the path of report.md."""
+    """Run every stage on `tfflannel/sample/cls` into `out_dir`, printing each stage's progress.
+
+    Writes `work/` (manifest, segment cache), `runs/` (one patch and one global
+    learner per `config.demo.backbones` on fold `config.demo.fold`, the patched and
+    global ensembles), `report/` (metrics, table3.md, report.md, a Grad-CAM figure)
+    and `export/` (the SavedModel, replaced if present), then classifies up to 4
+    test-split films with the export.
+
+    Args:
+        config: ExperimentConfig. Validated config; `config.demo` picks backbones, fold and
+            epochs. Modified in place: `patched.epochs` and `global_learner.epochs` are set to
+            `demo.patch_epochs` and `demo.global_epochs`.
+        out_dir: str or `pathlib.Path`. Output folder, created if needed.
+
+    Returns:
+        pathlib.Path. `out_dir/report/report.md`.
+    """
     from tfflannel.data.manifest import prepare_manifest
     from tfflannel.ensemble.train import train_ensemble
     from tfflannel.evaluation.report import evaluate_runs

@@ -1,4 +1,7 @@
-"""Small helpers shared by every stage: atomic writes and file hashing."""
+"""Small helpers shared by every stage: atomic writes and CSV reading.
+
+File hashing (`sha256_of_file`) lives in `tfflannel.data.io`, beside the image readers that use it.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +21,17 @@ def atomic_path(path):
     """Yield a temporary path beside `path`; rename it over `path` only on success.
 
     An interrupted job therefore never leaves a half-written output behind, and
-    an earlier complete output survives until the new one is complete.
+    an earlier complete output survives until the new one is complete. The
+    parent directory is created if needed; the temporary file gets the mode an
+    ordinary new file would get under the process umask (not `mkstemp`'s 0600).
+
+    Args:
+        path: str or `pathlib.Path`. The final output path.
+
+    Yields:
+        str. A temporary file path in the same directory. Write to it inside the
+        `with` block; it is renamed over `path` (`os.replace`, atomic on POSIX)
+        when the block exits normally and deleted when it raises.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -35,14 +48,26 @@ def atomic_path(path):
 
 
 def write_text_atomic(path, text):
-    """Write a text file atomically (temp file + rename)."""
+    """Write a text file atomically (temp file + rename).
+
+    Args:
+        path: str or `pathlib.Path`. Output file; parent directories are created.
+        text: str. Content, written as UTF-8 with newlines kept as given.
+    """
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8", newline="") as handle:
             handle.write(text)
 
 
 def write_csv_atomic(path, rows, fieldnames):
-    """Write dict rows as CSV atomically, columns in `fieldnames` order."""
+    """Write dict rows as CSV atomically, columns in `fieldnames` order.
+
+    Args:
+        path: str or `pathlib.Path`. Output CSV file; parent directories are created.
+        rows: iterable of dict. One dict per row; keys missing from a row are
+            written as empty cells, keys not in `fieldnames` are dropped.
+        fieldnames: sequence of str. Header and column order.
+    """
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=fieldnames, lineterminator="\n")
     writer.writeheader()
@@ -52,6 +77,16 @@ def write_csv_atomic(path, rows, fieldnames):
 
 
 def read_csv(path):
-    """Read a CSV file as a list of dicts (empty cells as '')."""
+    """Read a CSV file as a list of dicts (empty cells as '').
+
+    Args:
+        path: str or `pathlib.Path`. A UTF-8 CSV file with a header row.
+
+    Returns:
+        list of dict. One dict per row, keyed by the header; all values are str.
+
+    Raises:
+        FileNotFoundError: if `path` does not exist.
+    """
     with open(path, newline="", encoding="utf-8") as handle:
         return list(csv.DictReader(handle))

@@ -23,6 +23,7 @@ from tfflannel.models.classifier import build_classifier  # noqa: E402
 
 
 def main():
+    """Parse the options, time both ways of running the same random patches, print rates and ratio."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbone", default="mobilenet_v2", choices=list_backbones())
     parser.add_argument("--k", type=int, default=32)
@@ -31,8 +32,9 @@ def main():
     parser.add_argument("--batch-images", type=int, default=2, help="images per batched call (B)")
     args = parser.parse_args()
     model = build_classifier(args.backbone, args.size)
-    patches = np.random.default_rng(0).integers(0, 255, (args.images, args.k, args.size, args.size, 1)).astype(np.float32)
-    model.predict_on_batch(patches[0, :1])                                   # warm-up both call shapes
+    shape = (args.images, args.k, args.size, args.size, 1)
+    patches = np.random.default_rng(0).integers(0, 255, shape).astype(np.float32)
+    model.predict_on_batch(patches[0, :1])  # warm-up both call shapes
     model.predict_on_batch(patches[:args.batch_images].reshape(-1, args.size, args.size, 1))
 
     started = time.perf_counter()
@@ -43,7 +45,9 @@ def main():
     batched_rate = args.images / (time.perf_counter() - started)
 
     started = time.perf_counter()
-    single = [np.asarray(model.predict_on_batch(patches[i, j:j + 1])) for i in range(args.images) for j in range(args.k)]
+    single = [
+        np.asarray(model.predict_on_batch(patches[i, j:j + 1])) for i in range(args.images) for j in range(args.k)
+    ]
     single_rate = args.images / (time.perf_counter() - started)
 
     same = np.allclose(np.concatenate(batched), np.concatenate(single), atol=1e-4)

@@ -42,7 +42,16 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "cxr-cls"
 
 
 def near_copy(image, rng):
-    """A resized (long side 512-2048), shifted (<= 0.5 %) copy of a PIL image."""
+    """A resized (long side 512-2048), shifted (<= 0.5 %) copy of a PIL image.
+
+    Args:
+        image: `PIL.Image.Image`. The original film.
+        rng: `numpy.random.Generator`. Draws the shift (a crop of 0 to 0.5 % of each side from the
+            top left) and the new long side.
+
+    Returns:
+        `PIL.Image.Image`. The shifted copy resized bicubically, aspect ratio kept, sides >= 8 px.
+    """
     width, height = image.size
     dx, dy = (int(rng.integers(0, max(1, round(0.005 * side)) + 1)) for side in (width, height))
     shifted = image.crop((dx, dy, width, height)) if dx or dy else image
@@ -52,7 +61,21 @@ def near_copy(image, rng):
 
 
 def generate(out, films, seed=0):
-    """Write DIR/<label>/*.{png,jpg} and DIR/patients.csv; return {file: original} for every film."""
+    """Write a synthetic collection of `films` films built from the shared cxr-cls set.
+
+    Copy 0 of each shared film is a symlink (`<label>/<stem>.png`); copies 1, 2, ... are
+    `near_copy` JPEGs (quality 60-95) named `<label>/<stem>__copyNN.jpg`, until `films` files
+    exist. Every copy gets its own patient id (`copyNN:<stem>`) in `out/patients.csv`, so only
+    linkage can tie copies of one film together. Existing files are kept (the collection is reused).
+
+    Args:
+        out: pathlib.Path. Folder to write (`DIR/<label>/*` layout for `--folder`).
+        films: int. Number of films.
+        seed: int. Seeds which copy gets which shift, size and quality. Defaults to `0`.
+
+    Returns:
+        dict. File name relative to `out` -> (stem of the original film, its `group_id` in labels.csv).
+    """
     rows = list(csv.DictReader(open(SHARED / "labels.csv", newline="")))
     rng = np.random.default_rng(seed)
     jobs = []
@@ -94,20 +117,31 @@ class Clock:
 
     @contextlib.contextmanager
     def __call__(self, name):
+        """Time the `with` block under `name` (wall: `perf_counter`, CPU: `process_time`)."""
         wall, cpu = time.perf_counter(), time.process_time()
         yield
         self.wall[name], self.cpu[name] = time.perf_counter() - wall, time.process_time() - cpu
 
     def line(self, title, name, note):
+        """Print one table row: `title`, the wall and CPU seconds recorded under `name`, and `note`."""
         print(f"{title:<40}{self.wall[name]:7.2f}  {self.cpu[name]:7.2f}   {note}")
 
 
 def decode_only(record):
+    """Decode a record's image and hash its file, as the manifest pass did before linking.
+
+    Args:
+        record: dict. A source record with a `path` key.
+
+    Returns:
+        str. The file's hex sha256.
+    """
     read_image(record["path"])
     return sha256_of_file(record["path"])
 
 
 def main():
+    """Parse the options, build (or reuse) the synthetic collection, time each linkage stage and print the table."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--films", type=int, default=5856 + 950)
     parser.add_argument("--data", default="/tmp/tfflannel-linkage-bench")
@@ -163,7 +197,8 @@ def main():
     clock.line("same pass + dHash + 64x64 thumbnail", "hashed",
                f"x{clock.wall['hashed'] / clock.wall['plain']:.2f} wall, "
                f"x{clock.cpu['hashed'] / clock.cpu['plain']:.2f} CPU of the plain pass")
-    clock.line(f"candidate search (dHash <= {args.max_distance})", "search", f"{len(i):,} candidates of {pairs:,} pairs")
+    clock.line(f"candidate search (dHash <= {args.max_distance})", "search",
+               f"{len(i):,} candidates of {pairs:,} pairs")
     clock.line(f"confirmation (correlation >= {args.min_correlation})", "confirm", f"{int(keep.sum()):,} confirmed")
     clock.line("union-find over patient ids", "union", f"{len(set(groups.values()))} groups")
     clock.line("prepare_manifest end to end", "end to end",

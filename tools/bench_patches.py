@@ -34,6 +34,16 @@ from tfflannel.segmentation.cache import read_cache_records  # noqa: E402
 
 
 def ensure_workdir(path):
+    """Return the data directory to benchmark, building one from the bundled sample if none is given.
+
+    Args:
+        path: str or None. An existing data directory (manifest + segment cache), or `None`
+            to run `prepare_manifest` and `build_cache` (shipped segmenter) on
+            `tfflannel/sample/cls` in a new temporary directory.
+
+    Returns:
+        pathlib.Path. The data directory.
+    """
     if path:
         return Path(path)
     from tfflannel.data.manifest import prepare_manifest
@@ -48,6 +58,20 @@ def ensure_workdir(path):
 
 
 def original_patch(npz_path, size, rng):
+    """Cut one patch the way the original PyTorch loader did, for the speed comparison.
+
+    Row and column are drawn independently among the non-zero (lung) pixels, the
+    crop (clipped to a 1024 x 1024 image) is resized with PIL bilinear and stacked
+    to 3 channels without normalisation.
+
+    Args:
+        npz_path: str or `pathlib.Path`. Cache `.npz` file holding a float `image` (lung-masked film).
+        size: int. Patch side in pixels.
+        rng: `numpy.random.Generator`. Source of the patch centre.
+
+    Returns:
+        numpy.ndarray of shape `(3, size, size)`, float32.
+    """
     image = np.load(npz_path)["image"]
     rows, cols = np.nonzero(image)
     r, c = rng.choice(rows), rng.choice(cols)             # independent draws, as the original
@@ -58,6 +82,7 @@ def original_patch(npz_path, size, rng):
 
 
 def main():
+    """Parse the options, time the tf.data patch pipeline against the original's loader (and optionally a model)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data")
     parser.add_argument("--k", type=int, default=100)
@@ -113,7 +138,8 @@ def main():
         print(f"{args.model} on {device_name()}, batch {args.batch}: train {train_rate:.1f} images/s, "
               f"inference {infer_rate:.1f} images/s")
         print(f"pipeline / model training       : {rates[False] / train_rate:9.1f}x")
-        print(f"pipeline / model inference      : {rates[False] / infer_rate:9.1f}x   (above 1: the model is the bottleneck)")
+        print(f"pipeline / model inference      : {rates[False] / infer_rate:9.1f}x   "
+              "(above 1: the model is the bottleneck)")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Images/s the model itself takes: training steps and batched inference of a base learner.
+r"""Images/s the model itself takes: training steps and batched inference of a base learner.
 
 The other half of "is the pipeline or the model the bottleneck?": `bench_patches.py` measures
 how fast the tf.data pipeline feeds patches; this script measures how fast a FLANNEL backbone
@@ -56,7 +56,19 @@ def measure_model(backbone, batch, steps, size=None, precision="float32", warmup
     """Images/s of `steps` training steps and of `steps` inference calls on one fixed batch.
 
     The first `warmup` calls of each (tracing/compilation) are left out of the timing.
-    Returns (size, train_images_per_s, infer_images_per_s).
+
+    Args:
+        backbone: str. A registered backbone name (`list_backbones()`).
+        batch: int. Images per step.
+        steps: int. Timed training steps and timed inference calls.
+        size: int or None. Patch side; `None` uses the backbone's native input size. Defaults to `None`.
+        precision: str. Keras dtype policy while the model is built (`float32`, `mixed_float16`,
+            `mixed_bfloat16`); the global policy is restored afterwards. Defaults to `"float32"`.
+        warmup: int. Untimed calls before each measurement. Defaults to `2`.
+        seed: int. Seeds weight init and the random batch. Defaults to `0`.
+
+    Returns:
+        (size, train_images_per_s, infer_images_per_s): the side used and the two rates.
     """
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(precision)
@@ -83,9 +95,11 @@ def measure_model(backbone, batch, steps, size=None, precision="float32", warmup
 
 
 def main():
+    """Parse the options, measure each requested backbone, print (and optionally append to --csv) its rates."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbone", nargs="+", default=["mobilenet_v2"],
-                        help=f"registered names, or 'flannel' for the five FLANNEL learners: {', '.join(list_backbones())}")
+                        help="registered names, or 'flannel' for the five FLANNEL learners: "
+                        + ", ".join(list_backbones()))
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=2)

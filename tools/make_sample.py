@@ -22,6 +22,21 @@ SOURCE_NAME = {"ieee8023": "ccx", "kermany": "kcx"}
 
 
 def pick_classification(shared, out, rng):
+    """Copy the classification subset of `PLAN` and write its patients and provenance tables.
+
+    For each label and source, images whose licence is allowed are sorted by file
+    name, shuffled with `rng` and the first `count` kept. Writes `cls/<label>/*.png`,
+    `cls/patients.csv`, `provenance_cls.csv` and the matching rows of
+    `ieee8023_metadata_rows.csv` under `out`.
+
+    Args:
+        shared: pathlib.Path. The shared folder holding `data/cxr-cls`.
+        out: pathlib.Path. The sample folder (`tfflannel/sample`).
+        rng: `random.Random`. Seeded generator; consumed before `pick_segmentation`.
+
+    Returns:
+        list of dict. The chosen rows of `cxr-cls/labels.csv`.
+    """
     rows = list(csv.DictReader(open(shared / "data/cxr-cls/labels.csv")))
     chosen = []
     for label, plan in PLAN.items():
@@ -50,7 +65,9 @@ def pick_classification(shared, out, rng):
         writer.writeheader()
         for row in sorted(chosen, key=lambda r: (r["label"], r["filename"])):
             writer.writerow(dict(row, filename=f"cls/{row['label']}/{Path(row['filename']).name}"))
-    names = {Path(r["provenance"].split(":images/")[-1].split(" ")[0]).name for r in chosen if r["source"] == "ieee8023"}
+    names = {
+        Path(r["provenance"].split(":images/")[-1].split(" ")[0]).name for r in chosen if r["source"] == "ieee8023"
+    }
     meta = list(csv.DictReader(open(shared / "data/cxr-cls/ieee8023_metadata_rows.csv")))
     with open(out / "ieee8023_metadata_rows.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(meta[0]), lineterminator="\n")
@@ -60,6 +77,20 @@ def pick_classification(shared, out, rng):
 
 
 def pick_segmentation(shared, out, rng, count=20):
+    """Copy `count` image/mask pairs of cxr-seg and write `seg/pairs.csv`.
+
+    Pairs whose image licence is in `PERMISSIVE` come first (in file order); the
+    CC BY-NC-SA pairs, sorted and shuffled with `rng`, fill the rest.
+
+    Args:
+        shared: pathlib.Path. The shared folder holding `data/cxr-seg`.
+        out: pathlib.Path. The sample folder (`tfflannel/sample`).
+        rng: `random.Random`. Seeded generator.
+        count: int. Number of pairs. Defaults to `20`.
+
+    Returns:
+        list of dict. The chosen rows of `cxr-seg/seg_pairs.csv`.
+    """
     rows = list(csv.DictReader(open(shared / "data/cxr-seg/seg_pairs.csv")))
     ranked = [r for r in rows if r["image_license"] in PERMISSIVE]
     rest = [r for r in rows if r["image_license"].startswith("CC BY-NC-SA")]
@@ -81,6 +112,7 @@ def pick_segmentation(shared, out, rng, count=20):
 
 
 def main():
+    """Parse the options, replace `sample/cls` and `sample/seg` with a fresh seeded pick, print the counts."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--shared", default=str(Path(__file__).resolve().parents[1].parent / "shared"))
     parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "tfflannel" / "sample"))

@@ -6,9 +6,10 @@ Backend-agnostic (plain Keras): on a GPU host without TensorFlow run it with
             scored at the ground truth's own resolution, patients never seen in training)
   final/    the same recipe on every pair, plus lung_segmenter.json + weights to ship
 
-Example (what produced tfflannel/weights/):
-  KERAS_BACKEND=jax python tools/train_segmenter.py --pairs ../shared/data/cxr-seg \
-      --model fcdn67 --epochs 150 --out runs/segmenter --stage both
+The command that produced the shipped tfflannel/weights/ (an `fcdn_small` at 128x128; the
+options' defaults, fcdn67 at 256x256 for 150 epochs, describe a larger model that was not shipped):
+  python tools/train_segmenter.py --pairs ../shared/data/cxr-seg --model fcdn_small \
+      --input-size 128 --epochs 60 --learning-rate 1e-3 --batch-size 4 --out runs/segmenter --stage both
 """
 
 import argparse
@@ -26,7 +27,13 @@ from tfflannel.segmentation.train import build_segmenter, train_segmenter  # noq
 
 
 def write_pairs_csv(pairs, path):
-    """The held-out pairs as a CSV that `evaluate-seg --pairs` reads (absolute paths)."""
+    """Write pairs as a CSV that `evaluate-seg --pairs` reads (absolute paths).
+
+    Args:
+        pairs: sequence of segmentation pairs (`tfflannel.segmentation.readers` records with
+            `image`, `masks["lung"]` and `patient_id`).
+        path: str or `pathlib.Path`. Output CSV, columns `image`, `mask`, `patient_id`.
+    """
     import csv
 
     with open(path, "w", newline="") as handle:
@@ -37,6 +44,7 @@ def write_pairs_csv(pairs, path):
 
 
 def main():
+    """Parse the options, run the `measure` and/or `final` stages under --out and print a JSON summary."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", required=True, help="folder or CSV of image/mask pairs")
     parser.add_argument("--model", default="fcdn67")

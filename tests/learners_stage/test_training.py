@@ -137,12 +137,28 @@ def test_mirrored_strategy_on_two_logical_cpus_with_uneven_batch(tmp_path, sampl
     assert np.isfinite(float(result.stdout.split("LOSS")[1]))
 
 
-def test_strategy_default_without_gpus():
+@pytest.mark.parametrize("visible_gpus", [None, 0, 1], ids=["this-host", "no-gpu", "one-gpu"])
+def test_strategy_default_without_gpus(monkeypatch, visible_gpus):
+    """`auto` is the default one-replica strategy with at most one GPU, MirroredStrategy over all of them beyond.
+
+    `no-gpu`/`one-gpu` show make_strategy a device list of that size, so they hold on any host; `this-host` checks
+    the choice against the GPUs this host really has (none on CI, any number on a GPU host).
+    """
     from tfflannel.learners.strategy import make_strategy, replica_batch_size
 
+    if visible_gpus is not None:
+        real = tf.config.list_logical_devices
+        fake = [tf.config.LogicalDevice(f"/device:GPU:{i}", "GPU") for i in range(visible_gpus)]
+        monkeypatch.setattr(tf.config, "list_logical_devices",
+                            lambda device_type=None: fake if device_type == "GPU" else real(device_type))
+    gpus = len(tf.config.list_logical_devices("GPU"))
     strategy = make_strategy("auto")
-    assert strategy.num_replicas_in_sync == 1 and replica_batch_size(5, strategy) == 5
-    assert not tf.config.list_physical_devices("GPU")
+    if gpus <= 1:
+        assert strategy is tf.distribute.get_strategy()
+        assert strategy.num_replicas_in_sync == 1 and replica_batch_size(5, strategy) == 5
+    else:
+        assert isinstance(strategy, tf.distribute.MirroredStrategy) and strategy.num_replicas_in_sync == gpus
+        assert replica_batch_size(5, strategy) % gpus == 0
 
 
 def test_optional_l1_adds_a_penalty_per_kernel():

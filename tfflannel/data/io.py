@@ -49,7 +49,11 @@ def set_image_limits(max_megapixels=MAX_MEGAPIXELS, min_side=MIN_SIDE):
 
 
 def image_limits():
-    """The limits in force, as a dict with `max_megapixels` and `min_side`."""
+    """Return the limits in force.
+
+    Returns:
+        dict. A copy with `max_megapixels` (float) and `min_side` (int).
+    """
     return dict(_limits)
 
 
@@ -76,7 +80,12 @@ def check_image_size(path, height, width, limits):
 
 
 class ImageReadError(InputError):
-    """A file that cannot be decoded as an image; the message names the file and why."""
+    """A file that cannot be decoded as an image; the message names the file and why.
+
+    Args:
+        path: str or `pathlib.Path`. The file; kept as `self.path` (str).
+        reason: str. Why it was rejected; kept as `self.reason`. The message is `"{path}: {reason}"`.
+    """
 
     def __init__(self, path, reason):
         self.path = str(path)
@@ -85,7 +94,18 @@ class ImageReadError(InputError):
 
 
 def sha256_of_file(path, chunk_size=1 << 20):
-    """Hex sha256 of a file's bytes (identical files share it, whatever their name)."""
+    """Hex sha256 of a file's bytes (identical files share it, whatever their name).
+
+    Args:
+        path: str or `pathlib.Path`. The file, read in binary chunks.
+        chunk_size: int. Bytes read at a time. Defaults to `1 << 20` (1 MiB).
+
+    Returns:
+        str. 64 lowercase hex digits.
+
+    Raises:
+        FileNotFoundError: if `path` does not exist.
+    """
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(chunk_size), b""):
@@ -94,7 +114,15 @@ def sha256_of_file(path, chunk_size=1 << 20):
 
 
 def to_uint8(array):
-    """Min-max scale any numeric 2-D array to uint8 (a constant image becomes zeros)."""
+    """Min-max scale any numeric 2-D array to uint8 (a constant image becomes zeros).
+
+    Args:
+        array: array-like, any numeric dtype and shape.
+
+    Returns:
+        numpy.ndarray, uint8, same shape: returned unchanged if already uint8, else
+        `round((x - min) * 255 / (max - min))`, so the minimum maps to 0 and the maximum to 255.
+    """
     array = np.asarray(array)
     if array.dtype == np.uint8:
         return array
@@ -212,7 +240,13 @@ def read_image(path, limits=None):
 
 
 def write_png(path, image):
-    """Write a uint8 (H, W) array as PNG atomically."""
+    """Write a uint8 (H, W) array as PNG atomically.
+
+    Args:
+        path: str or `pathlib.Path`. Output file; parent directories are created.
+        image: array-like of shape `(H, W)` (or `(H, W, 3)`/`(H, W, 4)` for colour). Cast with
+            `np.asarray(image, np.uint8)`: values outside [0, 255] are not clipped, so scale first (`to_uint8`).
+    """
     from PIL import Image
 
     from tfflannel.utils import atomic_path

@@ -148,7 +148,8 @@ def collect_records(ccx=None, kcx=None, folders=(), fungal_as_bacterial=False, w
         results = pool.map(_check_image, records)
         for record, error in tqdm(results, total=len(records), desc="reading images", unit="img", disable=not progress):
             if error:
-                rejected.append({"path": record["path"], "source": record["source"], "reason": f"unreadable image: {error}"})
+                reason = f"unreadable image: {error}"
+                rejected.append({"path": record["path"], "source": record["source"], "reason": reason})
             else:
                 checked.append(record)
     kept, links = _drop_duplicates(checked, rejected)
@@ -176,7 +177,12 @@ def _partition(row):
 
 
 def library_versions():
-    """Versions of Python and of the libraries that decide the split, the links and the metrics."""
+    """Versions of Python and of the libraries that decide the split, the links and the metrics.
+
+    Returns:
+        dict. `python` and each name of `DECIDING_LIBRARIES` -> installed version string,
+        or `"not installed"`.
+    """
     versions = {"python": platform.python_version()}
     for name in DECIDING_LIBRARIES:
         try:
@@ -218,7 +224,22 @@ def _conflicts_section(links):
 
 
 def format_statistics(rows, rejected, seed, folds, test_size, links=(), max_distance=8, min_correlation=0.97):
-    """A Table-2-like summary: counts per source, view and partition, patients, links and library versions."""
+    """A Table-2-like summary: counts per source, view and partition, patients, links and library versions.
+
+    Args:
+        rows: list of dict. Manifest rows, with `split`, `fold` and `group_id` assigned.
+        rejected: list of dict. Rejections (`path`, `source`, `reason`); counted by reason.
+        seed: int. Split seed, quoted in the text.
+        folds: int. Number of folds; one partition row per fold.
+        test_size: float. Test share, quoted in the text.
+        links: sequence of `Link`. Patient links found; summarised with any label conflicts.
+            Defaults to `()`.
+        max_distance: int. dHash threshold used, quoted in the text. Defaults to `8`.
+        min_correlation: float. Correlation threshold used, quoted in the text. Defaults to `0.97`.
+
+    Returns:
+        str. The Markdown text of `statistics.md`.
+    """
     def count_table(key, title):
         values = sorted({key(r) for r in rows}, key=str)
         table = [[value] + [sum(1 for r in rows if key(r) == value and r["label"] == c) for c in CLASS_NAMES]
@@ -235,7 +256,8 @@ def format_statistics(rows, rejected, seed, folds, test_size, links=(), max_dist
                                   else r["reason"].split(" [")[0].split(":")[0] for r in rejected)
     parts = [
         "# Dataset statistics",
-        f"{len(rows)} images from {len({r['patient_id'] for r in rows})} patients kept; {len(rejected)} inputs rejected "
+        f"{len(rows)} images from {len({r['patient_id'] for r in rows})} patients kept; "
+        f"{len(rejected)} inputs rejected "
         f"(see rejected.csv). Split: test share {test_size}, {folds} folds, seed {seed}, grouped by patient group "
         f"({len({r['group_id'] for r in rows})} groups: patient ids linked by shared films) and stratified by label.",
         count_table(lambda r: r["source"], "Images per source"),
@@ -295,7 +317,8 @@ def prepare_manifest(out, ccx=None, kcx=None, folders=(), seed=0, folds=5, test_
     records, rejected, links = collect_records(ccx, kcx, folders, fungal_as_bacterial, progress=progress,
                                                max_distance=max_distance, min_correlation=min_correlation)
     if not records:
-        raise DatasetError(f"no images left after filtering ({len(rejected)} inputs rejected; reasons in the error list)"
+        raise DatasetError(f"no images left after filtering ({len(rejected)} inputs rejected; "
+                           "reasons in the error list)"
                            + "".join(f"\n  {r['path']}: {r['reason']}" for r in rejected[:10]))
     split, fold = assign_splits([r["label"] for r in records], [r["group_id"] for r in records],
                                 test_size=test_size, folds=folds, seed=seed)
@@ -311,7 +334,19 @@ def prepare_manifest(out, ccx=None, kcx=None, folders=(), seed=0, folds=5, test_
 
 
 def load_manifest(path):
-    """Read a manifest.csv (a file or a work directory) and check its columns and labels."""
+    """Read a manifest.csv (a file or a work directory) and check its columns and labels.
+
+    Args:
+        path: str or `pathlib.Path`. `manifest.csv`, or the work directory holding it.
+
+    Returns:
+        list of dict. The rows, all values str (`fold` is `""` for test rows).
+
+    Raises:
+        FileNotFoundError: no manifest at `path`.
+        DatasetError: a column of `MANIFEST_COLUMNS` is missing (an older manifest), or a
+            label is not one of `CLASS_NAMES`; the message names the file (and row).
+    """
     path = Path(path)
     if path.is_dir():
         path = path / "manifest.csv"

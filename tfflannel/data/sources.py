@@ -2,7 +2,7 @@
 
 Each reader returns `(records, rejected)`: a record is a dict with `image_id`,
 `path` (absolute), `source`, `patient_id`, `view` and `label`; a rejection is a
-dict with `path` and `reason`. Nothing is dropped silently: every file or
+dict with `path`, `source` and `reason`. Nothing is dropped silently: every file or
 metadata row a reader leaves out is listed with its reason.
 """
 
@@ -35,8 +35,19 @@ class DatasetError(InputError):
 def map_ccx_finding(finding, fungal_as_bacterial=False):
     """Map a COVID-collection `finding` (flat or hierarchical form) to a label.
 
+    The hierarchical form is `Pneumonia/<Viral|Bacterial|Fungal>/<organism>`; the
+    leaf (last part) or the pneumonia kind decides. `No Finding` is normal, COVID-19
+    leaves are covid19, organisms in `VIRAL_ORGANISMS`/`BACTERIAL_ORGANISMS` are viral
+    or bacterial pneumonia, fungal ones are excluded unless `fungal_as_bacterial`.
+
+    Args:
+        finding: str or None. The metadata's `finding` cell (case-insensitive).
+        fungal_as_bacterial: bool. Label fungal pneumonia as bacterial, as the original
+            FLANNEL did. Defaults to `False`.
+
     Returns:
-        (label, reason): label is one of CLASS_NAMES or None; reason explains a None.
+        (label, reason): label is one of CLASS_NAMES or None; reason explains a None
+        and is `""` otherwise.
     """
     text = (finding or "").strip()
     if not text:
@@ -55,13 +66,15 @@ def map_ccx_finding(finding, fungal_as_bacterial=False):
     if kind == "FUNGAL" or leaf in FUNGAL_ORGANISMS:
         if fungal_as_bacterial:
             return "bacterial_pneumonia", ""
-        return None, f"fungal finding '{text}' excluded (set data.fungal_as_bacterial to label it bacterial as the original did)"
+        return None, (f"fungal finding '{text}' excluded "
+                      "(set data.fungal_as_bacterial to label it bacterial as the original did)")
     return None, f"finding '{text}' maps to none of {list(CLASS_NAMES)}"
 
 
 def _open_metadata(metadata_path):
     if not metadata_path.is_file():
-        raise DatasetError(f"{metadata_path}: metadata.csv not found (expected a COVID chest X-ray collection checkout with metadata.csv and images/)")
+        raise DatasetError(f"{metadata_path}: metadata.csv not found "
+                           "(expected a COVID chest X-ray collection checkout with metadata.csv and images/)")
     with open(metadata_path, newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         columns = {name.strip().lower(): name for name in (reader.fieldnames or [])}
@@ -93,7 +106,19 @@ def read_ccx(root, fungal_as_bacterial=False):
     """Read a COVID chest X-ray collection checkout (`metadata.csv` + `images/`).
 
     Keeps X-ray frontal views (PA, AP, AP Supine, AP Erect) whose finding maps to
-    one of the four labels; patient id = `ccx:<patientid>`.
+    one of the four labels; patient id = `ccx:<patientid>`, image id =
+    `ccx:<file stem>`. Every other metadata row is rejected with its reason and
+    its `metadata.csv` line.
+
+    Args:
+        root: str or `pathlib.Path`. The checkout holding `metadata.csv` and `images/`.
+        fungal_as_bacterial: bool. Passed to `map_ccx_finding`. Defaults to `False`.
+
+    Returns:
+        (records, rejected): lists of dicts as described in the module docstring.
+
+    Raises:
+        DatasetError: `metadata.csv` is missing or lacks a column of `CCX_REQUIRED_COLUMNS`.
     """
     root = Path(root).resolve()
     rows = _open_metadata(root / "metadata.csv")
@@ -124,7 +149,19 @@ def read_kcx(root):
     """Read the Kaggle pneumonia layout `{train,val,test}/{NORMAL,PNEUMONIA}/*`.
 
     The dataset's own train/val/test folders are pooled (they are re-split by
-    patient later). Patient id = `kcx:personN` or `kcx:IM-XXXX`; view AP.
+    patient later). Patient id = `kcx:personN` or `kcx:IM-XXXX`; view AP. The
+    pneumonia type (bacteria or virus) comes from the file name; a file name without
+    a patient id (or type) is rejected.
+
+    Args:
+        root: str or `pathlib.Path`. The dataset folder (e.g. `chest_xray/`).
+
+    Returns:
+        (records, rejected): lists of dicts as described in the module docstring.
+
+    Raises:
+        DatasetError: `root` does not exist or holds none of the
+            `{train,val,test}/{NORMAL,PNEUMONIA}` folders.
     """
     root = Path(root).resolve()
     if not root.is_dir():
@@ -155,7 +192,8 @@ def read_kcx(root):
                         patient = match.group(1).lower()
                         label = "bacterial_pneumonia" if match.group(2).lower() == "bacteria" else "viral_pneumonia"
                 if patient is None:
-                    rejected.append({"path": str(path), "source": "kcx", "reason": "file name gives no patient id or pneumonia type"})
+                    reason = "file name gives no patient id or pneumonia type"
+                    rejected.append({"path": str(path), "source": "kcx", "reason": reason})
                     continue
                 records.append({
                     "image_id": f"kcx:{part}/{folder}/{path.stem}",
@@ -175,7 +213,20 @@ def read_folder(root):
 
     patients.csv columns: `filename` (relative to DIR, or a bare file name) and
     `patient_id`; optional `source` and `view`. Without a patient id an image is
-    its own patient, which cannot protect against leakage: statistics.md says so.
+    its own patient (`image:<relative path>`), which cannot protect against leakage:
+    statistics.md says so. Files under a folder that is not a label, and files
+    without an image suffix, are rejected. Source defaults to the folder's name, view
+    to `unknown`.
+
+    Args:
+        root: str or `pathlib.Path`. The folder holding one sub-folder per label.
+
+    Returns:
+        (records, rejected): lists of dicts as described in the module docstring.
+
+    Raises:
+        DatasetError: `root` does not exist, holds no file at all, or its `patients.csv`
+            lacks the `filename` or `patient_id` column.
     """
     root = Path(root).resolve()
     if not root.is_dir():
@@ -186,7 +237,9 @@ def read_folder(root):
         with open(patients_csv, newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
             if not {"filename", "patient_id"} <= set(reader.fieldnames or []):
-                raise DatasetError(f"{patients_csv}: needs columns 'filename' and 'patient_id'; found {reader.fieldnames}")
+                raise DatasetError(
+                    f"{patients_csv}: needs columns 'filename' and 'patient_id'; found {reader.fieldnames}"
+                )
             for row in reader:
                 table[row["filename"].strip()] = row
     records, rejected = [], []
@@ -194,7 +247,8 @@ def read_folder(root):
     for directory in sorted(p for p in root.iterdir() if p.is_dir()):
         for path in sorted(p for p in directory.rglob("*") if p.is_file()):
             if directory.name not in CLASS_NAMES:
-                rejected.append({"path": str(path), "source": "folder", "reason": f"label folder '{directory.name}' is not one of {list(CLASS_NAMES)}"})
+                reason = f"label folder '{directory.name}' is not one of {list(CLASS_NAMES)}"
+                rejected.append({"path": str(path), "source": "folder", "reason": reason})
                 continue
             if path.suffix.lower() not in IMAGE_SUFFIXES:
                 rejected.append({"path": str(path), "source": "folder", "reason": "not an image file name"})

@@ -11,13 +11,18 @@ from tfflannel import CLASS_NAMES
 def classification_metrics(labels, scores):
     """Per-class one-vs-rest precision, recall, F1, support; macro-F1; accuracy; confusion matrix.
 
+    Always reports the C = 4 classes of `CLASS_NAMES`, also those absent from `labels`.
+
     Args:
-        labels: (N,) int class indices.
-        scores: (N, C) float scores; the prediction is their numeric argmax.
+        labels: array-like of shape `(N,)`, int. True class indices in `[0, C)`.
+        scores: array-like of shape `(N, C)`, float. Scores or probabilities; the prediction is
+            their numeric argmax (the first class on ties).
 
     Returns:
-        dict with `per_class` (list of dicts), `macro_f1`, `accuracy`, `confusion` (C x C, rows true).
-        A class never predicted gets precision 0 (no NaN).
+        dict with `per_class` (list of C dicts `class, precision, recall, f1, support`), `macro_f1`,
+        `macro_precision`, `macro_recall` (unweighted means over the C classes), `accuracy` (`0.0` when
+        N is 0) and `confusion` (C x C nested lists of int, rows true, columns predicted). A class
+        never predicted, or never present, gets 0 for the undefined ratio (no NaN).
     """
     labels = np.asarray(labels, int)
     predicted = np.argmax(np.asarray(scores, float), axis=1)
@@ -37,7 +42,17 @@ def classification_metrics(labels, scores):
 
 
 def metrics_rows(run, fold, metrics):
-    """Rows of metrics.csv (run, fold, class, precision, recall, f1, support), class `macro` last."""
+    """Rows of metrics.csv (run, fold, class, precision, recall, f1, support), class `macro` last.
+
+    Args:
+        run: str. Run name (a backbone or ensemble name) written in every row.
+        fold: int or str. Fold written in every row.
+        metrics: dict. The result of `classification_metrics`.
+
+    Returns:
+        list of dict. One row per class in `CLASS_NAMES` order, then a `macro` row with the macro
+        precision, recall and F1 and the total support.
+    """
     rows = [{"run": run, "fold": fold, **item} for item in metrics["per_class"]]
     rows.append({"run": run, "fold": fold, "class": "macro", "precision": metrics["macro_precision"],
                  "recall": metrics["macro_recall"], "f1": metrics["macro_f1"],
@@ -47,6 +62,10 @@ def metrics_rows(run, fold, metrics):
 
 def table3(metric_rows):
     """Per run and class: F1 mean and sample std (ddof=1) over folds, as the paper's Table 3.
+
+    Args:
+        metric_rows: iterable of dict. Rows as `metrics_rows` makes them (or read back from
+            metrics.csv: `f1` may be a string), for any number of runs and folds.
 
     Returns:
         list of dicts `run, class, f1_mean, f1_std, folds`, runs in first-seen order, classes in CLASS_NAMES order
@@ -67,14 +86,32 @@ def table3(metric_rows):
 
 
 def format_mean_std(mean, std, digits=3):
-    """'0.912 (0.031)'; a single fold has no std: '0.912 (n/a)'."""
+    """Format a mean and std as '0.912 (0.031)'; a single fold has no std: '0.912 (n/a)'.
+
+    Args:
+        mean: float. The mean.
+        std: float or None. The standard deviation; `None` or NaN prints `n/a`.
+        digits: int. Decimal places of both numbers. Defaults to `3`.
+
+    Returns:
+        str. The formatted cell.
+    """
     if std is None or (isinstance(std, float) and np.isnan(std)):
         return f"{mean:.{digits}f} (n/a)"
     return f"{mean:.{digits}f} ({std:.{digits}f})"
 
 
 def table3_markdown(table):
-    """Markdown: one row per run, columns per class F1 and macro-F1, cells 'mean (std)'."""
+    """Format a `table3` result as a Markdown table, one row per run.
+
+    Args:
+        table: list of dict. The result of `table3`.
+
+    Returns:
+        str. Header `model | <each class> | macro-F1 | folds`, then one row per run in first-seen
+        order with 'mean (std)' F1 cells (empty where a class has no rows) and the run's largest
+        fold count. No trailing newline.
+    """
     header = ["model", *CLASS_NAMES, "macro-F1", "folds"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for run in dict.fromkeys(row["run"] for row in table):

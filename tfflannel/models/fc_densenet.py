@@ -30,11 +30,34 @@ SEGMENTATION_CLASSES = {
 
 
 def lung_class_indices(classes):
-    """Indices of the classes whose union is the lung mask."""
+    """Indices of the classes whose union is the lung mask.
+
+    Args:
+        classes: str. A key of `SEGMENTATION_CLASSES` (`"lung"` or `"jsrt"`).
+
+    Returns:
+        list of int. Channel indices of the classes whose name contains "lung"
+        (`[1]` for `lung`, `[2, 3]` for `jsrt`).
+
+    Raises:
+        KeyError: if `classes` is not a key of `SEGMENTATION_CLASSES`.
+    """
     return [i for i, name in enumerate(SEGMENTATION_CLASSES[classes]) if "lung" in name]
 
 
 def apply_dense_layer(x, growth_rate, dropout, bn_momentum, name):
+    """Apply one dense layer: BN, ReLU, 3x3 conv (`growth_rate` filters, He uniform), spatial dropout.
+
+    Args:
+        x: tensor. Input feature map, shape `(B, H, W, C)`.
+        growth_rate: int. Number of new feature maps (conv filters).
+        dropout: float. `SpatialDropout2D` rate; `0` adds no dropout layer.
+        bn_momentum: float. Keras BatchNormalization momentum (epsilon is 1e-5, as in PyTorch).
+        name: str. Prefix of the layer names (`{name}_bn`, `{name}_relu`, `{name}_conv`, `{name}_drop`).
+
+    Returns:
+        tensor of shape `(B, H, W, growth_rate)`: only the new features, not concatenated with `x`.
+    """
     x = layers.BatchNormalization(momentum=bn_momentum, epsilon=1e-5, name=f"{name}_bn")(x)
     x = layers.Activation("relu", name=f"{name}_relu")(x)
     x = layers.Conv2D(growth_rate, 3, padding="same", kernel_initializer="he_uniform", name=f"{name}_conv")(x)
@@ -44,7 +67,22 @@ def apply_dense_layer(x, growth_rate, dropout, bn_momentum, name):
 
 
 def apply_dense_block(x, num_layers, growth_rate, dropout, bn_momentum, name, new_features_only=False):
-    """Each layer sees the concatenation of the block input and all earlier layers' outputs."""
+    """Apply a dense block: each layer sees the concatenation of the block input and all earlier layers' outputs.
+
+    Args:
+        x: tensor. Input feature map, shape `(B, H, W, C)`.
+        num_layers: int. Number of dense layers (`apply_dense_layer`).
+        growth_rate: int. Feature maps added by each layer.
+        dropout: float. Spatial dropout rate of each layer; `0` for none.
+        bn_momentum: float. Keras BatchNormalization momentum.
+        name: str. Prefix of the layer names (`{name}_layer{i}_*`, `{name}_concat{i}`, `{name}_new`).
+        new_features_only: bool. Return only the `num_layers * growth_rate` maps the block made
+            (the original's up-path and bottleneck blocks), not the input as well. Defaults to `False`.
+
+    Returns:
+        tensor of shape `(B, H, W, C + num_layers * growth_rate)`, or
+        `(B, H, W, num_layers * growth_rate)` when `new_features_only`.
+    """
     new_features = []
     for index in range(num_layers):
         features = apply_dense_layer(x, growth_rate, dropout, bn_momentum, f"{name}_layer{index + 1}")
@@ -58,6 +96,17 @@ def apply_dense_block(x, num_layers, growth_rate, dropout, bn_momentum, name, ne
 
 
 def apply_transition_down(x, dropout, bn_momentum, name):
+    """Apply a transition down: BN, ReLU, 1x1 conv keeping the channel count, spatial dropout, 2x2 max pool.
+
+    Args:
+        x: tensor. Input feature map, shape `(B, H, W, C)` with static `C`.
+        dropout: float. `SpatialDropout2D` rate; `0` adds no dropout layer.
+        bn_momentum: float. Keras BatchNormalization momentum.
+        name: str. Prefix of the layer names (`{name}_bn`, `{name}_conv`, `{name}_pool`, ...).
+
+    Returns:
+        tensor of shape `(B, H // 2, W // 2, C)`.
+    """
     channels = x.shape[-1]
     x = layers.BatchNormalization(momentum=bn_momentum, epsilon=1e-5, name=f"{name}_bn")(x)
     x = layers.Activation("relu", name=f"{name}_relu")(x)
@@ -82,13 +131,21 @@ def build_fc_densenet(
         preset: str. One of `FC_DENSENET_PRESETS` (`fcdn103`, `fcdn67`, `fcdn56`, `fcdn_small`).
             Defaults to `"fcdn103"`.
         num_classes: int. Output classes (2 = background/lung, 4 = JSRT style). Defaults to `2`.
-        input_shape: tuple. (H, W, C); H and W multiples of 32. Defaults to `(256, 256, 1)`.
+        input_shape: tuple. (H, W, C); H and W multiples of `2 ** len(down_blocks)` (32 for every
+            preset), or `None` for any size. Defaults to `(256, 256, 1)`.
         dropout: float. Spatial dropout rate after each conv (the original's 0.2). Defaults to `0.2`.
         bn_momentum: float. Keras BN momentum (0.9 = PyTorch's 0.1). Defaults to `0.9`.
-        **overrides: architecture keys of the preset to change (e.g. `growth_rate=8`).
+        name: str or None. Model name. Defaults to `None` (the preset name).
+        **overrides: architecture keys of the preset to change (`first_filters`, `growth_rate`,
+            `down_blocks`, `bottleneck_layers`, `up_blocks`; e.g. `growth_rate=8`).
 
     Returns:
-        keras.Model mapping (B, H, W, C) float in [0, 1] to (B, H, W, num_classes) probabilities.
+        keras.Model mapping (B, H, W, C) float in [0, 1] to (B, H, W, num_classes) float32
+        softmax probabilities (the output layer is float32 under mixed precision too).
+
+    Raises:
+        ValueError: if `preset` is unknown, `down_blocks` and `up_blocks` differ in length, or
+            H or W is not a multiple of `2 ** len(down_blocks)`.
 
     Example:
         >>> model = build_fc_densenet("fcdn_small", input_shape=(64, 64, 1))
@@ -100,18 +157,24 @@ def build_fc_densenet(
     if len(arch["up_blocks"]) != depth:
         raise ValueError(f"down_blocks and up_blocks must have the same length. Received: {arch}.")
     if input_shape[0] is not None and (input_shape[0] % 2**depth or input_shape[1] % 2**depth):
-        raise ValueError(f"input height and width must be multiples of {2**depth}. Received: input_shape={input_shape}.")
+        raise ValueError(
+            f"input height and width must be multiples of {2**depth}. Received: input_shape={input_shape}."
+        )
     growth = arch["growth_rate"]
 
     # === Functional Model ===
     inputs = keras.Input(shape=input_shape, name="image")
-    x = layers.Conv2D(arch["first_filters"], 3, padding="same", kernel_initializer="he_uniform", name="first_conv")(inputs)
+    x = layers.Conv2D(
+        arch["first_filters"], 3, padding="same", kernel_initializer="he_uniform", name="first_conv"
+    )(inputs)
     skips = []
     for index, num_layers in enumerate(arch["down_blocks"]):
         x = apply_dense_block(x, num_layers, growth, dropout, bn_momentum, f"down{index + 1}")
         skips.append(x)
         x = apply_transition_down(x, dropout, bn_momentum, f"td{index + 1}")
-    x = apply_dense_block(x, arch["bottleneck_layers"], growth, dropout, bn_momentum, "bottleneck", new_features_only=True)
+    x = apply_dense_block(
+        x, arch["bottleneck_layers"], growth, dropout, bn_momentum, "bottleneck", new_features_only=True
+    )
     for index, num_layers in enumerate(arch["up_blocks"]):
         skip = skips[-(index + 1)]
         x = layers.Conv2DTranspose(x.shape[-1], 3, strides=2, padding="same", kernel_initializer="he_uniform",

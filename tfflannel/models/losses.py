@@ -17,6 +17,9 @@ class PixelWeightedCrossentropy(keras.losses.Loss):
     Args:
         class_weights: sequence of float. One weight per class (the original
             segmenter used 0.5 for background, 1 for the others).
+        name: str. Loss name. Defaults to `"pixel_weighted_crossentropy"`.
+        **kwargs: other `keras.losses.Loss` arguments; `reduction` is ignored
+            (the weighted mean is computed in `call`).
     """
 
     def __init__(self, class_weights, name="pixel_weighted_crossentropy", **kwargs):
@@ -25,6 +28,15 @@ class PixelWeightedCrossentropy(keras.losses.Loss):
         self.class_weights = [float(w) for w in class_weights]
 
     def call(self, y_true, y_pred):
+        """Return the weighted mean pixel negative log-likelihood of a batch.
+
+        Args:
+            y_true: tensor of integer class indices, shape `(B, H, W)` or `(B, H, W, 1)`.
+            y_pred: tensor of shape `(B, H, W, C)`, probabilities (clipped to `[1e-7, 1]` before the log).
+
+        Returns:
+            scalar tensor: `sum(w[y] * -log p[y]) / max(sum(w[y]), 1e-7)` over every pixel of the batch.
+        """
         num_classes = len(self.class_weights)
         labels = ops.cast(ops.reshape(y_true, ops.shape(y_pred)[:-1]), "int32")
         one_hot = ops.one_hot(labels, num_classes, dtype=y_pred.dtype)
@@ -34,4 +46,5 @@ class PixelWeightedCrossentropy(keras.losses.Loss):
         return ops.sum(weights * nll) / ops.maximum(ops.sum(weights), 1e-7)
 
     def get_config(self):
+        """Return `name` and `class_weights` for Keras serialisation."""
         return {"name": self.name, "class_weights": self.class_weights}

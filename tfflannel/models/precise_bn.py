@@ -19,15 +19,19 @@ def recompute_batchnorm_statistics(model, batches):
     momentum follow k / (k + 1), which turns its moving average into a plain
     cumulative average. Weights are not changed.
 
+    BN layers inside nested sub-models are included. Momentum and dropout
+    rates are restored afterwards, also if a batch raises.
+
     Args:
-        model: keras.Model.
-        batches: iterable of input arrays (or (inputs, ...) tuples).
+        model: keras.Model. Model whose BN moving statistics are overwritten in place.
+        batches: iterable of input arrays (or `(inputs, ...)` tuples/lists, whose first item is used).
 
     Returns:
-        int. Number of batches used.
+        int. Number of batches used; `0` (and nothing iterated) if the model has no BatchNormalization layer.
     """
     norms = [layer for layer in _all_layers(model) if isinstance(layer, keras.layers.BatchNormalization)]
-    drops = [layer for layer in _all_layers(model) if isinstance(layer, (keras.layers.Dropout, keras.layers.SpatialDropout2D))]
+    dropout_types = (keras.layers.Dropout, keras.layers.SpatialDropout2D)
+    drops = [layer for layer in _all_layers(model) if isinstance(layer, dropout_types)]
     if not norms:
         return 0
     saved_momentum = [layer.momentum for layer in norms]
