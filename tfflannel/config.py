@@ -12,7 +12,7 @@ import dataclasses
 import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import yaml
 
@@ -78,6 +78,8 @@ class PatchedConfig:
     early_stopping_patience: int = 20
     images_per_batch: int = 4
     seed: int = 0
+    head: Literal["reference", "gap"] = "reference"   # reference: torchvision's classifier, last Linear replaced
+    grouped_conv: Literal["split", "grouped"] = "split"  # ResNeXt: split convs (CPU) | one grouped conv (GPU)
 
 
 @dataclass
@@ -96,6 +98,8 @@ class GlobalConfig:
     precise_bn_batches: int = 8
     early_stopping_patience: int = 0
     seed: int = 0
+    head: Literal["reference", "gap"] = "reference"   # reference: torchvision's classifier, last Linear replaced
+    grouped_conv: Literal["split", "grouped"] = "split"  # ResNeXt: split convs (CPU) | one grouped conv (GPU)
 
 
 @dataclass
