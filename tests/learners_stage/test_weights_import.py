@@ -8,16 +8,17 @@ imported by the real code path, and the reference network's logits compared. No 
 
 from pathlib import Path
 
-import keras
 import numpy as np
 import pytest
 
 pytest.importorskip("safetensors", reason="safetensors is a runtime dependency (pip install safetensors)")
 
 from tfflannel.models.weights_import import (  # noqa: E402
+    assign_state_dict,
     build_reference_network,
     import_weights,
     importable_backbones,
+    normalise_keys,
     read_state_dict,
     seeded_state_dict,
     write_safetensors,
@@ -91,9 +92,24 @@ def test_densenet161_parity_through_the_cli(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["resnet152_tv", "vgg19_bn"])
-def test_parity(name, tmp_path):
-    check_parity(name, tmp_path)
+def test_resnet152_tv_parity(tmp_path):
+    check_parity("resnet152_tv", tmp_path)
+
+
+@pytest.mark.slow
+def test_vgg19_bn_parity_with_torchvision_and_timm_names(tmp_path):
+    model, _, _ = check_parity("vgg19_bn", tmp_path)
+    state = read_state_dict(tmp_path / "vgg19_bn.safetensors")
+    timm = {k: v for k, v in state.items() if not k.startswith("classifier.")}
+    timm["pre_logits.fc1.weight"] = state["classifier.0.weight"].reshape(4096, 512, 7, 7)   # timm: convs
+    timm["pre_logits.fc1.bias"] = state["classifier.0.bias"]
+    timm["pre_logits.fc2.weight"] = state["classifier.3.weight"].reshape(4096, 4096, 1, 1)
+    timm["pre_logits.fc2.bias"] = state["classifier.3.bias"]
+    timm["head.fc.weight"], timm["head.fc.bias"] = state["classifier.6.weight"], state["classifier.6.bias"]
+    notes = assign_state_dict(model, "vgg19_bn", timm)     # the same mapping import_weights runs
+    assert notes == []
+    image, expected, _, _ = load_fixture("vgg19_bn")
+    assert float(np.max(np.abs(np.asarray(model.predict_on_batch(scaled(image))) - expected))) <= TOLERANCE
 
 
 @pytest.mark.slow
@@ -110,9 +126,68 @@ def test_resnext_parity_and_split_grouped_round_trip(tmp_path):
     grouped.load_weights(str(out))
     np.testing.assert_allclose(np.asarray(grouped.predict_on_batch(image)),
                                np.asarray(split.predict_on_batch(image)), atol=1e-5)
+    before = split.get_weights()
+    split.set_weights([np.zeros_like(w) for w in before])
     saved = tmp_path / "grouped.weights.h5"            # grouped -> split: the other direction
     grouped.save_weights(str(saved))
-    again = build_reference_network("resnext101_32x8d", image.shape[1], impl="split")
-    again.load_weights(str(saved))
-    for a, b in zip(again.get_weights(), split.get_weights(), strict=True):
+    split.load_weights(str(saved))
+    for a, b in zip(split.get_weights(), before, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_densenet_legacy_keys_and_data_parallel_prefix_are_renamed():
+    state = normalise_keys({"module.features.denseblock1.denselayer2.norm.1.running_var": np.ones(2),
+                            "features.denseblock3.denselayer10.conv.2.weight": np.ones((1, 1, 1, 1)),
+                            "features.conv0.weight": np.ones(1)})
+    assert sorted(state) == ["features.conv0.weight", "features.denseblock1.denselayer2.norm1.running_var",
+                             "features.denseblock3.denselayer10.conv2.weight"]
+
+
+def test_pth_without_torch_says_what_to_install(tmp_path):
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("torch is installed here: the message for hosts without torch cannot be shown")
+    path = tmp_path / "densenet161.pth"
+    path.write_bytes(b"not read")
+    with pytest.raises(ValueError, match=r"tfflannel\[torch\].*safetensors"):
+        read_state_dict(path)
+
+
+@pytest.mark.slow
+def test_a_file_that_does_not_fit_is_refused_with_the_tensor_names(tmp_path):
+    _, _, names_shapes, seed = load_fixture("densenet161")
+    state = seeded_state_dict(names_shapes, seed)
+    del state["features.denseblock2.denselayer3.conv1.weight"]
+    state["features.extra.weight"] = np.zeros(3, np.float32)
+    write_safetensors(state, tmp_path / "bad.safetensors")
+    with pytest.raises(ValueError, match=r"1 missing tensors \[features.denseblock2.denselayer3.conv1.weight\], "
+                                         r"1 unexpected tensors \[features.extra.weight\]"):
+        import_weights("densenet161", tmp_path / "bad.safetensors", tmp_path / "bad.weights.h5")
+    assert not (tmp_path / "bad.weights.h5").exists()
+    with pytest.raises(ValueError, match="torchvision-layout backbones"):
+        import_weights("mobilenet_v2", tmp_path / "bad.safetensors", tmp_path / "x.weights.h5")
+
+
+@pytest.mark.slow
+def test_classifier_takes_the_backbone_from_a_state_dict_or_an_imported_file(tmp_path):
+    from tfflannel.models.classifier import build_classifier
+
+    source, image, _ = seeded_file("densenet161", tmp_path)
+    imported = tmp_path / "densenet161.weights.h5"
+    import_weights("densenet161", source, imported)
+    reference = build_reference_network("densenet161", 64)
+    reference.load_weights(str(imported))
+    for weights in (source, imported):
+        model = build_classifier("densenet161", 64, weights=str(weights))
+        for layer in reference.layers:
+            if layer.weights and layer.name != "densenet161_classifier":
+                for a, b in zip(model.get_layer(layer.name).get_weights(), layer.get_weights(), strict=True):
+                    np.testing.assert_array_equal(a, b)
+        assert model.get_layer("head_logits").kernel.shape == (2208, 4)      # a new 4-class head
+    with pytest.raises(ValueError, match="not an import-weights file of 'vgg19_bn'"):
+        from tfflannel.models.weights_import import load_backbone_weights
+
+        load_backbone_weights(build_classifier("vgg19_bn", 64, head="gap"), "vgg19_bn", imported)
