@@ -49,8 +49,13 @@ def time_calls(call, steps):
     return (time.perf_counter() - started) / steps
 
 
-def measure_tensorflow(name, batch, steps, grouped_conv):
+def measure_tensorflow(name, batch, steps, grouped_conv, threads):
     import keras
+    import tensorflow as tf
+
+    if threads and tf.config.threading.get_intra_op_parallelism_threads() != threads:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
 
     from tfflannel.models.classifier import build_classifier
 
@@ -66,9 +71,12 @@ def measure_tensorflow(name, batch, steps, grouped_conv):
     return {"train": batch / train, "infer": batch / infer}
 
 
-def measure_torch(name, batch, steps):
+def measure_torch(name, batch, steps, threads):
     import torch
     import torchvision
+
+    if threads:
+        torch.set_num_threads(threads)
 
     constructor, kwargs, size = BACKBONES[name]
     torch.manual_seed(0)
@@ -108,21 +116,27 @@ def main():
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=2, help="Timed steps after one warm-up step.")
     parser.add_argument("--grouped-conv", default="split", choices=("split", "grouped"))
+    parser.add_argument("--threads", type=int, default=0,
+                        help="Compute threads for both frameworks (0: each framework's default, all cores). On a "
+                             "busy machine torch's OpenMP threads slow down far more than TensorFlow's pool; the "
+                             "same small count on both sides keeps the ratio fair.")
     parser.add_argument("--torch-worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.torch_worker:
-        print(json.dumps(measure_torch(args.torch_worker, args.batch, args.steps)))
+        print(json.dumps(measure_torch(args.torch_worker, args.batch, args.steps, args.threads)))
         return
     if not args.torch_python:
         parser.error("--torch-python PYTHON is required (a Python with torch + torchvision)")
-    print(f"CPU cores visible: {os.cpu_count()}; batch {args.batch}; {args.steps} timed steps; "
+    print(f"CPU cores visible: {os.cpu_count()}; threads {args.threads or 'default'}; batch {args.batch}; "
+          f"{args.steps} timed steps; load average {os.getloadavg()[0]:.1f}; "
           f"images/s (train = AdamW step, infer = eval forward)")
     print(f"{'backbone':18s} {'tf train':>9s} {'torch train':>11s} {'ratio':>6s} {'tf infer':>9s} "
           f"{'torch infer':>11s} {'ratio':>6s}")
     for name in args.backbones:
-        ours = measure_tensorflow(name, args.batch, args.steps, args.grouped_conv)
+        ours = measure_tensorflow(name, args.batch, args.steps, args.grouped_conv, args.threads)
         output = subprocess.run([args.torch_python, __file__, "--torch-worker", name, "--batch", str(args.batch),
-                                 "--steps", str(args.steps)], check=True, capture_output=True, text=True).stdout
+                                 "--steps", str(args.steps), "--threads", str(args.threads)],
+                                check=True, capture_output=True, text=True).stdout
         theirs = json.loads(output.strip().splitlines()[-1])
         print(f"{name:18s} {ours['train']:9.2f} {theirs['train']:11.2f} {ours['train'] / theirs['train']:6.2f} "
               f"{ours['infer']:9.2f} {theirs['infer']:11.2f} {ours['infer'] / theirs['infer']:6.2f}", flush=True)

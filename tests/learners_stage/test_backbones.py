@@ -105,6 +105,20 @@ def test_grouped_conv_split_and_grouped_share_one_kernel():
     np.testing.assert_allclose(np.asarray(grouped(x)), expected, atol=1e-4)
 
 
+def test_grouped_conv_keras_file_round_trip(tmp_path):
+    from tfflannel.models.backbones.resnext import GroupedConv2D
+
+    inputs = keras.Input((9, 9, 8))
+    model = keras.Model(inputs, GroupedConv2D(8, 3, 4, 2, "grouped", name="conv")(inputs))
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert loaded.get_layer("conv").impl == "grouped"
+    x = np.random.default_rng(1).random((1, 9, 9, 8), dtype=np.float32)
+    np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(model(x)))
+    with pytest.raises(ValueError, match="impl must be one of"):
+        GroupedConv2D(8, 3, 4, impl="auto")
+
+
 def test_vgg_reference_head_keeps_the_4096_layers_and_needs_224():
     model = build_classifier("vgg19_bn", input_size=224, head="reference")
     assert model.get_layer("vgg19_bn_fc2").output.shape[-1] == 4096

@@ -39,6 +39,7 @@ def _max_pool_3x3_s2(x, name):
 
 
 def apply_inception_a(x, pool_features, name, m):
+    """torchvision InceptionA (Mixed_5b-5d): 1x1 | 1x1-5x5 | 1x1-3x3-3x3 | avg-pool-1x1, concatenated."""
     b1 = apply_basic_conv(x, 64, 1, f"{name}.branch1x1", bn_momentum=m)
     b5 = apply_basic_conv(x, 48, 1, f"{name}.branch5x5_1", bn_momentum=m)
     b5 = apply_basic_conv(b5, 64, 5, f"{name}.branch5x5_2", padding=2, bn_momentum=m)
@@ -50,6 +51,7 @@ def apply_inception_a(x, pool_features, name, m):
 
 
 def apply_inception_b(x, name, m):
+    """torchvision InceptionB (Mixed_6a): stride-2 3x3 | 1x1-3x3-3x3/2 | max-pool 3/2."""
     b3 = apply_basic_conv(x, 384, 3, f"{name}.branch3x3", strides=2, bn_momentum=m)
     bd = apply_basic_conv(x, 64, 1, f"{name}.branch3x3dbl_1", bn_momentum=m)
     bd = apply_basic_conv(bd, 96, 3, f"{name}.branch3x3dbl_2", padding=1, bn_momentum=m)
@@ -59,6 +61,7 @@ def apply_inception_b(x, name, m):
 
 
 def apply_inception_c(x, c7, name, m):
+    """torchvision InceptionC (Mixed_6b-6e): factorised 7x7 branches with `c7` channels."""
     b1 = apply_basic_conv(x, 192, 1, f"{name}.branch1x1", bn_momentum=m)
     b7 = apply_basic_conv(x, c7, 1, f"{name}.branch7x7_1", bn_momentum=m)
     b7 = apply_basic_conv(b7, c7, (1, 7), f"{name}.branch7x7_2", padding=(0, 3), bn_momentum=m)
@@ -73,6 +76,7 @@ def apply_inception_c(x, c7, name, m):
 
 
 def apply_inception_d(x, name, m):
+    """torchvision InceptionD (Mixed_7a): 1x1-3x3/2 | 1x1-1x7-7x1-3x3/2 | max-pool 3/2."""
     b3 = apply_basic_conv(x, 192, 1, f"{name}.branch3x3_1", bn_momentum=m)
     b3 = apply_basic_conv(b3, 320, 3, f"{name}.branch3x3_2", strides=2, bn_momentum=m)
     b7 = apply_basic_conv(x, 192, 1, f"{name}.branch7x7x3_1", bn_momentum=m)
@@ -84,6 +88,7 @@ def apply_inception_d(x, name, m):
 
 
 def apply_inception_e(x, name, m):
+    """torchvision InceptionE (Mixed_7b, 7c): expanded 1x3/3x1 branches, avg-pool counting padded pixels."""
     b1 = apply_basic_conv(x, 320, 1, f"{name}.branch1x1", bn_momentum=m)
     b3 = apply_basic_conv(x, 384, 1, f"{name}.branch3x3_1", bn_momentum=m)
     b3 = layers.Concatenate(name=f"{PREFIX}_{name}_branch3x3")([
