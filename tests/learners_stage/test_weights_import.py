@@ -50,22 +50,14 @@ def seeded_file(name, tmp_path):
     return path, image, logits
 
 
-def reference_logits(name, weights_file, size, **kwargs):
-    model = build_reference_network(name, size, **kwargs)
-    model.load_weights(str(weights_file))
-    return model, np.asarray(model.predict_on_batch(_image_cache[name]))
-
-
-_image_cache = {}
-
-
 def check_parity(name, tmp_path, **kwargs):
+    """Import the seeded file, load it into the reference network, compare logits; returns (model, file, notes)."""
     source, image, expected = seeded_file(name, tmp_path)
     out = tmp_path / f"{name}.weights.h5"
     notes = import_weights(name, source, out)
-    _image_cache[name] = scaled(image)
-    model, logits = reference_logits(name, out, image.shape[1], **kwargs)
-    difference = float(np.max(np.abs(logits - expected)))
+    model = build_reference_network(name, image.shape[1], **kwargs)
+    model.load_weights(str(out))
+    difference = float(np.max(np.abs(np.asarray(model.predict_on_batch(scaled(image))) - expected)))
     assert difference <= TOLERANCE, f"{name}: max abs logit difference {difference:.2e} > {TOLERANCE}"
     return model, out, notes
 
@@ -121,7 +113,7 @@ def test_inception_v3_tv_parity_skips_the_auxiliary_head_with_a_note(tmp_path):
 @pytest.mark.slow
 def test_resnext_parity_and_split_grouped_round_trip(tmp_path):
     split, out, _ = check_parity("resnext101_32x8d", tmp_path, impl="split")
-    image = _image_cache["resnext101_32x8d"]
+    image = scaled(load_fixture("resnext101_32x8d")[0])
     grouped = build_reference_network("resnext101_32x8d", image.shape[1], impl="grouped")
     grouped.load_weights(str(out))
     np.testing.assert_allclose(np.asarray(grouped.predict_on_batch(image)),
