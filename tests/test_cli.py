@@ -91,6 +91,15 @@ def test_backbone_choices_equal_the_registry():
         assert list(option.type.choices) == list_backbones()
 
 
+def test_import_weights_choices_equal_the_mappable_backbones():
+    from tfflannel.backbone_names import TORCHVISION_BACKBONE_NAMES
+    from tfflannel.models.weights_import import importable_backbones
+
+    assert sorted(TORCHVISION_BACKBONE_NAMES) == importable_backbones()
+    option = next(p for p in main.commands["import-weights"].params if p.name == "backbone")
+    assert sorted(option.type.choices) == importable_backbones()
+
+
 @pytest.mark.parametrize("args,option", [
     (["predict-base", "--run", "{tmp}", "--k", "0"], "--k"),
     (["train-patch", "--backbone", "mobilenet_v2", "--fold", "1", "--data", "{tmp}", "--out", "{tmp}/r",

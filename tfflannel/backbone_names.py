@@ -8,10 +8,15 @@ BACKBONE_NAMES = (
     "densenet121",
     "densenet161",
     "inception_v3",
+    "inception_v3_tv",
     "mobilenet_v2",
     "resnet152",
+    "resnet152_tv",
     "resnet50",
     "resnext101_32x8d",
     "vgg19_bn",
 )
 """Sorted names of every backbone in `tfflannel.models.backbones` (what `list_backbones()` returns)."""
+
+TORCHVISION_BACKBONE_NAMES = ("densenet161", "inception_v3_tv", "resnet152_tv", "resnext101_32x8d", "vgg19_bn")
+"""The torchvision-layout backbones, whose torchvision state dicts `import-weights` maps (the paper's five)."""

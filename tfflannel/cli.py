@@ -23,7 +23,7 @@ from pathlib import Path
 import click
 
 from tfflannel import CLASS_NAMES, DISCLAIMER, __version__
-from tfflannel.backbone_names import BACKBONE_NAMES
+from tfflannel.backbone_names import BACKBONE_NAMES, TORCHVISION_BACKBONE_NAMES
 from tfflannel.errors import InputError
 
 
@@ -304,7 +304,7 @@ def learner_options(default_config):
             click.option("--data", required=True, type=click.Path(file_okay=False, exists=True), help="Work directory (manifest.csv, cache/)."),
             click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory; rerun the same command to resume."),
             click.option("--epochs", type=click.IntRange(min=1), help="Epochs  [default: from the config]."),
-            click.option("--weights", default="none", show_default=True, help="imagenet | none | PATH to a .weights.h5 (or a Keras ImageNet .h5)."),
+            click.option("--weights", default="none", show_default=True, help="imagenet | none | PATH: a .weights.h5, a Keras ImageNet .h5, or torchvision weights (.pth, .safetensors, import-weights .weights.h5)."),
             click.option("--batch-size", type=click.IntRange(min=1), help="Batch size  [default: from the config]."),
             click.option("--mixed-precision", is_flag=True, help="float16 compute (GPUs)."),
         ]
@@ -531,6 +531,27 @@ def demo_command(out, config_path, overrides):
     report = run_demo(config, out)
     click.echo(DISCLAIMER)
     click.echo(f"open {report}")
+
+
+@main.command("import-weights")
+@click.option("--backbone", required=True, type=click.Choice(TORCHVISION_BACKBONE_NAMES),
+              help="A torchvision-layout backbone.")
+@click.option("--from", "source", required=True, type=click.Path(dir_okay=False, exists=True),
+              help="torchvision .pth/.pt state dict (needs torch) or .safetensors (timm's *.tv_in1k, no torch).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output FILE.weights.h5.")
+@reports_input_errors
+def import_weights_command(backbone, source, out):
+    """Convert torchvision ImageNet weights into a .weights.h5 of the backbone's reference network.
+
+    The file loads into keras.Model(x, create_backbone(NAME, x, include_top=True)) (the 1000-class
+    torchvision model) and reproduces torchvision's logits; train-patch/train-global --weights FILE
+    take its backbone layers and start a new head. Nothing is downloaded.
+    """
+    from tfflannel.models.weights_import import import_weights
+
+    for note in import_weights(backbone, source, out):
+        click.echo(f"note: {note}")
+    click.echo(f"weights -> {out}")
 
 
 if __name__ == "__main__":  # pragma: no cover

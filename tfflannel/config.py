@@ -146,6 +146,8 @@ class PatchedConfig:
     early_stopping_patience: NonNegativeInt = 20
     images_per_batch: PositiveInt = 4
     seed: NonNegativeInt = 0
+    head: Literal["reference", "gap"] = "reference"   # reference: torchvision's classifier, last Linear replaced
+    grouped_conv: Literal["split", "grouped"] = "split"  # ResNeXt: split convs (CPU) | one grouped conv (GPU)
 
 
 @dataclass
@@ -164,6 +166,8 @@ class GlobalConfig:
     precise_bn_batches: NonNegativeInt = 8
     early_stopping_patience: NonNegativeInt = 0
     seed: NonNegativeInt = 0
+    head: Literal["reference", "gap"] = "reference"   # reference: torchvision's classifier, last Linear replaced
+    grouped_conv: Literal["split", "grouped"] = "split"  # ResNeXt: split convs (CPU) | one grouped conv (GPU)
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """Forward + backward time of ResNeXt's grouped 3x3 convolution: one `groups=32` Conv2D versus 32 split convs.
 
-Both implementations have identical parameters and outputs (tests/learners_stage); this measures
-which is faster on the machine at hand, which is how `impl="auto"` chooses (split on CPU, grouped on
-GPU). Prints the times and the ratio; asserts nothing.
+Both implementations of `GroupedConv2D` hold the same kernel and give the same outputs
+(tests/learners_stage); this measures which is faster on the machine at hand, to choose the config
+value `grouped_conv` (split on CPU, grouped on GPU). Prints the times and the ratio; asserts nothing.
 
     python tools/bench_resnext.py [--size 28] [--width 512] [--batch 8] [--repeats 5]
 """
@@ -20,7 +20,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tfflannel.models.backbones.resnext import apply_grouped_conv  # noqa: E402
+from tfflannel.models.backbones.resnext import GroupedConv2D  # noqa: E402
 
 
 def timed_step(impl, size, width, batch, repeats):
@@ -38,7 +38,8 @@ def timed_step(impl, size, width, batch, repeats):
         float. Mean seconds per call of the `tf.function` step.
     """
     inputs = keras.Input((size, size, width))
-    model = keras.Model(inputs, apply_grouped_conv(inputs, width, 32, 1, impl, impl))
+    padded = keras.layers.ZeroPadding2D(1)(inputs)
+    model = keras.Model(inputs, GroupedConv2D(width, 3, 32, 1, impl, name=impl)(padded))
     x = tf.constant(np.random.default_rng(0).random((batch, size, size, width), dtype=np.float32))
 
     @tf.function

@@ -9,6 +9,8 @@ from tfflannel.models.classifier import build_classifier
 
 TORCHVISION_PARAMS = {
     "densenet161": 28_681_000,
+    "inception_v3_tv": 23_834_568,
+    "resnet152_tv": 60_192_808,
     "resnext101_32x8d": 88_791_336,
     "vgg19_bn": 143_678_248,
 }
@@ -44,8 +46,8 @@ def test_resnet152_keras_count_is_stated():
 
 @pytest.mark.parametrize("name", list_backbones())
 def test_every_backbone_classifies_a_small_patch(name):
-    size = 80 if name == "inception_v3" else 64
-    model = build_classifier(name, input_size=size, weights="none")
+    size = 80 if name.startswith("inception_v3") else 64
+    model = build_classifier(name, input_size=size, weights="none", head="gap")
     config = backbone_config(name)
     out = np.asarray(model(np.random.default_rng(0).random((2, size, size, 1), dtype=np.float32) * 255))
     assert out.shape == (2, 4)
@@ -58,8 +60,8 @@ def test_every_backbone_classifies_a_small_patch(name):
 
 
 def test_native_input_sizes():
-    assert backbone_config("inception_v3").input_size == 299
-    assert all(backbone_config(n).input_size == 224 for n in list_backbones() if n != "inception_v3")
+    assert backbone_config("inception_v3").input_size == backbone_config("inception_v3_tv").input_size == 299
+    assert all(backbone_config(n).input_size == 224 for n in list_backbones() if not n.startswith("inception_v3"))
 
 
 def test_unknown_backbone_suggests_a_name():
@@ -83,15 +85,45 @@ def test_local_weights_file_round_trip(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
-def test_resnext_split_and_grouped_agree():
-    inputs = keras.Input((32, 32, 64))
-    from tfflannel.models.backbones.resnext import apply_grouped_conv
+def test_grouped_conv_split_and_grouped_share_one_kernel():
+    from tfflannel.models.backbones.resnext import GroupedConv2D
 
-    split = keras.Model(inputs, apply_grouped_conv(inputs, 64, 8, 1, "split", "s"))
-    grouped = keras.Model(inputs, apply_grouped_conv(inputs, 64, 8, 1, "grouped", "g"))
-    kernel = grouped.get_layer("g").kernel.numpy()
-    for group in range(8):
-        split.get_layer(f"s_g{group}").kernel.assign(kernel[..., group * 8:(group + 1) * 8])
-    x = np.random.default_rng(0).random((1, 32, 32, 64), dtype=np.float32)
-    np.testing.assert_allclose(np.asarray(split(x)), np.asarray(grouped(x)), atol=1e-4)
-    assert _trainable(split) == _trainable(grouped)
+    inputs = keras.Input((33, 33, 64))
+    split = keras.Model(inputs, GroupedConv2D(64, 3, 8, 2, "split", name="conv")(inputs))
+    grouped = keras.Model(inputs, GroupedConv2D(64, 3, 8, 2, "grouped", name="conv")(inputs))
+    assert [w.shape for w in split.weights] == [w.shape for w in grouped.weights] == [(3, 3, 8, 64)]
+    grouped.set_weights(split.get_weights())
+    x = np.random.default_rng(0).random((2, 33, 33, 64), dtype=np.float32)
+    expected = np.zeros((2, 16, 16, 64), np.float32)          # NumPy oracle: per group, a valid strided conv
+    kernel = split.get_weights()[0]
+    for g in range(8):
+        part, k = x[..., g * 8:(g + 1) * 8], kernel[..., g * 8:(g + 1) * 8]
+        for i in range(3):
+            for j in range(3):
+                expected[..., g * 8:(g + 1) * 8] += np.einsum("bhwc,co->bhwo", part[:, i:i + 31:2, j:j + 31:2], k[i, j])
+    np.testing.assert_allclose(np.asarray(split(x)), expected, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(grouped(x)), expected, atol=1e-4)
+
+
+def test_grouped_conv_keras_file_round_trip(tmp_path):
+    from tfflannel.models.backbones.resnext import GroupedConv2D
+
+    inputs = keras.Input((9, 9, 8))
+    model = keras.Model(inputs, GroupedConv2D(8, 3, 4, 2, "grouped", name="conv")(inputs))
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert loaded.get_layer("conv").impl == "grouped"
+    x = np.random.default_rng(1).random((1, 9, 9, 8), dtype=np.float32)
+    np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(model(x)))
+    with pytest.raises(ValueError, match="impl must be one of"):
+        GroupedConv2D(8, 3, 4, impl="auto")
+
+
+def test_vgg_reference_head_keeps_the_4096_layers_and_needs_224():
+    model = build_classifier("vgg19_bn", input_size=224, head="reference")
+    assert model.get_layer("vgg19_bn_fc2").output.shape[-1] == 4096
+    assert _trainable(model) == TORCHVISION_PARAMS["vgg19_bn"] - 4096 * 1000 - 1000 + 4096 * 4 + 4
+    with pytest.raises(ValueError, match="7x7 feature map"):
+        build_classifier("vgg19_bn", input_size=64, head="reference")
+    with pytest.raises(ValueError, match="head must be one of"):
+        build_classifier("vgg19_bn", input_size=64, head="fc")

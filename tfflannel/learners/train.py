@@ -104,7 +104,8 @@ def _start_run(config, seed, out_dir, run_info):
 
 def _compiled_classifier(cfg, backbone, size, weights, l1=0.0):
     """The base learner with the section's BN momentum and dropout, compiled with AdamW + cross-entropy."""
-    model = build_classifier(backbone, size, weights=weights, bn_momentum=cfg.bn_momentum, dropout=cfg.dropout)
+    model = build_classifier(backbone, size, weights=weights, bn_momentum=cfg.bn_momentum, dropout=cfg.dropout,
+                             head=cfg.head, grouped_conv=cfg.grouped_conv)
     _apply_l1(model, l1)
     model.compile(optimizer=keras.optimizers.AdamW(cfg.learning_rate, weight_decay=cfg.weight_decay),
                   loss=keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])

@@ -7,6 +7,7 @@ layer of the model, identical in training, inference and export.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import keras
@@ -15,6 +16,8 @@ from keras import layers, ops
 from tfflannel import CLASS_NAMES
 from tfflannel.errors import InputError
 from tfflannel.models.backbones import backbone_config, create_backbone
+
+log = logging.getLogger(__name__)
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -60,8 +63,11 @@ def set_batchnorm_momentum(model, momentum):
             layer.momentum = momentum
 
 
+HEADS = ("reference", "gap")
+
+
 def build_classifier(backbone="mobilenet_v2", input_size=None, num_classes=len(CLASS_NAMES), weights=None,
-                     bn_momentum=0.9, dropout=0.0):
+                     bn_momentum=0.9, dropout=0.0, head="reference", grouped_conv="split"):
     """Build a base learner.
 
     Args:
@@ -69,39 +75,67 @@ def build_classifier(backbone="mobilenet_v2", input_size=None, num_classes=len(C
         input_size: int. Patch or crop side; defaults to the backbone's native size (299 for InceptionV3, else 224).
         num_classes: int. Defaults to 4.
         weights: None/"none"; "imagenet" (Keras' download, where Keras has the weights); a Keras-applications
-            ImageNet `.h5` file (no top) for Keras backbones; or a `.weights.h5` saved from a tfflannel classifier
-            of the same backbone and input size (for example ImageNet weights converted from torchvision).
+            ImageNet `.h5` file (no top) for Keras backbones; for the torchvision-layout backbones a torchvision
+            `.pth`/`.pt` or safetensors state dict, or an `import-weights` `.weights.h5` (backbone weights, new
+            head); or a `.weights.h5` saved from a tfflannel classifier of the same backbone, head and input size.
         bn_momentum: float. BatchNormalization momentum (0.9 = PyTorch's 0.1). Defaults to `0.9`.
         dropout: float. Dropout before the Dense head. Defaults to `0.0`.
+        head: str. `reference`: torchvision's classifier with only its last Linear replaced, as the paper did
+            (VGG19-BN keeps its 25088-4096-4096 layers and needs 224 px; InceptionV3 keeps its dropout 0.5;
+            the others are global average pooling); `gap`: global average pooling. Defaults to `"reference"`.
+        grouped_conv: str. ResNeXt's grouped convolutions computed as `split` convolutions (fast on CPU) or
+            one `grouped` convolution (fast on GPU); same variables. Defaults to `"split"`.
 
     Returns:
         keras.Model: (B, S, S, 1) grey values in [0, 255] -> (B, num_classes) softmax probabilities.
         Layers `head_logits` (pre-softmax) and the backbone's `last_conv` are reachable by name.
+
+    Raises:
+        ValueError: an unknown head, weights that do not fit, or ImageNet weights Keras does not have.
+        FileNotFoundError: a weights file that does not exist.
     """
+    from tfflannel.models.weights_import import is_state_dict_file, reference_backbone_of
+
     config = backbone_config(backbone)
+    if head not in HEADS:
+        raise ValueError(f"head must be one of {HEADS}. Received: head={head!r}.")
     size = input_size or config.input_size
     weights = None if weights in (None, "none", "None") else str(weights)
     if weights == "imagenet" and not config.keras_weights:
         raise InputError(
-            f"Keras has no ImageNet weights for {backbone!r}. Convert the torchvision ImageNet weights of "
-            f"{backbone} to a Keras `.weights.h5` for this architecture (layer names as in "
-            f"tfflannel/models/backbones) and pass --weights PATH, or use --weights none.")
+            f"Keras has no ImageNet weights for {backbone!r}. Pass torchvision's ImageNet weights of {backbone} "
+            f"(a .pth or timm's .safetensors file, or the .weights.h5 that `import-weights` makes of it) with "
+            f"--weights PATH, or use --weights none.")
+    if weights is not None and weights != "imagenet" and not Path(weights).is_file():
+        raise FileNotFoundError(f"{weights}: weights file not found (pass --weights none, imagenet or an existing file)")
+    pretrained = weights is not None and (is_state_dict_file(weights) or (
+        weights.endswith(".weights.h5") and reference_backbone_of(weights) is not None))
     inputs = keras.Input((size, size, 1), name="patch")
     x = GrayToImageNet(config.preprocess, name="imagenet_scaling")(inputs)
     # Keras' own ImageNet files (legacy `.h5`, not `.weights.h5`) go to keras.applications itself.
-    keras_file = weights is not None and weights != "imagenet" and not weights.endswith(".weights.h5")
+    keras_file = weights not in (None, "imagenet") and not pretrained and not weights.endswith(".weights.h5")
     if keras_file and not config.keras_weights:
-        raise InputError(f"{weights}: {backbone!r} needs a `.weights.h5` file saved from a tfflannel classifier")
+        raise InputError(f"{weights}: {backbone!r} takes a torchvision .pth/.safetensors state dict, an "
+                         f"import-weights .weights.h5 or a .weights.h5 saved from a tfflannel classifier")
     application_weights = weights if weights == "imagenet" or keras_file else None
-    features = create_backbone(backbone, x, weights=application_weights)
-    x = layers.GlobalAveragePooling2D(name="head_pool")(features)
+    options = {"impl": grouped_conv} if config.grouped_conv else {}
+    if head == "reference" and config.head_layers:
+        x = create_backbone(backbone, x, include_top=True, classes=0, **options)
+    else:
+        x = layers.GlobalAveragePooling2D(name="head_pool")(create_backbone(backbone, x, weights=application_weights,
+                                                                             **options))
     if dropout:
         x = layers.Dropout(dropout, name="head_dropout")(x)
     logits = layers.Dense(num_classes, name="head_logits")(x)
     outputs = layers.Activation("softmax", dtype="float32", name="probabilities")(logits)
     model = keras.Model(inputs, outputs, name=f"{backbone}_classifier")
     set_batchnorm_momentum(model, bn_momentum)
-    if weights is not None and application_weights is None:
+    if pretrained:
+        from tfflannel.models.weights_import import load_backbone_weights
+
+        for note in load_backbone_weights(model, backbone, weights):
+            log.info("%s: %s", weights, note)
+    elif weights is not None and application_weights is None:
         _load_local_weights(model, weights)
     return model
 

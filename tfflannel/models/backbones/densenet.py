@@ -41,12 +41,17 @@ def build_densenet(inputs, growth_rate, blocks, stem, bn_size=4, bn_momentum=0.9
     x = layers.Activation("relu", name=f"{prefix}_final_relu")(_bn(x, bn_momentum, f"{prefix}_final_bn"))
     if include_top:
         x = layers.GlobalAveragePooling2D(name=f"{prefix}_avg_pool")(x)
-        x = layers.Dense(classes, name=f"{prefix}_classifier")(x)
+        if classes:
+            x = layers.Dense(classes, name=f"{prefix}_classifier")(x)
     return x
 
 
 @register_backbone(BackboneConfig("densenet161", 224, "torch", 2208, "densenet161_final_relu", False, 28_681_000))
-def densenet161(inputs, weights=None, include_top=False, bn_momentum=0.9):
-    """DenseNet161: stem 96, growth 48, blocks 6-12-36-24, bottleneck 4x (torchvision `densenet161`)."""
+def densenet161(inputs, weights=None, include_top=False, bn_momentum=0.9, classes=1000, **kwargs):
+    """DenseNet161: stem 96, growth 48, blocks 6-12-36-24, bottleneck 4x (torchvision `densenet161`).
+
+    torchvision's padding throughout: stem conv 7/2 pad 3, max-pool 3/2 pad 1 (zero padding after the
+    ReLU equals torch's -inf padding), transition avg-pool 2/2 without padding (floor, as torch).
+    """
     return build_densenet(inputs, 48, (6, 12, 36, 24), 96, bn_momentum=bn_momentum, include_top=include_top,
-                          prefix="densenet161")
+                          classes=classes, prefix="densenet161")

@@ -21,6 +21,9 @@ class BackboneConfig:
         last_conv: str. Name of the last conv-like layer (Grad-CAM target).
         keras_weights: bool. Whether Keras can download ImageNet weights for it.
         reference_params: int. torchvision's parameter count with a 1000-class head.
+        head_layers: bool. The reference classifier has layers before its last Linear (VGG's 4096-4096,
+            InceptionV3's dropout); the builder returns them with `include_top=True, classes=0`.
+        grouped_conv: bool. The builder takes `impl` (`split` | `grouped`) for its grouped convolutions.
     """
 
     name: str
@@ -30,6 +33,8 @@ class BackboneConfig:
     last_conv: str
     keras_weights: bool = False
     reference_params: int = 0
+    head_layers: bool = False
+    grouped_conv: bool = False
 
 
 def register_backbone(config):

@@ -9,9 +9,18 @@ from tfflannel.models.backbones.registry import BackboneConfig, register_backbon
 VGG19_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M")
 
 
-@register_backbone(BackboneConfig("vgg19_bn", 224, "torch", 512, "vgg19_bn_block5_conv4", False, 143_678_248))
-def vgg19_bn(inputs, weights=None, include_top=False, bn_momentum=0.9, classes=1000):
-    """VGG19-BN: 16 conv3x3 (with bias) + BN + ReLU, five max-pools; with `include_top` the 4096-4096-1000 classifier."""
+@register_backbone(BackboneConfig("vgg19_bn", 224, "torch", 512, "vgg19_bn_block5_conv4", False, 143_678_248,
+                                  head_layers=True))
+def vgg19_bn(inputs, weights=None, include_top=False, bn_momentum=0.9, classes=1000, **kwargs):
+    """VGG19-BN: 16 conv3x3 (pad 1, with bias) + BN + ReLU, five max-pools 2/2 (floor, as torchvision).
+
+    With `include_top`, torchvision's classifier: flatten 7x7x512 (torchvision's adaptive pool to 7x7
+    is the identity at 224 px) -> 4096 -> 4096 -> `classes`; `classes=0` stops after the second 4096
+    layer (the paper's head: only the last Linear is replaced).
+
+    Raises:
+        ValueError: `include_top` on an input whose feature map is not 7x7 (input other than 224 px).
+    """
     x = inputs
     block, conv = 1, 0
     for item in VGG19_CFG:
@@ -25,10 +34,15 @@ def vgg19_bn(inputs, weights=None, include_top=False, bn_momentum=0.9, classes=1
         x = layers.BatchNormalization(momentum=bn_momentum, epsilon=1e-5, name=f"{name}_bn")(x)
         x = layers.Activation("relu", name=f"{name}_relu")(x)
     if include_top:
-        x = layers.Flatten(name="vgg19_bn_flatten")(x)  # 7x7x512 at 224, as torchvision's adaptive pool gives
+        if tuple(x.shape[1:3]) != (7, 7):
+            raise ValueError(f"vgg19_bn's reference classifier needs a 7x7 feature map (input 224 px). Received: "
+                             f"input {tuple(inputs.shape[1:3])} -> features {tuple(x.shape[1:3])}; use "
+                             f"head: gap (config `head`) for other input sizes.")
+        x = layers.Flatten(name="vgg19_bn_flatten")(x)
         x = layers.Dense(4096, activation="relu", name="vgg19_bn_fc1")(x)
         x = layers.Dropout(0.5, name="vgg19_bn_drop1")(x)
         x = layers.Dense(4096, activation="relu", name="vgg19_bn_fc2")(x)
         x = layers.Dropout(0.5, name="vgg19_bn_drop2")(x)
-        x = layers.Dense(classes, name="vgg19_bn_predictions")(x)
+        if classes:
+            x = layers.Dense(classes, name="vgg19_bn_predictions")(x)
     return x

@@ -1,0 +1,146 @@
+"""Training and inference images/s of the five torchvision-layout learners: tfflannel (TensorFlow) vs torchvision.
+
+Both frameworks run on the same CPU in the same run, one backbone at a time, side by side: the
+TensorFlow measurement in this process, then the torchvision one in a subprocess of a Python that has
+torch + torchvision (`--torch-python`, never a tfflannel dependency). Same recipe on both sides: a
+4-class head (torchvision's last Linear replaced, as the paper did; tfflannel `head: reference`),
+AdamW, cross-entropy, a fixed in-memory batch, eval-mode batched inference. Prints images/s and the
+ratio tfflannel / torchvision per backbone; asserts nothing. On a shared, busy machine the absolute
+figures move with the load; the ratio is measured side by side so that both see the same load.
+
+    python tools/bench_vs_torch.py --torch-python /work/issue10-venv/bin/python [--batch 8] [--steps 2]
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+
+# tfflannel name -> (torchvision constructor, kwargs, input side)
+BACKBONES = {
+    "densenet161": ("densenet161", {}, 224),
+    "inception_v3_tv": ("inception_v3", {"aux_logits": False, "init_weights": False}, 299),
+    "resnet152_tv": ("resnet152", {}, 224),
+    "resnext101_32x8d": ("resnext101_32x8d", {}, 224),
+    "vgg19_bn": ("vgg19_bn", {}, 224),
+}
+
+
+def fixed_batch(batch, size, channels):
+    rng = np.random.default_rng(0)
+    return (rng.random((batch, size, size, channels), dtype=np.float32) * 255,
+            rng.integers(0, 4, batch).astype(np.int64))
+
+
+def time_calls(call, steps):
+    call()                                                       # warm-up: tracing, allocation
+    started = time.perf_counter()
+    for _ in range(steps):
+        call()
+    return (time.perf_counter() - started) / steps
+
+
+def measure_tensorflow(name, batch, steps, grouped_conv, threads):
+    import keras
+    import tensorflow as tf
+
+    if threads and tf.config.threading.get_intra_op_parallelism_threads() != threads:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+
+    from tfflannel.models.classifier import build_classifier
+
+    size = BACKBONES[name][2]
+    keras.utils.set_random_seed(0)
+    model = build_classifier(name, size, head="reference", grouped_conv=grouped_conv)
+    model.compile(optimizer=keras.optimizers.AdamW(1e-5, weight_decay=1e-4),
+                  loss=keras.losses.SparseCategoricalCrossentropy())
+    x, y = fixed_batch(batch, size, 1)
+    train = time_calls(lambda: model.train_on_batch(x, y), steps)
+    infer = time_calls(lambda: model.predict_on_batch(x), steps)
+    keras.backend.clear_session()
+    return {"train": batch / train, "infer": batch / infer}
+
+
+def measure_torch(name, batch, steps, threads):
+    import torch
+    import torchvision
+
+    if threads:
+        torch.set_num_threads(threads)
+
+    constructor, kwargs, size = BACKBONES[name]
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, constructor)(weights=None, **kwargs)
+    if hasattr(model, "fc"):
+        model.fc = torch.nn.Linear(model.fc.in_features, 4)
+    elif isinstance(model.classifier, torch.nn.Sequential):
+        model.classifier[-1] = torch.nn.Linear(model.classifier[-1].in_features, 4)
+    else:
+        model.classifier = torch.nn.Linear(model.classifier.in_features, 4)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=1e-4)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    images, labels = fixed_batch(batch, size, 3)
+    x = torch.from_numpy(images.transpose(0, 3, 1, 2) / 255.0).float()
+    y = torch.from_numpy(labels)
+
+    def step():
+        model.train()
+        optimizer.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        optimizer.step()
+
+    def infer():
+        model.eval()
+        with torch.no_grad():
+            model(x)
+
+    return {"train": batch / time_calls(step, steps), "infer": batch / time_calls(infer, steps),
+            "threads": torch.get_num_threads(), "version": torch.__version__}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--torch-python", help="A Python with torch + torchvision (runs the torchvision half).")
+    parser.add_argument("--backbones", nargs="*", default=sorted(BACKBONES), choices=sorted(BACKBONES))
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=2, help="Timed steps after one warm-up step.")
+    parser.add_argument("--grouped-conv", default="split", choices=("split", "grouped"))
+    parser.add_argument("--threads", type=int, default=0,
+                        help="Compute threads for both frameworks (0: each framework's default, all cores). On a "
+                             "busy machine torch's OpenMP threads slow down far more than TensorFlow's pool; the "
+                             "same small count on both sides keeps the ratio fair.")
+    parser.add_argument("--torch-worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.torch_worker:
+        print(json.dumps(measure_torch(args.torch_worker, args.batch, args.steps, args.threads)))
+        return
+    if not args.torch_python:
+        parser.error("--torch-python PYTHON is required (a Python with torch + torchvision)")
+    print(f"CPU cores visible: {os.cpu_count()}; threads {args.threads or 'default'}; batch {args.batch}; "
+          f"{args.steps} timed steps; load average {os.getloadavg()[0]:.1f}; "
+          f"images/s (train = AdamW step, infer = eval forward)")
+    print(f"{'backbone':18s} {'tf train':>9s} {'torch train':>11s} {'ratio':>6s} {'tf infer':>9s} "
+          f"{'torch infer':>11s} {'ratio':>6s}")
+    for name in args.backbones:
+        ours = measure_tensorflow(name, args.batch, args.steps, args.grouped_conv, args.threads)
+        output = subprocess.run([args.torch_python, __file__, "--torch-worker", name, "--batch", str(args.batch),
+                                 "--steps", str(args.steps), "--threads", str(args.threads)],
+                                check=True, capture_output=True, text=True).stdout
+        theirs = json.loads(output.strip().splitlines()[-1])
+        print(f"{name:18s} {ours['train']:9.2f} {theirs['train']:11.2f} {ours['train'] / theirs['train']:6.2f} "
+              f"{ours['infer']:9.2f} {theirs['infer']:11.2f} {ours['infer'] / theirs['infer']:6.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
