@@ -90,7 +90,7 @@ def test_killed_run_resumes_from_its_last_epoch(tmp_path, sample_workdir):
     with pytest.raises(KeyboardInterrupt):
         train_patch_learner(config, "mobilenet_v2", 1, sample_workdir, tmp_path, progress=False,
                             extra_callbacks=[_Interrupt()])
-    assert (tmp_path / "backup").exists()
+    assert (tmp_path / "resume" / "state.json").exists()
     counter = _CountEpochs()
     train_patch_learner(config, "mobilenet_v2", 1, sample_workdir, tmp_path, progress=False, extra_callbacks=[counter])
     assert counter.epochs == [1, 2], "resumed after the finished epoch 0"

@@ -46,20 +46,32 @@ def _base_dataset(rows, resize):
     return dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def global_training_dataset(rows, resize, crop, batch_size, seed=0, drop_remainder=False):
-    """Shuffled (every epoch) random-crop + flip batches of (images float32 (B, crop, crop, 1), labels)."""
-    dataset = _base_dataset(rows, resize).shuffle(max(1, len(rows)), seed=seed, reshuffle_each_iteration=True)
-    draws = tf.data.Dataset.random(seed=seed)
+def global_training_dataset(rows, resize, crop, batch_size, seed=0, drop_remainder=False, first_epoch=0, epochs=1):
+    """Random-crop + flip batches of (images float32 (B, crop, crop, 1), labels) for epochs `first_epoch`..`epochs - 1`.
 
-    def augment(item, draw):
-        image, label, _ = item
-        seed_pair = tf.stack([draw, tf.constant(seed, tf.int64)])
-        image = tf.image.stateless_random_crop(image, (crop, crop, 1), seed=seed_pair)
-        image = tf.image.stateless_random_flip_left_right(image, seed=seed_pair + 1)
-        return tf.cast(image, tf.float32), label
+    Epoch e's order, crops and flips are drawn from `epoch_seed(seed, e)` (the same after a resume);
+    an epoch has `ceil(len(rows) / batch_size)` batches (floor with `drop_remainder`).
+    """
+    from tfflannel.resume import epoch_seed
+    from tfflannel.tf_epochs import chain_epochs
 
-    dataset = tf.data.Dataset.zip((dataset, draws)).map(augment, num_parallel_calls=tf.data.AUTOTUNE)
-    return dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+    images = _base_dataset(rows, resize)
+
+    def one_epoch(epoch):
+        key = epoch_seed(seed, epoch)
+        shuffled = images.shuffle(max(1, len(rows)), seed=key, reshuffle_each_iteration=False).enumerate()
+
+        def augment(index, item):
+            image, label, _ = item
+            seed_pair = tf.stack([tf.constant(key, tf.int64), index])
+            image = tf.image.stateless_random_crop(image, (crop, crop, 1), seed=seed_pair)
+            image = tf.image.stateless_random_flip_left_right(image, seed=seed_pair + 1)
+            return tf.cast(image, tf.float32), label
+
+        return shuffled.map(augment, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size,
+                                                                               drop_remainder=drop_remainder)
+
+    return chain_epochs(one_epoch, first_epoch, epochs)
 
 
 def global_evaluation_dataset(rows, resize, crop, images_per_batch=8):
