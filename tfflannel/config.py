@@ -140,6 +140,7 @@ class RuntimeConfig:
 
     strategy: str = "auto"           # auto (MirroredStrategy if > 1 GPU) | mirrored | default
     mixed_precision: bool = False
+    deterministic: bool = False      # tf.config.experimental.enable_op_determinism(): bit-identical GPU reruns, slower
 
 
 @dataclass

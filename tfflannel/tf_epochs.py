@@ -1,4 +1,4 @@
-"""Training data as a chain of per-epoch tf.data pipelines (TensorFlow-specific).
+"""The TensorFlow-specific pieces of exact resume: seeding, and training data as a chain of per-epoch pipelines.
 
 Each epoch's pipeline is built with Python-int seeds from `epoch_seed(seed, epoch)`, so epoch e
 draws the same order, patches and augmentation whether a run got there in one go or resumed after
@@ -8,7 +8,22 @@ a kill (a `reshuffle_each_iteration` stream would replay epoch 0 after a restart
 
 from __future__ import annotations
 
+import keras
 import tensorflow as tf
+
+
+def seed_run(seed, deterministic=False):
+    """Seed Python, NumPy, TensorFlow and Keras; with `deterministic`, also make TensorFlow's ops deterministic.
+
+    Args:
+        seed: int. The run's seed.
+        deterministic: bool. Call `tf.config.experimental.enable_op_determinism()` (GPU kernels such as
+            cuDNN's convolution gradients are otherwise not bit-reproducible; CPU kernels already are).
+            Defaults to `False`.
+    """
+    keras.utils.set_random_seed(int(seed))
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
 
 
 def chain_epochs(one_epoch, first_epoch, epochs):

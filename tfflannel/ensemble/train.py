@@ -31,6 +31,7 @@ from tfflannel.predictions import read_predictions, read_provenance, write_predi
 from tfflannel.resume import ResumableFit
 from tfflannel.run_info import RunInfo, file_sha256, load_run_info, relative_to_run, save_run_info
 from tfflannel.schedules import step_decay
+from tfflannel.tf_epochs import seed_run
 from tfflannel.utils import write_text_atomic
 
 
@@ -170,7 +171,7 @@ def train_ensemble(config, run_dirs, out_dir, fold=None, progress=True, force=Fa
         name=f"ensemble:{cfg.kind}({'+'.join(names)})", runs=[relative_to_run(r, out_dir) for r in run_dirs],
         learners=names, score=cfg.score, fit_on=cfg.fit_on, manifest_sha256=first.manifest_sha256))
     dump_config(config, out_dir / "config.yaml")
-    keras.utils.set_random_seed(cfg.seed)
+    seed_run(cfg.seed, config.runtime.deterministic)
     groups = _patients(first.workdir_path(run_dirs[0]), ids)
     if holdout:
         fit_rows, hold_rows = next(GroupShuffleSplit(1, test_size=cfg.holdout_share, random_state=cfg.seed)

@@ -39,11 +39,19 @@ from tfflannel.run_info import file_sha256, load_run_info, manifest_sha256
 
 
 def predict_image_scores(model, dataset):
-    """Run batched evaluation batches (B*K patches, labels, ids) -> (probabilities (N, K, C), labels, ids)."""
+    """Run batched evaluation batches (B*K patches, labels, ids) -> (probabilities (N, K, C), labels, ids).
+
+    A last, smaller batch is zero-padded to the first batch's size (and the padding's outputs
+    dropped), so the model's predict function sees one input shape and is traced once per model.
+    """
     all_probs, all_labels, all_ids = [], [], []
+    full = None
     for patches, labels, ids in dataset:
-        count = int(tf.shape(labels)[0])
-        probs = np.asarray(model.predict_on_batch(patches))
+        count, rows = int(tf.shape(labels)[0]), int(tf.shape(patches)[0])
+        full = full or rows
+        if rows < full:
+            patches = tf.pad(patches, [[0, full - rows]] + [[0, 0]] * (len(patches.shape) - 1))
+        probs = np.asarray(model.predict_on_batch(patches))[:rows]
         all_probs.append(probs.reshape(count, -1, probs.shape[-1]))
         all_labels.append(labels.numpy())
         all_ids += [i.decode() for i in ids.numpy()]
@@ -125,15 +133,15 @@ def predict_base(run_dir, workdir=None, k=100, images_per_batch=4, seed=0, roles
             dataset = evaluation_dataset(workdir, role, fold, k, size, seed, images_per_batch)
         started = time.time()
         bar = tqdm(total=len(partition), desc=f"predict-base {role}", unit="img", disable=not progress)
-        parts = []
-        for batch in dataset:
-            parts.append(predict_image_scores(model, [batch]))
-            bar.update(len(parts[-1][2]))
-            bar.set_postfix(img_per_s=f"{bar.n / max(time.time() - started, 1e-9):.1f}")
+
+        def counted(batches, bar=bar, started=started):
+            for batch in batches:
+                yield batch
+                bar.update(int(tf.shape(batch[1])[0]))
+                bar.set_postfix(img_per_s=f"{bar.n / max(time.time() - started, 1e-9):.1f}")
+
+        probs, labels, ids = predict_image_scores(model, counted(dataset))
         bar.close()
-        probs = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, 1, len(CLASS_NAMES)))
-        labels = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0,), int)
-        ids = [i for p in parts for i in p[2]]
         votes, means = aggregate_patch_scores(probs) if len(probs) else (probs[:, 0], probs[:, 0])
         write_predictions(run_dir, role, ids, labels, votes, means)
         done.add(role)

@@ -30,6 +30,7 @@ from tfflannel.models.precise_bn import recompute_batchnorm_statistics
 from tfflannel.resume import ResumableFit
 from tfflannel.run_info import RunInfo, file_sha256, manifest_sha256, relative_to_run, save_run_info
 from tfflannel.schedules import scale_milestones, step_decay
+from tfflannel.tf_epochs import seed_run
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ def _start_run(config, section_name, out_dir, info, weights, force):
     if fit.complete:
         return fit
     out_dir.mkdir(parents=True, exist_ok=True)
-    keras.utils.set_random_seed(section.seed)
+    seed_run(section.seed, config.runtime.deterministic)
     if config.runtime.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
     dump_config(config, out_dir / "config.yaml")

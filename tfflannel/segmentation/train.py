@@ -185,6 +185,10 @@ def train_segmenter(config, pairs, out_dir, progress=True, extra_callbacks=(), t
         return json.loads((out_dir / "metrics.json").read_text())
     out_dir.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(seg.seed)
+    if config.runtime.deterministic and keras.backend.backend() == "tensorflow":
+        from tfflannel.tf_epochs import seed_run
+
+        seed_run(seg.seed, deterministic=True)
     log.info("segmentation: %d training and %d validation pairs", len(train_pairs), len(val_pairs))
     train_x, train_y = load_training_arrays(train_pairs, seg.input_size, seg.classes, progress)
     val_x, val_y = load_training_arrays(val_pairs, seg.input_size, seg.classes, progress)
