@@ -142,3 +142,51 @@ def test_run_info_round_trip_with_relative_paths(tmp_path):
     (run / "run.yaml").write_text("kind: patch\nfold: 1\nworkdir: .\nbogus: 1\n")
     with pytest.raises(ValueError, match="run.yaml: unknown key.*bogus"):
         load_run_info(run)
+
+
+def _interrupted_equals_uninterrupted(train, tmp_path):
+    """train(out_dir, extra_callbacks) killed (exception) at the start of epoch 1, rerun; vs one uninterrupted run."""
+    train(tmp_path / "reference", [])
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path / "killed", [_Kill(1)])
+    train(tmp_path / "killed", [])
+    assert (tmp_path / "killed" / "history.csv").read_text() == (tmp_path / "reference" / "history.csv").read_text()
+    left = keras.saving.load_model(tmp_path / "killed" / "model.keras", compile=False).get_weights()
+    right = keras.saving.load_model(tmp_path / "reference" / "model.keras", compile=False).get_weights()
+    for x, y in zip(left, right, strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_global_and_segmentation_epochs_derive_from_seed_and_epoch(sample_workdir, sample_seg_dir):
+    """Epoch 1 built alone (a resumed run) is exactly epoch 1 of the uninterrupted stream, and differs from epoch 0."""
+    from tfflannel.data.manifest import load_manifest
+    from tfflannel.learners.global_data import global_training_dataset, manifest_partition
+    from tfflannel.segmentation.tf_pipeline import make_training_dataset
+
+    rows = manifest_partition(load_manifest(sample_workdir), "train", 1)[:6]
+    images = np.random.default_rng(0).random((6, 16, 16, 1)).astype("float32")
+    labels = (images[..., 0] > 0.5).astype("uint8")
+    for build, steps in ((lambda **kw: global_training_dataset(rows, 24, 16, 4, seed=3, **kw), 2),
+                         (lambda **kw: make_training_dataset(images, labels, 4, seed=3, **kw), 2)):
+        stream = [x.numpy() for x, _ in build(epochs=2)]
+        alone = [x.numpy() for x, _ in build(first_epoch=1, epochs=2)]
+        assert len(stream) == 2 * steps and len(alone) == steps
+        for a, b in zip(alone, stream[steps:], strict=True):
+            np.testing.assert_array_equal(a, b)
+        assert not all(np.array_equal(a, b) for a, b in zip(stream[:steps], stream[steps:], strict=True))
+
+
+@pytest.mark.slow
+def test_train_seg_resumes_exactly(tmp_path, sample_seg_dir):
+    from tfflannel.config import load_config
+    from tfflannel.segmentation.readers import read_pairs
+    from tfflannel.segmentation.train import train_segmenter
+
+    config = load_config(overrides=["segmentation.model=fcdn_small", "segmentation.epochs=2",
+                                    "segmentation.input_size=32", "segmentation.batch_size=8"])
+    pairs = read_pairs(sample_seg_dir)
+    _interrupted_equals_uninterrupted(
+        lambda out, extra: train_segmenter(config, pairs, out, progress=False, extra_callbacks=extra), tmp_path)
+    metrics = json.loads((tmp_path / "killed" / "metrics.json").read_text())
+    assert metrics == {**json.loads((tmp_path / "reference" / "metrics.json").read_text()),
+                       "train_seconds": metrics["train_seconds"]}

@@ -137,14 +137,14 @@ def test_train_ensemble_killed_at_a_random_epoch_ends_as_uninterrupted(tmp_path,
     members = [tmp_path / "m0", tmp_path / "m1"]
     for seed, member in enumerate(members):
         _fake_member(member, sample_workdir, seed)
-    args = ["--runs", ",".join(map(str, members)), "--set", "ensemble.epochs=40", "--set", "ensemble.batch_size=4",
+    args = ["--runs", ",".join(map(str, members)), "--set", "ensemble.epochs=20", "--set", "ensemble.batch_size=4",
             "--set", "ensemble.learning_rate=0.01", "--set", "ensemble.lr_milestones=[20]"]
     _in_process("train-ensemble", *args, "--out", tmp_path / "reference")
     rng = np.random.default_rng(5)
-    _kill_then_finish(["train-ensemble", *args, "--out", tmp_path / "killed"], f"Epoch {int(rng.integers(2, 38))}/40",
+    _kill_then_finish(["train-ensemble", *args, "--out", tmp_path / "killed"], f"Epoch {int(rng.integers(2, 19))}/20",
                       0.0)
     for name in ("history.csv", "predictions/test.csv"):
         assert (tmp_path / "killed" / name).read_bytes() == (tmp_path / "reference" / name).read_bytes(), name
     _assert_same_weights(tmp_path / "killed" / "model.keras", tmp_path / "reference" / "model.keras")
     history = list(csv.DictReader(open(tmp_path / "reference" / "history.csv")))
-    assert [int(r["epoch"]) for r in history] == list(range(40))
+    assert [int(r["epoch"]) for r in history] == list(range(20))

@@ -33,11 +33,14 @@ def load_resized(path, size):
     return fit_to_square(image, int(size))[..., None]
 
 
-def _base_dataset(rows, resize):
+def _base_dataset(rows, resize, shuffle_seed=None):
+    """Decoded, letterboxed (image, label, image_id); with `shuffle_seed`, the files are shuffled before decoding."""
     paths = [r["path"] for r in rows]
     labels = [CLASS_NAMES.index(r["label"]) for r in rows]
     ids = [r["image_id"] for r in rows]
     dataset = tf.data.Dataset.from_tensor_slices((paths, labels, ids))
+    if shuffle_seed is not None:
+        dataset = dataset.shuffle(max(1, len(rows)), seed=shuffle_seed, reshuffle_each_iteration=False)
 
     def load(path, label, image_id):
         image = tf.numpy_function(lambda p: load_resized(p, resize), [path], tf.uint8)
@@ -55,11 +58,9 @@ def global_training_dataset(rows, resize, crop, batch_size, seed=0, drop_remaind
     from tfflannel.resume import epoch_seed
     from tfflannel.tf_epochs import chain_epochs
 
-    images = _base_dataset(rows, resize)
-
     def one_epoch(epoch):
         key = epoch_seed(seed, epoch)
-        shuffled = images.shuffle(max(1, len(rows)), seed=key, reshuffle_each_iteration=False).enumerate()
+        shuffled = _base_dataset(rows, resize, shuffle_seed=key).enumerate()
 
         def augment(index, item):
             image, label, _ = item
