@@ -111,6 +111,8 @@ def test_train_patch_and_predict_base_killed_at_random_points_end_as_uninterrupt
     output = _in_process("train-patch", *PATCH, "--data", sample_workdir, "--out", out)
     assert "is complete" in output and "Epoch 1/2" not in output, output
     assert "up to date" in _in_process("predict-base", "--run", out, *PREDICT)
+    changed = _in_process("predict-base", "--run", out, "--k", "2", "--set", "inference.images_per_batch=2")
+    assert "recomputing, inputs changed: k: 3 -> 2" in changed, changed
 
 
 def _fake_member(path, workdir, seed, n=24):
@@ -148,3 +150,15 @@ def test_train_ensemble_killed_at_a_random_epoch_ends_as_uninterrupted(tmp_path,
     _assert_same_weights(tmp_path / "killed" / "model.keras", tmp_path / "reference" / "model.keras")
     history = list(csv.DictReader(open(tmp_path / "reference" / "history.csv")))
     assert [int(r["epoch"]) for r in history] == list(range(20))
+
+    from click.testing import CliRunner
+
+    from tfflannel.cli import main
+
+    assert "is complete" in _in_process("train-ensemble", *args, "--out", tmp_path / "killed")
+    _fake_member(tmp_path / "m2", sample_workdir, 7)           # new predictions for member 0: the ensemble is stale
+    (tmp_path / "m0" / "predictions" / "test.csv").write_bytes((tmp_path / "m2" / "predictions" / "test.csv")
+                                                               .read_bytes().replace(b"test", b"test"))
+    result = CliRunner().invoke(main, ["train-ensemble", *map(str, args), "--out", str(tmp_path / "killed")])
+    assert result.exit_code == 2 and "member0.test_sha256" in result.output and "--force" in result.output, \
+        result.output
