@@ -24,6 +24,7 @@ import tensorflow as tf
 from tqdm.auto import tqdm
 
 from tfflannel import CLASS_NAMES
+from tfflannel.errors import InputError
 from tfflannel.patches.sampling import aggregate_patch_scores
 from tfflannel.predictions import (  # noqa: F401
     PREDICTION_COLUMNS,
@@ -102,11 +103,17 @@ def predict_base(run_dir, workdir=None, k=100, images_per_batch=4, seed=0, roles
 
     Returns:
         dict. {role: images/s} for the partitions computed now (up-to-date ones are left out).
+
+    Raises:
+        InputError: K or images_per_batch below 1 (before anything is read or written).
     """
     from tfflannel.data.manifest import load_manifest
     from tfflannel.learners.global_data import global_evaluation_dataset, manifest_partition
     from tfflannel.patches.pipeline import evaluation_dataset
 
+    if int(k) < 1 or int(images_per_batch) < 1:
+        raise InputError(f"K (--k / inference.k) and inference.images_per_batch must be >= 1. "
+                         f"Received: k={k}, images_per_batch={images_per_batch}.")
     run_dir = Path(run_dir)
     model, info = read_run(run_dir)
     workdir = Path(workdir) if workdir else info.workdir_path(run_dir)
