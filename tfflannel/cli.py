@@ -219,10 +219,11 @@ def _segmentation_pairs(pairs, jsrt, scr, montgomery):
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory (model.keras, config.yaml, metrics.json, logs/).")
 @click.option("--epochs", type=click.IntRange(min=1), help="Epochs  [default: segmentation.epochs].")
 @click.option("--model", "preset", type=click.Choice(["fcdn103", "fcdn67", "fcdn56", "fcdn_small"]), help="FC-DenseNet family member  [default: segmentation.model].")
+@click.option("--force", is_flag=True, help="Start over even if --out holds a complete run or one made with other settings.")
 @config_options("configs/segmentation.yaml")
 @reports_input_errors
-def train_seg(pairs, jsrt, scr, montgomery, out, epochs, preset, config_path, overrides):
-    """Train an FC-DenseNet lung segmenter; a killed run resumes when rerun with the same --out."""
+def train_seg(pairs, jsrt, scr, montgomery, out, epochs, preset, force, config_path, overrides):
+    """Train an FC-DenseNet lung segmenter; a killed run resumes exactly when rerun with the same --out."""
     from tfflannel.config import validate
     from tfflannel.segmentation.train import train_segmenter
 
@@ -233,7 +234,7 @@ def train_seg(pairs, jsrt, scr, montgomery, out, epochs, preset, config_path, ov
         config.segmentation.model = preset
     validate(config, "options")
     found = _segmentation_pairs(pairs, jsrt, scr, montgomery)
-    metrics = train_segmenter(config, found, out)
+    metrics = train_segmenter(config, found, out, force=force, echo=click.echo)
     click.echo(json.dumps(metrics, indent=2))
     click.echo(f"model -> {Path(out) / 'model.keras'}; TensorBoard: tensorboard --logdir {Path(out) / 'logs'}")
 
@@ -307,6 +308,8 @@ def learner_options(default_config):
             click.option("--weights", default="none", show_default=True, help="imagenet | none | PATH: a .weights.h5, a Keras ImageNet .h5, or torchvision weights (.pth, .safetensors, import-weights .weights.h5)."),
             click.option("--batch-size", type=click.IntRange(min=1), help="Batch size  [default: from the config]."),
             click.option("--mixed-precision", is_flag=True, help="float16 compute (GPUs)."),
+            click.option("--force", is_flag=True, help="Start over even if --out holds a complete run or one made "
+                                                       "with other settings."),
         ]
         for option in reversed(options):
             command = option(command)
@@ -326,7 +329,7 @@ def _check_fold(data, fold):
         raise click.BadParameter(f"{manifest} has folds {folds}. Received: {fold}.", param_hint="--fold")
 
 
-def _train_learner(kind, backbone, fold, data, out, epochs, weights, batch_size, mixed_precision, config_path,
+def _train_learner(kind, backbone, fold, data, out, epochs, weights, batch_size, mixed_precision, force, config_path,
                    overrides):
     from tfflannel.config import validate
     from tfflannel.learners.train import train_global_learner, train_patch_learner
@@ -342,7 +345,9 @@ def _train_learner(kind, backbone, fold, data, out, epochs, weights, batch_size,
     config.runtime.mixed_precision = config.runtime.mixed_precision or mixed_precision
     validate(config, "options")
     trainer = train_patch_learner if kind == "patch" else train_global_learner
-    trainer(config, backbone, fold, data, out, weights=weights)
+    fit = trainer(config, backbone, fold, data, out, weights=weights, force=force)
+    if fit.already_complete:
+        click.echo(fit.describe())
     click.echo(f"model -> {Path(out) / 'model.keras'}; history -> {Path(out) / 'history.csv'}")
 
 
@@ -366,14 +371,16 @@ def train_global(**options):
 @click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False, exists=True), help="A train-patch or train-global run directory.")
 @click.option("--data", type=click.Path(file_okay=False, exists=True), help="Work directory  [default: the run's own].")
 @click.option("--k", type=click.IntRange(min=1), help="Patches per image  [default: inference.k = 100; 1 for global runs].")
+@click.option("--force", is_flag=True, help="Recompute even if the predictions are up to date.")
 @config_options("configs/patched.yaml")
 @reports_input_errors
-def predict_base_command(run_dir, data, k, config_path, overrides):
+def predict_base_command(run_dir, data, k, force, config_path, overrides):
     """Per-image vote fractions and mean probabilities for the fold's train, valid and test images."""
     from tfflannel.learners.infer import predict_base
 
     inference = load_cli_config(config_path, overrides, "configs/patched.yaml").inference
-    speeds = predict_base(run_dir, data, inference.k if k is None else k, inference.images_per_batch, inference.seed)
+    speeds = predict_base(run_dir, data, inference.k if k is None else k, inference.images_per_batch, inference.seed,
+                          force=force, echo=click.echo)
     for role, speed in speeds.items():
         click.echo(f"{role}: {speed:.1f} images/s -> {Path(run_dir) / 'predictions' / (role + '.csv')}")
 
@@ -384,16 +391,17 @@ def predict_base_command(run_dir, data, k, config_path, overrides):
               help="Base-learner run directories with predictions/ (repeat --runs, or separate with commas).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Ensemble run directory.")
 @click.option("--fit-on", type=click.Choice(["valid", "train"]), help="valid: out-of-fold predictions (default); train: in-sample, as the original.")
+@click.option("--force", is_flag=True, help="Start over even if --out holds a complete run or one made with other settings.")
 @config_options("configs/ensemble.yaml")
 @reports_input_errors
-def train_ensemble_command(fold, run_dirs, out, fit_on, config_path, overrides):
+def train_ensemble_command(fold, run_dirs, out, fit_on, force, config_path, overrides):
     """Fit the FLANNEL neural weight module with a focal loss on predictions joined by image_id."""
     from tfflannel.ensemble.train import train_ensemble
 
     config = load_cli_config(config_path, overrides, "configs/ensemble.yaml")
     if fit_on:
         config.ensemble.fit_on = fit_on
-    summary = train_ensemble(config, _run_list(run_dirs), out, fold)
+    summary = train_ensemble(config, _run_list(run_dirs), out, fold, force=force, echo=click.echo)
     click.echo(json.dumps(summary, indent=2))
     click.echo(f"model -> {Path(out) / 'model.keras'}; test predictions -> {Path(out) / 'predictions' / 'test.csv'}")
 

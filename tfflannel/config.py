@@ -212,6 +212,7 @@ class RuntimeConfig:
 
     strategy: Literal["auto", "mirrored", "default"] = "auto"  # auto: MirroredStrategy if > 1 GPU
     mixed_precision: bool = False
+    deterministic: bool = False      # tf.config.experimental.enable_op_determinism(): bit-identical GPU reruns, slower
 
 
 @dataclass

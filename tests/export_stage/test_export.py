@@ -43,6 +43,7 @@ def tiny_runs(tmp_path_factory, sample_workdir):
     ensemble.mkdir()
     build_ensemble("genet", 2, 4).save(ensemble / "model.keras")
     (ensemble / "run.yaml").write_text(yaml.safe_dump({"kind": "ensemble", "fold": 1, "score": "prob",
+                                                       "workdir": str(sample_workdir),
                                                        "runs": [str(r.resolve()) for r in runs]}))
     return runs, ensemble
 

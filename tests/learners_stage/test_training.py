@@ -15,9 +15,7 @@ from click.testing import CliRunner
 
 from tfflannel import CLASS_NAMES
 from tfflannel.cli import main
-from tfflannel.config import load_config
 from tfflannel.learners.infer import PREDICTION_COLUMNS, predict_base
-from tfflannel.learners.train import train_patch_learner
 from tfflannel.patches.pipeline import evaluation_dataset
 
 SMALL = ["--set", "patched.patch_size=64", "--set", "patched.val_patches=2", "--set", "patched.learning_rate=0.0003"]
@@ -68,33 +66,6 @@ def test_predict_base_matches_direct_computation(patch_run, sample_workdir):
     assert checked == len(rows) > 0
     for role in ("train", "test"):
         assert (patch_run / "predictions" / f"{role}.csv").is_file()
-
-
-class _Interrupt(keras.callbacks.Callback):
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch == 1:
-            raise KeyboardInterrupt("simulated kill")
-
-
-class _CountEpochs(keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.epochs = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epochs.append(epoch)
-
-
-def test_killed_run_resumes_from_its_last_epoch(tmp_path, sample_workdir):
-    config = load_config(overrides=[s for s in SMALL if s != "--set"] + ["patched.epochs=3", "patched.batch_size=8"])
-    with pytest.raises(KeyboardInterrupt):
-        train_patch_learner(config, "mobilenet_v2", 1, sample_workdir, tmp_path, progress=False,
-                            extra_callbacks=[_Interrupt()])
-    assert (tmp_path / "backup").exists()
-    counter = _CountEpochs()
-    train_patch_learner(config, "mobilenet_v2", 1, sample_workdir, tmp_path, progress=False, extra_callbacks=[counter])
-    assert counter.epochs == [1, 2], "resumed after the finished epoch 0"
-    assert [int(r["epoch"]) for r in _history(tmp_path / "history.csv")] == [0, 1, 2]
 
 
 def test_train_global_and_predict_base_k1(tmp_path, sample_workdir):

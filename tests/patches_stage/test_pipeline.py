@@ -12,6 +12,7 @@ from tfflannel.patches.pipeline import (
     read_records,
     sample_centres,
     training_dataset,
+    training_steps,
 )
 from tfflannel.patches.sampling import aggregate_patch_scores, crop_patch, sample_patch_centres
 
@@ -73,10 +74,19 @@ def test_training_batches_shapes_labels_and_fresh_patches(sample_workdir):
     patches, labels = batches[0]
     assert patches.shape == (4, 64, 64, 1) and labels.shape == (4,)
     assert labels.numpy()[0] == labels.numpy()[1], "two patches of one image share its label"
-    epoch_a = [p.numpy() for p, _ in dataset]
-    epoch_b = [p.numpy() for p, _ in dataset]
+    steps = training_steps(sample_workdir, 1, batch_size=4, patches_per_image=2)
+    two = [p.numpy() for p, _ in training_dataset(sample_workdir, 1, 64, batch_size=4, patches_per_image=2, seed=0,
+                                                   epochs=2)]
+    assert len(two) == 2 * steps
+    epoch_a, epoch_b = two[:steps], two[steps:]
     assert sum(len(p) for p in epoch_a) == sum(len(p) for p in epoch_b)
-    assert not all(np.array_equal(a, b) for a, b in zip(epoch_a, epoch_b, strict=False))
+    assert not all(np.array_equal(a, b) for a, b in zip(epoch_a, epoch_b, strict=False)), "fresh patches each epoch"
+    # Epoch 1 alone (a run resumed after epoch 0) is exactly the second epoch of the uninterrupted stream.
+    resumed = [p.numpy() for p, _ in training_dataset(sample_workdir, 1, 64, batch_size=4, patches_per_image=2,
+                                                       seed=0, first_epoch=1, epochs=2)]
+    assert len(resumed) == steps
+    for a, b in zip(resumed, epoch_b, strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_augmentation_flips_and_rotates_but_keeps_range():

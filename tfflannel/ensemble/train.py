@@ -5,27 +5,34 @@ is an error naming it. By default the ensemble learns from the fold's
 validation predictions, which are out-of-fold for every base learner, so it
 never learns from in-sample scores (`--fit-on train` reproduces the original).
 A patient-grouped part of those predictions is held out to select the
-checkpoint.
+checkpoint. Training resumes exactly after a kill (`ResumableFit`; each epoch's
+shuffle derives from (seed, epoch)); the run records the hashes of the member
+predictions it was fit on, so a rerun after they changed stops instead of
+reusing a stale ensemble.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 from pathlib import Path
 
 import keras
 import numpy as np
-import yaml
 from sklearn.model_selection import GroupShuffleSplit
 
 from tfflannel import CLASS_NAMES
 from tfflannel.config import dump_config
 from tfflannel.errors import InputError
-from tfflannel.learners.infer import PREDICTION_COLUMNS, prediction_row
 from tfflannel.learners.strategy import make_strategy
 from tfflannel.models.ensemble import build_ensemble, inverse_frequency_alpha
+from tfflannel.predictions import read_predictions, read_provenance, write_predictions
+from tfflannel.resume import ResumableFit
+from tfflannel.run_info import RunInfo, file_sha256, load_run_info, relative_to_run, save_run_info
 from tfflannel.schedules import step_decay
-from tfflannel.utils import read_csv, write_csv_atomic, write_text_atomic
+from tfflannel.tf_epochs import seed_run
+from tfflannel.utils import write_text_atomic
 
 
 class JoinError(InputError):
@@ -33,9 +40,9 @@ class JoinError(InputError):
 
 
 def run_name(run_dir):
-    """`kind:backbone` (or `ensemble:kind`) from a run's run.yaml."""
-    info = yaml.safe_load((Path(run_dir) / "run.yaml").read_text())
-    return info.get("name") or f"{info['kind']}:{info.get('backbone', '')}", info
+    """(`kind:backbone` or the ensemble's name, RunInfo) of a run directory."""
+    info = load_run_info(run_dir)
+    return info.display_name, info
 
 
 def join_predictions(run_dirs, role, score="prob"):
@@ -43,35 +50,58 @@ def join_predictions(run_dirs, role, score="prob"):
 
     Returns:
         (image_ids sorted, labels (N,) int, scores (N, L * C) float32)
+
+    Raises:
+        JoinError: the runs' files do not cover the same images, disagree on a label, or break the schema.
     """
     tables = []
     for run_dir in run_dirs:
-        path = Path(run_dir) / "predictions" / f"{role}.csv"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: missing; run `predict-base --run {run_dir}` first")
-        rows = read_csv(path)
-        if rows and list(rows[0]) != list(PREDICTION_COLUMNS):
-            raise JoinError(f"{path}: unexpected columns {list(rows[0])}")
-        table = {row["image_id"]: row for row in rows}
-        if len(table) != len(rows):
-            raise JoinError(f"{path}: duplicate image_id rows")
-        tables.append((path, table))
-    reference_path, reference = tables[0]
-    ids = sorted(reference)
-    for path, table in tables[1:]:
-        missing, extra = sorted(set(ids) - set(table)), sorted(set(table) - set(ids))
+        try:
+            table = read_predictions(run_dir, role)
+        except InputError as error:
+            raise JoinError(str(error)) from error
+        tables.append((table, dict(zip(table.image_ids, range(len(table.image_ids)), strict=True))))
+    reference, reference_rows = tables[0]
+    ids = sorted(reference_rows)
+    for table, rows in tables[1:]:
+        missing, extra = sorted(set(ids) - set(rows)), sorted(set(rows) - set(ids))
         if missing or extra:
-            raise JoinError(f"{path} does not cover the same images as {reference_path}: "
+            raise JoinError(f"{table.path} does not cover the same images as {reference.path}: "
                             f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
                             f"extra {extra[:5]}{'...' if len(extra) > 5 else ''}")
         for image_id in ids:
-            if table[image_id]["label"] != reference[image_id]["label"]:
-                raise JoinError(f"{path}: image {image_id} has label {table[image_id]['label']!r}, "
-                                f"{reference_path} says {reference[image_id]['label']!r}")
-    labels = np.array([CLASS_NAMES.index(reference[i]["label"]) for i in ids], int)
-    scores = np.array([[float(table[i][f"{score}_{c}"]) for _, table in tables for c in CLASS_NAMES] for i in ids],
-                      np.float32)
-    return ids, labels, scores
+            label, expected = table.labels[rows[image_id]], reference.labels[reference_rows[image_id]]
+            if label != expected:
+                raise JoinError(f"{table.path}: image {image_id} has label {CLASS_NAMES[label]!r}, "
+                                f"{reference.path} says {CLASS_NAMES[expected]!r}")
+    labels = np.array([reference.labels[reference_rows[i]] for i in ids], int)
+    scores = np.concatenate([table.scores(score)[[rows[i] for i in ids]] for table, rows in tables], axis=1)
+    return ids, labels, scores.astype(np.float32).reshape(len(ids), -1)
+
+
+class EpochBatches(keras.utils.PyDataset):
+    """Batches of (x, y) in an order drawn from (seed, epoch) for epochs `first_epoch`, `first_epoch + 1`, ..."""
+
+    def __init__(self, x, y, batch_size, seed=0, first_epoch=0):
+        super().__init__()
+        self.x, self.y, self.batch_size, self.seed, self.epoch = x, y, batch_size, seed, first_epoch
+        self.order = self._order()
+
+    def _order(self):
+        from tfflannel.resume import epoch_seed
+
+        return np.random.default_rng(epoch_seed(self.seed, self.epoch)).permutation(len(self.x))
+
+    def __len__(self):
+        return math.ceil(len(self.x) / self.batch_size)
+
+    def __getitem__(self, index):
+        rows = self.order[index * self.batch_size:(index + 1) * self.batch_size]
+        return self.x[rows], self.y[rows]
+
+    def on_epoch_end(self):
+        self.epoch += 1
+        self.order = self._order()
 
 
 def _patients(workdir, ids):
@@ -81,62 +111,101 @@ def _patients(workdir, ids):
     return [table.get(i, i) for i in ids]
 
 
-def train_ensemble(config, run_dirs, out_dir, fold=None, progress=True):
-    """Fit, select, and write RUNDIR/{model.keras, learner_weights.json, predictions/test.csv, ...}."""
+def _member_provenance(run_dirs, roles):
+    """Per member: the hash of each prediction file used, and the K and seed that made them."""
+    members = {}
+    for index, run_dir in enumerate(run_dirs):
+        identity = read_provenance(run_dir).get("identity", {})
+        members[f"member{index}.k"] = identity.get("k")
+        members[f"member{index}.seed"] = identity.get("seed")
+        for role in roles:
+            members[f"member{index}.{role}_sha256"] = file_sha256(Path(run_dir) / "predictions" / f"{role}.csv")
+    return members
+
+
+def train_ensemble(config, run_dirs, out_dir, fold=None, progress=True, force=False, echo=print):
+    """Fit, select, and write RUNDIR/{model.keras, learner_weights.json, predictions/test.csv, ...}.
+
+    Args:
+        config: ExperimentConfig. Uses `config.ensemble`.
+        run_dirs: list of str or Path. Base-learner runs with predictions/, in the ensemble's input order.
+        out_dir: str or Path. The ensemble run directory; a killed run resumes exactly when rerun.
+        fold: int. Expected fold of the runs; `None` accepts their common fold. Defaults to `None`.
+        progress: bool. Keras progress lines. Defaults to `True`.
+        force: bool. Start over even if `out_dir` holds a complete or different ensemble. Defaults to `False`.
+        echo: callable(str). Where the "already complete" note goes. Defaults to `print`.
+
+    Returns:
+        dict. What learner_weights.json holds.
+
+    Raises:
+        StaleRunError: `out_dir` was fit on other predictions or settings (and not `force`).
+    """
     cfg = config.ensemble
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     infos = [run_name(r) for r in run_dirs]
-    folds = {int(info["fold"]) for _, info in infos}
+    folds = {info.fold for _, info in infos}
     if len(folds) != 1 or (fold is not None and folds != {int(fold)}):
         raise JoinError(f"all runs must come from one fold{'' if fold is None else f' ({fold})'}; found folds {sorted(folds)}")
     fold = folds.pop()
-    keras.utils.set_random_seed(cfg.seed)
-    ids, labels, scores = join_predictions(run_dirs, cfg.fit_on, cfg.score)
-    groups = _patients(infos[0][1]["workdir"], ids)
-    fit_rows, hold_rows = next(GroupShuffleSplit(1, test_size=cfg.holdout_share, random_state=cfg.seed)
-                               .split(scores, labels, groups))
-    alpha = inverse_frequency_alpha(labels[fit_rows], len(CLASS_NAMES))
-    dump_config(config, out_dir / "config.yaml")
     names = [name for name, _ in infos]
-    run_info = {"kind": "ensemble", "name": f"ensemble:{cfg.kind}({'+'.join(names)})", "fold": fold,
-                "workdir": infos[0][1]["workdir"], "runs": [str(Path(r).resolve()) for r in run_dirs],
-                "learners": names, "score": cfg.score, "fit_on": cfg.fit_on}
-    write_text_atomic(out_dir / "run.yaml", yaml.safe_dump(run_info, sort_keys=False))
+    fingerprint = {**{f"ensemble.{k}": (list(v) if isinstance(v, tuple) else v)
+                      for k, v in dataclasses.asdict(cfg).items()},
+                   "runs": [str(Path(r).resolve()) for r in run_dirs],
+                   **_member_provenance(run_dirs, (cfg.fit_on, "test"))}
+    ids, labels, scores = join_predictions(run_dirs, cfg.fit_on, cfg.score)
+    holdout = cfg.holdout_share > 0 and len(ids) > 1
+    fit = ResumableFit(out_dir, cfg.epochs, fingerprint, cfg.seed, monitor="val_loss" if holdout else None,
+                       mode="min", force=force)
+    summary_path = out_dir / "learner_weights.json"
+    if fit.complete and summary_path.is_file() and (out_dir / "predictions" / "test.csv").is_file():
+        echo(fit.describe())
+        return json.loads(summary_path.read_text())
 
-    strategy = make_strategy(config.runtime.strategy)
-    with strategy.scope():
-        model = build_ensemble(cfg.kind, len(run_dirs), len(CLASS_NAMES))
-        model.compile(optimizer=keras.optimizers.AdamW(cfg.learning_rate, weight_decay=cfg.weight_decay),
-                      loss=keras.losses.CategoricalFocalCrossentropy(alpha=alpha, gamma=cfg.gamma),
-                      metrics=[keras.metrics.F1Score(average="macro", name="macro_f1"), "accuracy"])
+    member_k = {fingerprint.get(f"member{i}.k") for i in range(len(run_dirs))}
+    first = infos[0][1]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_run_info(out_dir, RunInfo(
+        kind="ensemble", fold=fold, workdir=relative_to_run(first.workdir_path(run_dirs[0]), out_dir),
+        k=member_k.pop() if len(member_k) == 1 else None, seed=cfg.seed,
+        name=f"ensemble:{cfg.kind}({'+'.join(names)})", runs=[relative_to_run(r, out_dir) for r in run_dirs],
+        learners=names, score=cfg.score, fit_on=cfg.fit_on, manifest_sha256=first.manifest_sha256))
+    dump_config(config, out_dir / "config.yaml")
+    seed_run(cfg.seed, config.runtime.deterministic)
+    groups = _patients(first.workdir_path(run_dirs[0]), ids)
+    if holdout:
+        fit_rows, hold_rows = next(GroupShuffleSplit(1, test_size=cfg.holdout_share, random_state=cfg.seed)
+                                   .split(scores, labels, groups))
+    else:
+        fit_rows, hold_rows = np.arange(len(ids)), np.zeros((0,), int)
+    alpha = inverse_frequency_alpha(labels[fit_rows], len(CLASS_NAMES))
     one_hot = np.eye(len(CLASS_NAMES), dtype=np.float32)
-    schedule = step_decay(cfg.lr_milestones, cfg.learning_rate)       # lr_milestones are epochs here
-    callbacks = [
-        keras.callbacks.LearningRateScheduler(schedule),
-        keras.callbacks.CSVLogger(str(out_dir / "history.csv")),
-        keras.callbacks.TensorBoard(log_dir=str(out_dir / "logs")),
-    ]
-    validation = None
-    if len(hold_rows):
-        validation = (scores[hold_rows], one_hot[labels[hold_rows]])
-        callbacks.append(keras.callbacks.ModelCheckpoint(str(out_dir / "model.keras"), monitor="val_loss", mode="min",
-                                                         save_best_only=True))
-    model.fit(scores[fit_rows], one_hot[labels[fit_rows]], batch_size=cfg.batch_size, epochs=cfg.epochs,
-              validation_data=validation, callbacks=callbacks, shuffle=True, verbose=2 if progress else 0)
-    if not len(hold_rows) or not (out_dir / "model.keras").exists():
-        model.save(out_dir / "model.keras")
+
+    if not fit.complete:
+        strategy = make_strategy(config.runtime.strategy)
+        with strategy.scope():
+            model = build_ensemble(cfg.kind, len(run_dirs), len(CLASS_NAMES))
+            model.compile(optimizer=keras.optimizers.AdamW(cfg.learning_rate, weight_decay=cfg.weight_decay),
+                          loss=keras.losses.CategoricalFocalCrossentropy(alpha=alpha, gamma=cfg.gamma),
+                          metrics=[keras.metrics.F1Score(average="macro", name="macro_f1"), "accuracy"])
+        callbacks = [
+            keras.callbacks.LearningRateScheduler(step_decay(cfg.lr_milestones, cfg.learning_rate)),  # epochs here
+            keras.callbacks.TensorBoard(log_dir=str(out_dir / "logs")),
+        ]
+        validation = (scores[hold_rows], one_hot[labels[hold_rows]]) if len(hold_rows) else None
+        batches = EpochBatches(scores[fit_rows], one_hot[labels[fit_rows]], cfg.batch_size, cfg.seed,
+                               fit.initial_epoch)
+        fit.fit(model, batches, callbacks=callbacks, verbose=2 if progress else 0, validation_data=validation)
     best = keras.saving.load_model(out_dir / "model.keras", compile=False)
 
     test_ids, test_labels, test_scores = join_predictions(run_dirs, "test", cfg.score)
     probabilities = np.asarray(best.predict(test_scores, verbose=0))
-    rows = [prediction_row(image_id, label, one_hot[int(np.argmax(prob))], prob)
-            for image_id, label, prob in zip(test_ids, test_labels, probabilities, strict=True)]
-    write_csv_atomic(out_dir / "predictions" / "test.csv", rows, PREDICTION_COLUMNS)
+    votes = one_hot[np.argmax(probabilities, axis=-1)] if len(probabilities) else probabilities
+    write_predictions(out_dir, "test", test_ids, test_labels, votes, probabilities)
     summary = {"learners": names, "alpha": alpha, "fit_images": int(len(fit_rows)), "holdout_images": int(len(hold_rows))}
     if cfg.kind != "mlp":
         weights = np.asarray(keras.Model(best.input, best.get_layer("learner_weights").output).predict(test_scores, verbose=0))
         summary["mean_weight_on_test"] = {name: float(w) for name, w in zip(names, weights.mean(axis=0), strict=True)}
         summary["std_weight_on_test"] = {name: float(w) for name, w in zip(names, weights.std(axis=0), strict=True)}
-    write_text_atomic(out_dir / "learner_weights.json", json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(summary_path, json.dumps(summary, indent=2) + "\n")
     return summary

@@ -15,23 +15,19 @@ from sklearn.metrics import auc, average_precision_score, precision_recall_curve
 
 from tfflannel import CLASS_NAMES, DISCLAIMER  # noqa: E402
 from tfflannel.evaluation.metrics import classification_metrics, format_mean_std, metrics_rows, table3, table3_markdown  # noqa: E402
-from tfflannel.utils import atomic_path, read_csv, write_csv_atomic, write_text_atomic  # noqa: E402
+from tfflannel.utils import atomic_path, write_csv_atomic, write_text_atomic  # noqa: E402
 
 METRIC_COLUMNS = ("run", "fold", "class", "precision", "recall", "f1", "support")
 
 
 def load_run_predictions(run_dir, role="test"):
     """(name, fold, workdir, image_ids, labels, scores) of a run's predictions; scores = the prob_* columns."""
-    import yaml
+    from tfflannel.predictions import read_predictions
+    from tfflannel.run_info import load_run_info
 
-    run_dir = Path(run_dir)
-    info = yaml.safe_load((run_dir / "run.yaml").read_text())
-    name = info.get("name") or f"{info['kind']}:{info['backbone']}"
-    rows = read_csv(run_dir / "predictions" / f"{role}.csv")
-    ids = [r["image_id"] for r in rows]
-    labels = np.array([CLASS_NAMES.index(r["label"]) for r in rows], int)
-    scores = np.array([[float(r[f"prob_{c}"]) for c in CLASS_NAMES] for r in rows], float).reshape(-1, len(CLASS_NAMES))
-    return name, int(info["fold"]), info.get("workdir"), ids, labels, scores
+    info = load_run_info(run_dir)
+    table = read_predictions(run_dir, role)
+    return info.display_name, info.fold, str(info.workdir_path(run_dir)), table.image_ids, table.labels, table.probs
 
 
 def _save(fig, path):

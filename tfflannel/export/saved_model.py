@@ -144,7 +144,7 @@ class InferencePipeline(tf.Module):
 
 
 def load_learner_runs(run_dirs):
-    """Keras models and run.yaml info of base-learner runs."""
+    """(Keras model, RunInfo) of each base-learner run."""
     from tfflannel.learners.infer import read_run
 
     return [read_run(run_dir) for run_dir in run_dirs]
@@ -152,19 +152,18 @@ def load_learner_runs(run_dirs):
 
 def build_pipeline(segmenter, run_dirs, ensemble_dir=None, k=100, seed=0, **qc):
     """An InferencePipeline from run directories (an ensemble's own learner order is enforced)."""
-    import yaml
-
     import tfflannel.models.ensemble  # noqa: F401  (registers the ensemble layers for loading)
+    from tfflannel.run_info import load_run_info
 
     ensemble, score = None, "prob"
     if ensemble_dir:
-        info = yaml.safe_load((Path(ensemble_dir) / "run.yaml").read_text())
-        expected = [str(Path(r).resolve()) for r in info["runs"]]
+        info = load_run_info(ensemble_dir)
+        expected = [str(p.resolve()) for p in info.run_paths(ensemble_dir)]
         given = [str(Path(r).resolve()) for r in run_dirs]
         if given != expected:
             raise InputError(f"{ensemble_dir} was trained on runs {expected} in this order; received {given}")
         ensemble = keras.saving.load_model(Path(ensemble_dir) / "model.keras", compile=False)
-        score = info.get("score", "prob")
+        score = info.score or "prob"
     return InferencePipeline(segmenter, load_learner_runs(run_dirs), ensemble, k=k, seed=seed, score=score, **qc)
 
 

@@ -33,11 +33,14 @@ def load_resized(path, size):
     return fit_to_square(image, int(size))[..., None]
 
 
-def _base_dataset(rows, resize):
+def _base_dataset(rows, resize, shuffle_seed=None):
+    """Decoded, letterboxed (image, label, image_id); with `shuffle_seed`, the files are shuffled before decoding."""
     paths = [r["path"] for r in rows]
     labels = [CLASS_NAMES.index(r["label"]) for r in rows]
     ids = [r["image_id"] for r in rows]
     dataset = tf.data.Dataset.from_tensor_slices((paths, labels, ids))
+    if shuffle_seed is not None:
+        dataset = dataset.shuffle(max(1, len(rows)), seed=shuffle_seed, reshuffle_each_iteration=False)
 
     def load(path, label, image_id):
         image = tf.numpy_function(lambda p: load_resized(p, resize), [path], tf.uint8)
@@ -46,20 +49,30 @@ def _base_dataset(rows, resize):
     return dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def global_training_dataset(rows, resize, crop, batch_size, seed=0, drop_remainder=False):
-    """Shuffled (every epoch) random-crop + flip batches of (images float32 (B, crop, crop, 1), labels)."""
-    dataset = _base_dataset(rows, resize).shuffle(max(1, len(rows)), seed=seed, reshuffle_each_iteration=True)
-    draws = tf.data.Dataset.random(seed=seed)
+def global_training_dataset(rows, resize, crop, batch_size, seed=0, drop_remainder=False, first_epoch=0, epochs=1):
+    """Random-crop + flip batches of (images float32 (B, crop, crop, 1), labels) for epochs `first_epoch`..`epochs - 1`.
 
-    def augment(item, draw):
-        image, label, _ = item
-        seed_pair = tf.stack([draw, tf.constant(seed, tf.int64)])
-        image = tf.image.stateless_random_crop(image, (crop, crop, 1), seed=seed_pair)
-        image = tf.image.stateless_random_flip_left_right(image, seed=seed_pair + 1)
-        return tf.cast(image, tf.float32), label
+    Epoch e's order, crops and flips are drawn from `epoch_seed(seed, e)` (the same after a resume);
+    an epoch has `ceil(len(rows) / batch_size)` batches (floor with `drop_remainder`).
+    """
+    from tfflannel.resume import epoch_seed
+    from tfflannel.tf_epochs import chain_epochs
 
-    dataset = tf.data.Dataset.zip((dataset, draws)).map(augment, num_parallel_calls=tf.data.AUTOTUNE)
-    return dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+    def one_epoch(epoch):
+        key = epoch_seed(seed, epoch)
+        shuffled = _base_dataset(rows, resize, shuffle_seed=key).enumerate()
+
+        def augment(index, item):
+            image, label, _ = item
+            seed_pair = tf.stack([tf.constant(key, tf.int64), index])
+            image = tf.image.stateless_random_crop(image, (crop, crop, 1), seed=seed_pair)
+            image = tf.image.stateless_random_flip_left_right(image, seed=seed_pair + 1)
+            return tf.cast(image, tf.float32), label
+
+        return shuffled.map(augment, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size,
+                                                                               drop_remainder=drop_remainder)
+
+    return chain_epochs(one_epoch, first_epoch, epochs)
 
 
 def global_evaluation_dataset(rows, resize, crop, images_per_batch=8):

@@ -6,6 +6,11 @@ patches per call), never one patch per call. Written per image: the vote
 fractions (share of patches predicting each class, the paper's majority-vote
 confidence) and the mean softmax probabilities. Global learners give K = 1
 (centre crop). Rows are keyed by image_id so that later stages join by id.
+
+`predictions/provenance.json` records what made the files (the model's hash,
+the manifest's and cache index's hashes, K, seed) and which partitions are
+done: a rerun with nothing changed does nothing, a killed run finishes the
+missing partitions, and a change recomputes everything, naming what changed.
 """
 
 from __future__ import annotations
@@ -15,68 +20,138 @@ from pathlib import Path
 
 import keras
 import numpy as np
-import yaml
+import tensorflow as tf
 from tqdm.auto import tqdm
 
 from tfflannel import CLASS_NAMES
-from tfflannel.learners.train import predict_image_scores
+from tfflannel.errors import InputError
 from tfflannel.patches.sampling import aggregate_patch_scores
-from tfflannel.utils import write_csv_atomic
+from tfflannel.predictions import (  # noqa: F401
+    PREDICTION_COLUMNS,
+    ROLES,
+    changed_keys,
+    prediction_row,
+    predictions_path,
+    read_provenance,
+    write_predictions,
+    write_provenance,
+)
+from tfflannel.run_info import file_sha256, load_run_info, manifest_sha256
 
-ROLES = ("train", "valid", "test")
-PREDICTION_COLUMNS = ("image_id", "label") + tuple(f"vote_{c}" for c in CLASS_NAMES) + tuple(f"prob_{c}" for c in CLASS_NAMES)
 
+def predict_image_scores(model, dataset):
+    """Run batched evaluation batches (B*K patches, labels, ids) -> (probabilities (N, K, C), labels, ids).
 
-def prediction_row(image_id, label, votes, probabilities):
-    """One row of `predictions/*.csv`: image_id, label name, vote_<class>..., prob_<class>..."""
-    row = {"image_id": image_id, "label": CLASS_NAMES[int(label)]}
-    row.update({f"vote_{c}": f"{float(v):.6f}" for c, v in zip(CLASS_NAMES, votes, strict=True)})
-    row.update({f"prob_{c}": f"{float(p):.6f}" for c, p in zip(CLASS_NAMES, probabilities, strict=True)})
-    return row
+    A last, smaller batch is zero-padded to the first batch's size (and the padding's outputs
+    dropped), so the model's predict function sees one input shape and is traced once per model.
+    """
+    all_probs, all_labels, all_ids = [], [], []
+    full = None
+    for patches, labels, ids in dataset:
+        count, rows = int(tf.shape(labels)[0]), int(tf.shape(patches)[0])
+        full = full or rows
+        if rows < full:
+            patches = tf.pad(patches, [[0, full - rows]] + [[0, 0]] * (len(patches.shape) - 1))
+        probs = np.asarray(model.predict_on_batch(patches))[:rows]
+        all_probs.append(probs.reshape(count, -1, probs.shape[-1]))
+        all_labels.append(labels.numpy())
+        all_ids += [i.decode() for i in ids.numpy()]
+    if not all_probs:
+        return np.zeros((0, 1, len(CLASS_NAMES))), np.zeros((0,), int), []
+    return np.concatenate(all_probs), np.concatenate(all_labels), all_ids
 
 
 def read_run(run_dir):
-    """A run directory's model and its run.yaml (kind, backbone, fold, workdir, input size)."""
+    """A base-learner run's model and its RunInfo.
+
+    Raises:
+        FileNotFoundError: no run.yaml or no model.keras (the run never finished an epoch).
+    """
     import tfflannel.models.classifier  # noqa: F401  (registers GrayToImageNet and the backbone layers)
 
     run_dir = Path(run_dir)
-    info_path = run_dir / "run.yaml"
-    if not info_path.is_file() or not (run_dir / "model.keras").is_file():
-        raise FileNotFoundError(f"{run_dir}: not a finished base-learner run (needs run.yaml and model.keras)")
-    info = yaml.safe_load(info_path.read_text())
+    info = load_run_info(run_dir)
+    if not (run_dir / "model.keras").is_file():
+        raise FileNotFoundError(f"{run_dir}: no model.keras; train the run first (rerun its train command)")
     return keras.saving.load_model(run_dir / "model.keras", compile=False), info
 
 
-def predict_base(run_dir, workdir=None, k=100, images_per_batch=4, seed=0, roles=ROLES, progress=True):
-    """Write RUNDIR/predictions/{train,valid,test}.csv; returns {role: images/s}."""
+def prediction_identity(run_dir, info, workdir, k, seed, images_per_batch):
+    """What predict-base's outputs depend on, as a flat dict (stored in predictions/provenance.json)."""
+    workdir = Path(workdir)
+    return {"model_sha256": file_sha256(Path(run_dir) / "model.keras"), "kind": info.kind,
+            "backbone": info.backbone, "fold": info.fold, "input_size": info.input_size, "resize": info.resize,
+            "manifest_sha256": manifest_sha256(workdir),
+            "cache_index_sha256": file_sha256(workdir / "cache" / "index.csv") if info.kind == "patch" else None,
+            "k": int(k), "seed": int(seed), "images_per_batch": int(images_per_batch)}
+
+
+def predict_base(run_dir, workdir=None, k=100, images_per_batch=4, seed=0, roles=ROLES, progress=True, force=False,
+                 echo=print):
+    """Write RUNDIR/predictions/{train,valid,test}.csv and provenance.json.
+
+    Args:
+        run_dir: str or Path. A train-patch or train-global run.
+        workdir: str or Path. Work directory; defaults to the run's own.
+        k: int. Patches per image (global runs always use 1). Defaults to `100`.
+        images_per_batch: int. Images per forward pass (B x K patches). Defaults to `4`.
+        seed: int. Seed of the patch centres. Defaults to `0`.
+        roles: tuple of str. Partitions to predict. Defaults to all three.
+        progress: bool. Progress bars. Defaults to `True`.
+        force: bool. Recompute even partitions that are up to date. Defaults to `False`.
+        echo: callable(str). Where up-to-date and recompute notes go. Defaults to `print`.
+
+    Returns:
+        dict. {role: images/s} for the partitions computed now (up-to-date ones are left out).
+
+    Raises:
+        InputError: K or images_per_batch below 1 (before anything is read or written).
+    """
     from tfflannel.data.manifest import load_manifest
     from tfflannel.learners.global_data import global_evaluation_dataset, manifest_partition
     from tfflannel.patches.pipeline import evaluation_dataset
 
+    if int(k) < 1 or int(images_per_batch) < 1:
+        raise InputError(f"K (--k / inference.k) and inference.images_per_batch must be >= 1. "
+                         f"Received: k={k}, images_per_batch={images_per_batch}.")
+    run_dir = Path(run_dir)
     model, info = read_run(run_dir)
-    workdir = Path(workdir or info["workdir"])
-    fold, size = int(info["fold"]), int(info["input_size"])
+    workdir = Path(workdir) if workdir else info.workdir_path(run_dir)
+    k = 1 if info.kind == "global" else int(k)
+    identity = prediction_identity(run_dir, info, workdir, k, seed, images_per_batch)
+    recorded = read_provenance(run_dir)
+    done = set(recorded.get("done", [])) if recorded.get("identity") == identity and not force else set()
+    if recorded.get("identity") and recorded["identity"] != identity and not force:
+        echo(f"{run_dir / 'predictions'}: recomputing, inputs changed: {'; '.join(changed_keys(recorded['identity'], identity))}")
+    done = {role for role in done if predictions_path(run_dir, role).is_file()}
+    todo = [role for role in roles if role not in done]
+    if not todo:
+        echo(f"{run_dir / 'predictions'}: up to date (K={k}, seed {seed}); --force recomputes")
+        return {}
+    write_provenance(run_dir, {"identity": identity, "done": sorted(done)})
+    fold, size = info.fold, int(info.input_size)
     rows = load_manifest(workdir)
     speeds = {}
-    for role in roles:
+    for role in todo:
         partition = manifest_partition(rows, role, fold)
-        if info["kind"] == "global":
-            dataset = global_evaluation_dataset(partition, int(info["resize"]), size, images_per_batch)
+        if info.kind == "global":
+            dataset = global_evaluation_dataset(partition, int(info.resize), size, images_per_batch)
         else:
             dataset = evaluation_dataset(workdir, role, fold, k, size, seed, images_per_batch)
         started = time.time()
         bar = tqdm(total=len(partition), desc=f"predict-base {role}", unit="img", disable=not progress)
-        parts = []
-        for batch in dataset:
-            parts.append(predict_image_scores(model, [batch]))
-            bar.update(len(parts[-1][2]))
-            bar.set_postfix(img_per_s=f"{bar.n / max(time.time() - started, 1e-9):.1f}")
+
+        def counted(batches, bar=bar, started=started):
+            for batch in batches:
+                yield batch
+                bar.update(int(tf.shape(batch[1])[0]))
+                bar.set_postfix(img_per_s=f"{bar.n / max(time.time() - started, 1e-9):.1f}")
+
+        probs, labels, ids = predict_image_scores(model, counted(dataset))
         bar.close()
-        probs = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, 1, len(CLASS_NAMES)))
-        labels = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0,), int)
-        ids = [i for p in parts for i in p[2]]
         votes, means = aggregate_patch_scores(probs) if len(probs) else (probs[:, 0], probs[:, 0])
-        out_rows = [prediction_row(*fields) for fields in zip(ids, labels, votes, means, strict=True)]
-        write_csv_atomic(Path(run_dir) / "predictions" / f"{role}.csv", out_rows, PREDICTION_COLUMNS)
+        write_predictions(run_dir, role, ids, labels, votes, means)
+        done.add(role)
+        write_provenance(run_dir, {"identity": identity, "done": sorted(done)})
         speeds[role] = len(ids) / max(time.time() - started, 1e-9)
     return speeds

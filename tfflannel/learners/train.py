@@ -1,64 +1,56 @@
 """`train-patch` and `train-global`: one backbone x one fold run (TensorFlow-specific).
 
-Both use the same callbacks: validation macro-F1 (and per-class F1) in
+Both select on validation macro-F1 (and log per-class F1), measured in
 inference mode on a fixed, seeded set of validation patches or centre crops,
-ModelCheckpoint and EarlyStopping on it, TensorBoard, CSV history and
-BackupAndRestore (a killed run resumes where it stopped).
+with TensorBoard logs. `ResumableFit` (tfflannel/resume.py) keeps the best
+model, early stopping and the history, and resumes a killed run exactly: each
+epoch's data are drawn from (seed, epoch), never replayed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
-import yaml
 from sklearn.metrics import f1_score
 
 from tfflannel import CLASS_NAMES
 from tfflannel.config import dump_config
 from tfflannel.data.manifest import load_manifest
+from tfflannel.learners.infer import predict_image_scores
 from tfflannel.learners.strategy import make_strategy, replica_batch_size
 from tfflannel.models.backbones import backbone_config
 from tfflannel.models.classifier import build_classifier
 from tfflannel.models.precise_bn import recompute_batchnorm_statistics
+from tfflannel.resume import ResumableFit
+from tfflannel.run_info import RunInfo, file_sha256, manifest_sha256, relative_to_run, save_run_info
 from tfflannel.schedules import scale_milestones, step_decay
-from tfflannel.utils import write_text_atomic
+from tfflannel.tf_epochs import seed_run
 
 log = logging.getLogger(__name__)
-
-
-def predict_image_scores(model, dataset):
-    """Run batched evaluation batches (B*K patches, labels, ids) -> (probabilities (N, K, C), labels, ids)."""
-    all_probs, all_labels, all_ids = [], [], []
-    for patches, labels, ids in dataset:
-        count = int(tf.shape(labels)[0])
-        probs = np.asarray(model.predict_on_batch(patches))
-        all_probs.append(probs.reshape(count, -1, probs.shape[-1]))
-        all_labels.append(labels.numpy())
-        all_ids += [i.decode() for i in ids.numpy()]
-    if not all_probs:
-        return np.zeros((0, 1, len(CLASS_NAMES))), np.zeros((0,), int), []
-    return np.concatenate(all_probs), np.concatenate(all_labels), all_ids
 
 
 class ValidationF1(keras.callbacks.Callback):
     """Image-level macro-F1 and per-class F1 (mean probability over the fixed patches) each epoch.
 
     With `bn_batches`, BatchNorm statistics are first recomputed over that many
-    training batches (precise BN), so selection sees the model as inference will.
+    training batches of the epoch (precise BN; `bn_data(epoch)` gives them, so a
+    resumed run uses the same batches), so selection sees the model as inference will.
     """
 
-    def __init__(self, dataset_fn, train_dataset=None, bn_batches=0):
+    def __init__(self, dataset_fn, bn_data=None, bn_batches=0):
         super().__init__()
-        self.dataset_fn, self.train_dataset, self.bn_batches = dataset_fn, train_dataset, bn_batches
+        self.dataset_fn, self.bn_data, self.bn_batches = dataset_fn, bn_data, bn_batches
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
-        if self.bn_batches and self.train_dataset is not None:
-            recompute_batchnorm_statistics(self.model, (x for x, _ in self.train_dataset.take(self.bn_batches)))
+        if self.bn_batches and self.bn_data is not None:
+            recompute_batchnorm_statistics(self.model, (x for x, _ in self.bn_data(epoch).take(self.bn_batches)))
         probs, labels, _ = predict_image_scores(self.model, self.dataset_fn())
         predicted = probs.mean(axis=1).argmax(axis=-1)
         per_class = f1_score(labels, predicted, labels=range(len(CLASS_NAMES)), average=None, zero_division=0)
@@ -90,16 +82,42 @@ def _apply_l1(model, l1):
                 variable.regularizer = keras.regularizers.L1(l1)
 
 
-def _start_run(config, seed, out_dir, run_info):
-    """Seed, precision policy, and the run directory's config.yaml and run.yaml (what predict-base reads)."""
+def _flat(prefix, section):
+    return {f"{prefix}.{k}": (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(section).items()}
+
+
+def _start_run(config, section_name, out_dir, info, weights, force):
+    """The run directory's resume state (or a StaleRunError), config.yaml and run.yaml; seeds everything.
+
+    Returns:
+        ResumableFit.
+    """
     out_dir = Path(out_dir)
+    section = getattr(config, section_name)
+    workdir = info.workdir_path(out_dir)
+    cache_index = workdir / "cache" / "index.csv"
+    fingerprint = {**_flat(section_name, section), "kind": info.kind, "backbone": info.backbone, "fold": info.fold,
+                   "weights": str(weights), "weights_sha256": file_sha256(weights) if weights else None,
+                   "mixed_precision": config.runtime.mixed_precision, "manifest_sha256": info.manifest_sha256,
+                   "cache_index_sha256": file_sha256(cache_index) if info.kind == "patch" else None}
+    fit = ResumableFit(out_dir, section.epochs, fingerprint, section.seed, monitor="val_macro_f1", mode="max",
+                       patience=section.early_stopping_patience, force=force)
+    if fit.complete:
+        return fit
     out_dir.mkdir(parents=True, exist_ok=True)
-    keras.utils.set_random_seed(seed)
+    seed_run(section.seed, config.runtime.deterministic)
     if config.runtime.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
     dump_config(config, out_dir / "config.yaml")
-    write_text_atomic(out_dir / "run.yaml", yaml.safe_dump(run_info, sort_keys=False))
-    return out_dir
+    save_run_info(out_dir, info)
+    return fit
+
+
+def _run_info(kind, backbone, fold, workdir, out_dir, size, k, seed, resize=None):
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    return RunInfo(kind=kind, fold=int(fold), workdir=relative_to_run(workdir, out_dir), backbone=backbone,
+                   input_size=int(size), resize=resize, k=int(k), seed=int(seed),
+                   manifest_sha256=manifest_sha256(workdir))
 
 
 def _compiled_classifier(cfg, backbone, size, weights, l1=0.0):
@@ -112,64 +130,104 @@ def _compiled_classifier(cfg, backbone, size, weights, l1=0.0):
     return model
 
 
-def _fit(model, train, epochs, out_dir, callbacks, patience, progress):
-    stopping = [keras.callbacks.EarlyStopping(monitor="val_macro_f1", mode="max", patience=patience)] if patience > 0 else []
-    callbacks = [
-        *callbacks,
-        *stopping,
-        keras.callbacks.ModelCheckpoint(str(out_dir / "model.keras"), monitor="val_macro_f1", mode="max",
-                                        save_best_only=True),
-        keras.callbacks.CSVLogger(str(out_dir / "history.csv"), append=True),
-        keras.callbacks.TensorBoard(log_dir=str(out_dir / "logs")),
-        keras.callbacks.BackupAndRestore(str(out_dir / "backup")),
-    ]
-    return model.fit(train, epochs=epochs, callbacks=callbacks, verbose=2 if progress else 0)
+def _fit(fit, model, train, steps, out_dir, callbacks, progress):
+    callbacks = [*callbacks, keras.callbacks.TensorBoard(log_dir=str(out_dir / "logs"))]
+    fit.fit(model, train, steps_per_epoch=steps, callbacks=callbacks, verbose=2 if progress else 0)
+    return fit
 
 
-def train_patch_learner(config, backbone, fold, workdir, out_dir, weights=None, progress=True, extra_callbacks=()):
-    """Train a patch base learner on fold `fold` of the masked-image cache in `workdir`."""
-    from tfflannel.patches.pipeline import evaluation_dataset, training_dataset
+def _check_fold(workdir, fold):
+    folds = sorted({int(r["fold"]) for r in load_manifest(workdir) if r["split"] == "train" and r["fold"]})
+    if int(fold) not in folds:
+        raise ValueError(f"--fold {fold}: {Path(workdir) / 'manifest.csv'} has folds {folds}")
+
+
+def train_patch_learner(config, backbone, fold, workdir, out_dir, weights=None, progress=True, extra_callbacks=(),
+                        force=False):
+    """Train a patch base learner on fold `fold` of the masked-image cache in `workdir`.
+
+    Args:
+        config: ExperimentConfig. Uses `config.patched` and `config.runtime`.
+        backbone: str. Registered backbone name.
+        fold: int. Validation fold.
+        workdir: str or Path. Work directory (manifest.csv, cache/).
+        out_dir: str or Path. Run directory; a killed run resumes exactly when rerun.
+        weights: str. `imagenet`, `none` or a weights file. Defaults to `None`.
+        progress: bool. Keras progress lines. Defaults to `True`.
+        extra_callbacks: list of keras callbacks. Defaults to `()`.
+        force: bool. Start over even if `out_dir` holds a complete or different run. Defaults to `False`.
+
+    Returns:
+        ResumableFit. Its `history`, `complete` and `describe()` tell what the run did.
+
+    Raises:
+        StaleRunError: `out_dir` holds a run made with other settings or inputs (and not `force`).
+    """
+    from tfflannel.patches.pipeline import evaluation_dataset, training_dataset, training_steps
 
     cfg = config.patched
+    _check_fold(workdir, fold)
     size = cfg.patch_size or backbone_config(backbone).input_size
-    out_dir = _start_run(config, cfg.seed, out_dir, {"kind": "patch", "backbone": backbone, "fold": fold,
-                                                     "workdir": str(Path(workdir).resolve()), "input_size": size})
+    info = _run_info("patch", backbone, fold, workdir, out_dir, size, cfg.val_patches, cfg.seed)
+    fit = _start_run(config, "patched", out_dir, info, weights, force)
+    if fit.complete:
+        return fit
+    out_dir = Path(out_dir)
     strategy = make_strategy(config.runtime.strategy)
     batch = replica_batch_size(cfg.batch_size, strategy)
     multi = strategy.num_replicas_in_sync > 1
-    train = training_dataset(workdir, fold, size, batch, cfg.patches_per_image, cfg.seed, cfg.augment,
-                             drop_remainder=multi)
+
+    def epochs_of(first, stop):
+        return training_dataset(workdir, fold, size, batch, cfg.patches_per_image, cfg.seed, cfg.augment,
+                                drop_remainder=multi, first_epoch=first, epochs=stop)
+
+    steps = training_steps(workdir, fold, batch, cfg.patches_per_image, drop_remainder=multi)
+    train = epochs_of(fit.initial_epoch, cfg.epochs)
     with strategy.scope():
         model = _compiled_classifier(cfg, backbone, size, weights, cfg.l1)
     validation = ValidationF1(lambda: evaluation_dataset(workdir, "valid", fold, cfg.val_patches, size, cfg.seed,
                                                          cfg.images_per_batch),
-                              train, 0 if multi else cfg.precise_bn_batches)
+                              lambda epoch: epochs_of(epoch, epoch + 1), 0 if multi else cfg.precise_bn_batches)
     callbacks = [validation, SamplePatchImages(out_dir / "logs", train), *extra_callbacks]
-    return _fit(model, train, cfg.epochs, out_dir, callbacks, cfg.early_stopping_patience, progress)
+    return _fit(fit, model, train, steps, out_dir, callbacks, progress)
 
 
-def train_global_learner(config, backbone, fold, workdir, out_dir, weights=None, progress=True, extra_callbacks=()):
-    """Train an original-FLANNEL whole-image learner on fold `fold` of the manifest in `workdir`."""
+def train_global_learner(config, backbone, fold, workdir, out_dir, weights=None, progress=True, extra_callbacks=(),
+                         force=False):
+    """Train an original-FLANNEL whole-image learner on fold `fold` of the manifest in `workdir`.
+
+    Args and returns as `train_patch_learner`; uses `config.global_learner`.
+    """
     from tfflannel.learners.global_data import global_evaluation_dataset, global_training_dataset, manifest_partition
 
     cfg = config.global_learner
+    _check_fold(workdir, fold)
     crop = cfg.crop_size or backbone_config(backbone).input_size
     resize = max(cfg.resize, crop)
     rows = load_manifest(workdir)
     train_rows, valid_rows = manifest_partition(rows, "train", fold), manifest_partition(rows, "valid", fold)
-    if not valid_rows:
-        raise ValueError(f"{workdir}: fold {fold} has no validation images")
-    out_dir = _start_run(config, cfg.seed, out_dir, {"kind": "global", "backbone": backbone, "fold": fold,
-                                                     "workdir": str(Path(workdir).resolve()), "input_size": crop,
-                                                     "resize": resize})
+    if not valid_rows or not train_rows:
+        raise ValueError(f"{workdir}: fold {fold} has no {'validation' if not valid_rows else 'training'} images")
+    info = _run_info("global", backbone, fold, workdir, out_dir, crop, 1, cfg.seed, resize=resize)
+    fit = _start_run(config, "global_learner", out_dir, info, weights, force)
+    if fit.complete:
+        return fit
+    out_dir = Path(out_dir)
     strategy = make_strategy(config.runtime.strategy)
     batch = replica_batch_size(cfg.batch_size, strategy)
-    train = global_training_dataset(train_rows, resize, crop, batch, cfg.seed,
-                                    drop_remainder=strategy.num_replicas_in_sync > 1)
+    multi = strategy.num_replicas_in_sync > 1
+
+    def epochs_of(first, stop):
+        return global_training_dataset(train_rows, resize, crop, batch, cfg.seed, drop_remainder=multi,
+                                       first_epoch=first, epochs=stop)
+
+    steps = len(train_rows) // batch if multi else math.ceil(len(train_rows) / batch)
+    train = epochs_of(fit.initial_epoch, cfg.epochs)
     with strategy.scope():
         model = _compiled_classifier(cfg, backbone, crop, weights)
-    validation = ValidationF1(lambda: global_evaluation_dataset(valid_rows, resize, crop), train,
-                              0 if strategy.num_replicas_in_sync > 1 else cfg.precise_bn_batches)
-    schedule = keras.callbacks.LearningRateScheduler(step_decay(scale_milestones(cfg.lr_milestones, cfg.epochs), cfg.learning_rate))
+    validation = ValidationF1(lambda: global_evaluation_dataset(valid_rows, resize, crop),
+                              lambda epoch: epochs_of(epoch, epoch + 1), 0 if multi else cfg.precise_bn_batches)
+    schedule = keras.callbacks.LearningRateScheduler(step_decay(scale_milestones(cfg.lr_milestones, cfg.epochs),
+                                                                cfg.learning_rate))
     callbacks = [validation, schedule, SamplePatchImages(out_dir / "logs", train), *extra_callbacks]
-    return _fit(model, train, cfg.epochs, out_dir, callbacks, cfg.early_stopping_patience, progress)
+    return _fit(fit, model, train, steps, out_dir, callbacks, progress)

@@ -126,31 +126,52 @@ def evaluation_dataset(workdir, role, fold, k, size, seed=0, images_per_batch=4)
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
-def training_dataset(workdir, fold, size, batch_size, patches_per_image=1, seed=0, augment=True,
-                     shuffle_buffer=2048, drop_remainder=False):
-    """Endless-per-epoch shuffled batches of (patches, labels) with fresh centres every epoch.
+def training_steps(workdir, fold, batch_size, patches_per_image=1, drop_remainder=False):
+    """Batches per epoch of `training_dataset` (the fold's training records counted once).
 
-    Images are shuffled every epoch; each image gives `patches_per_image` patches
-    per pass; `batch_size` counts patches.
+    Raises:
+        ValueError: the fold has no training images in the cache.
     """
+    count = int(read_records(workdir, "train", fold).reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
+    if count == 0:
+        raise ValueError(f"{Path(workdir) / 'cache'}: fold {fold} has no training images")
+    images_per_batch = max(1, batch_size // patches_per_image)
+    return count // images_per_batch if drop_remainder else -(-count // images_per_batch)
+
+
+def training_dataset(workdir, fold, size, batch_size, patches_per_image=1, seed=0, augment=True,
+                     shuffle_buffer=2048, drop_remainder=False, first_epoch=0, epochs=1):
+    """Shuffled batches of (patches, labels) for epochs `first_epoch`..`epochs - 1`, one after the other.
+
+    Each epoch's image order, patch centres and augmentation are drawn from `epoch_seed(seed, epoch)`,
+    so epoch e is the same whether the run got there in one go or resumed after a kill. Each image
+    gives `patches_per_image` patches per epoch; `batch_size` counts patches; an epoch has
+    `training_steps(...)` batches.
+    """
+    from tfflannel.resume import epoch_seed
+    from tfflannel.tf_epochs import chain_epochs
+
     images_per_batch = max(1, batch_size // patches_per_image)
     records = read_records(workdir, "train", fold).map(decode_example, num_parallel_calls=tf.data.AUTOTUNE)
-    records = records.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    draws = tf.data.Dataset.random(seed=seed)
 
-    def add_centres(item, draw):
-        item["centres"] = sample_centres(item["mask"], patches_per_image, tf.stack([draw, item["seed_key"]]))
-        item["draw"] = draw
-        return item
+    def one_epoch(epoch):
+        key = epoch_seed(seed, epoch)
+        shuffled = records.shuffle(shuffle_buffer, seed=key, reshuffle_each_iteration=False)
 
-    dataset = tf.data.Dataset.zip((records, draws)).map(add_centres, num_parallel_calls=tf.data.AUTOTUNE)
-    dataset = dataset.batch(images_per_batch, drop_remainder=drop_remainder)
+        def add_centres(item):
+            item["centres"] = sample_centres(item["mask"], patches_per_image,
+                                             tf.stack([tf.constant(key, tf.int64), item["seed_key"]]))
+            return item
 
-    def to_patches(batch):
-        patches = crop_patches(batch["image"], batch["centres"], size)
-        if augment:
-            patches = augment_patches(patches, tf.stack([batch["draw"][0], tf.constant(seed, tf.int64)]))
-        labels = tf.repeat(batch["label"], patches_per_image)
-        return patches, labels
+        batches = shuffled.map(add_centres, num_parallel_calls=tf.data.AUTOTUNE)
+        batches = batches.batch(images_per_batch, drop_remainder=drop_remainder).enumerate()
 
-    return dataset.map(to_patches, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+        def to_patches(index, batch):
+            patches = crop_patches(batch["image"], batch["centres"], size)
+            if augment:
+                patches = augment_patches(patches, tf.stack([tf.constant(key, tf.int64), index]))
+            return patches, tf.repeat(batch["label"], patches_per_image)
+
+        return batches.map(to_patches, num_parallel_calls=tf.data.AUTOTUNE)
+
+    return chain_epochs(one_epoch, first_epoch, epochs)

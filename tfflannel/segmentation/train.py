@@ -7,11 +7,14 @@ used for selection is measured in inference mode after a precise-BN pass, and
 BN momentum is 0.9 (PyTorch's 0.1), because Keras' default 0.99 lagged badly
 on small data. Under TensorFlow the batches come from a tf.data pipeline
 (`tf_pipeline.py`); other backends (JAX on a GPU host) use a PyDataset with the
-same augmentation function.
+same augmentation function. Either way epoch e's order and augmentation derive
+from (seed, e), and `ResumableFit` resumes a killed run exactly.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
 import time
@@ -25,6 +28,7 @@ from tfflannel.config import dump_config
 from tfflannel.models.fc_densenet import SEGMENTATION_CLASSES, build_fc_densenet, lung_class_indices
 from tfflannel.models.losses import PixelWeightedCrossentropy
 from tfflannel.models.precise_bn import recompute_batchnorm_statistics
+from tfflannel.resume import ResumableFit, save_model_without_optimizer
 from tfflannel.schedules import scale_milestones, step_decay
 from tfflannel.segmentation.augment import augment_pair
 from tfflannel.segmentation.preprocess import preprocess_for_segmentation, resize_label_map
@@ -46,14 +50,14 @@ def load_training_arrays(pairs, size=256, classes="lung", progress=True):
 
 
 class AugmentedBatches(keras.utils.PyDataset):
-    """Shuffled, augmented batches for backends without tf.data; seeded per epoch."""
+    """Shuffled, augmented batches for backends without tf.data; epoch e seeded by (seed, e), from `first_epoch`."""
 
-    def __init__(self, images, labels, batch_size, seed=0, augment=True, flip=True, **kwargs):
+    def __init__(self, images, labels, batch_size, seed=0, augment=True, flip=True, first_epoch=0, **kwargs):
         super().__init__(**kwargs)
         self.images, self.labels = images, labels
         self.batch_size, self.seed, self.augment, self.flip = batch_size, seed, augment, flip
-        self.epoch = 0
-        self.order = np.random.default_rng(seed).permutation(len(images))
+        self.epoch = first_epoch
+        self.order = np.random.default_rng([seed, first_epoch]).permutation(len(images))
 
     def __len__(self):
         return int(np.ceil(len(self.images) / self.batch_size))
@@ -141,22 +145,50 @@ class TimeLimit(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def train_segmenter(config, pairs, out_dir, progress=True, extra_callbacks=(), time_limit_s=None):
+def _pairs_sha256(pairs):
+    text = json.dumps([[p.image, sorted(p.masks.items()), p.patient_id, p.kind] for p in pairs])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def train_segmenter(config, pairs, out_dir, progress=True, extra_callbacks=(), time_limit_s=None, force=False,
+                    echo=print):
     """Train, select on inference-mode JI, write RUNDIR/{model.keras, config.yaml, metrics.json, logs/}.
 
     Args:
         config: ExperimentConfig. Uses `config.segmentation`.
         pairs: list of SegPair. Split here into patient-disjoint train/validation.
-        out_dir: str or Path. The run directory; a killed run resumes from `backup/`.
+        out_dir: str or Path. The run directory; a killed run resumes exactly when rerun (`resume/`).
+        progress: bool. Progress bars and Keras lines. Defaults to `True`.
+        extra_callbacks: list of keras callbacks. Defaults to `()`.
+        time_limit_s: float. Stop cleanly after this many seconds (the run then counts as complete).
+            Defaults to `None`.
+        force: bool. Start over even if `out_dir` holds a complete or different run. Defaults to `False`.
+        echo: callable(str). Where the "already complete" note goes. Defaults to `print`.
 
     Returns:
         dict. The metrics written to metrics.json.
+
+    Raises:
+        StaleRunError: `out_dir` holds a run made with other settings or pairs (and not `force`).
     """
     seg = config.segmentation
     out_dir = Path(out_dir)
+    fingerprint = {**{f"segmentation.{k}": (list(v) if isinstance(v, tuple) else v)
+                      for k, v in dataclasses.asdict(seg).items()},
+                   "pairs_sha256": _pairs_sha256(pairs), "backend": keras.backend.backend()}
+    train_pairs, val_pairs = split_pairs(pairs, seg.validation_share, seg.seed)
+    has_val = bool(val_pairs)
+    fit = ResumableFit(out_dir, seg.epochs, fingerprint, seg.seed, monitor="val_jaccard" if has_val else None,
+                       mode="max", patience=seg.early_stopping_patience if has_val else 0, force=force)
+    if fit.complete and (out_dir / "metrics.json").is_file():
+        echo(fit.describe())
+        return json.loads((out_dir / "metrics.json").read_text())
     out_dir.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(seg.seed)
-    train_pairs, val_pairs = split_pairs(pairs, seg.validation_share, seg.seed)
+    if config.runtime.deterministic and keras.backend.backend() == "tensorflow":
+        from tfflannel.tf_epochs import seed_run
+
+        seed_run(seg.seed, deterministic=True)
     log.info("segmentation: %d training and %d validation pairs", len(train_pairs), len(val_pairs))
     train_x, train_y = load_training_arrays(train_pairs, seg.input_size, seg.classes, progress)
     val_x, val_y = load_training_arrays(val_pairs, seg.input_size, seg.classes, progress)
@@ -170,58 +202,50 @@ def train_segmenter(config, pairs, out_dir, progress=True, extra_callbacks=(), t
     if keras.backend.backend() == "tensorflow":
         from tfflannel.segmentation.tf_pipeline import MaskImageLogger, make_training_dataset
 
-        batches = make_training_dataset(train_x, train_y, seg.batch_size, seed=seg.seed, augment=seg.augment, flip=flip)
+        batches = make_training_dataset(train_x, train_y, seg.batch_size, seed=seg.seed, augment=seg.augment, flip=flip,
+                                        first_epoch=fit.initial_epoch, epochs=seg.epochs)
+        fit_kwargs = {"steps_per_epoch": int(np.ceil(len(train_x) / seg.batch_size))}
         tf_callbacks = [keras.callbacks.TensorBoard(log_dir=str(out_dir / "logs"))]
-        if len(val_x):
-            tf_callbacks.append(MaskImageLogger(out_dir / "logs", val_x[:4], val_y[:4], seg.classes))
+        if has_val:
+            tf_callbacks.append(MaskImageLogger(out_dir / "logs", val_x[:4], val_y[:4], seg.classes,
+                                                predict_lung_masks))
     else:
-        batches = AugmentedBatches(train_x, train_y, seg.batch_size, seed=seg.seed, augment=seg.augment, flip=flip)
-        tf_callbacks = []
+        batches = AugmentedBatches(train_x, train_y, seg.batch_size, seed=seg.seed, augment=seg.augment, flip=flip,
+                                   first_epoch=fit.initial_epoch)
+        fit_kwargs, tf_callbacks = {}, []
 
-    best_path = out_dir / "best.weights.h5"
     callbacks = [InferenceJaccard(train_x, val_x, val_y, seg.classes, seg.precise_bn_batch, seg.precise_bn, seg.eval_every)]
     if seg.lr_schedule == "plateau":
-        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_jaccard" if len(val_x) else "loss",
-                                                           mode="max" if len(val_x) else "min", factor=0.1,
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_jaccard" if has_val else "loss",
+                                                           mode="max" if has_val else "min", factor=0.1,
                                                            patience=seg.plateau_patience))
     else:
         callbacks.append(keras.callbacks.LearningRateScheduler(
             step_decay(scale_milestones(seg.lr_milestones, seg.epochs), seg.learning_rate)))
-    if len(val_x):
-        callbacks.append(keras.callbacks.ModelCheckpoint(best_path, monitor="val_jaccard", mode="max",
-                                                         save_best_only=True, save_weights_only=True))
-        if seg.early_stopping_patience > 0:
-            callbacks.append(keras.callbacks.EarlyStopping(monitor="val_jaccard", mode="max",
-                                                           patience=seg.early_stopping_patience))
     if time_limit_s:
         callbacks.append(TimeLimit(time_limit_s))
-    callbacks += [
-        keras.callbacks.CSVLogger(str(out_dir / "history.csv"), append=True),
-        keras.callbacks.BackupAndRestore(str(out_dir / "backup")),
-        *tf_callbacks,
-        *extra_callbacks,
-    ]
+    callbacks += [*tf_callbacks, *extra_callbacks]
     started = time.time()
-    history = model.fit(batches, epochs=seg.epochs, callbacks=callbacks, verbose=2 if progress else 0)
+    history = fit.fit(model, batches, callbacks=callbacks, verbose=2 if progress else 0, **fit_kwargs)
     elapsed = time.time() - started
 
-    if len(val_x) and best_path.exists():
-        model.load_weights(best_path)      # saved right after InferenceJaccard's precise-BN pass: statistics included
-    elif seg.precise_bn:
+    # model.keras holds the best epoch, saved right after InferenceJaccard's precise-BN pass: statistics included.
+    model = keras.saving.load_model(out_dir / "model.keras", compile=False)
+    if not has_val and seg.precise_bn:
         recompute_batchnorm_statistics(model, batches_of(train_x, seg.precise_bn_batch))
+        save_model_without_optimizer(model, out_dir / "model.keras")
     metrics = {
         "model": seg.model,
         "classes": seg.classes,
-        "epochs_run": len(history.history.get("loss", [])),
+        "epochs_run": len(history.get("loss", [])),
         "train_seconds": round(elapsed, 1),
         "train_pairs": len(train_pairs),
         "validation_pairs": len(val_pairs),
         "validation_patients": len({p.patient_id for p in val_pairs}),
-        "final_loss": float(history.history["loss"][-1]) if history.history.get("loss") else None,
+        "final_loss": float(history["loss"][-1]) if history.get("loss") else None,
     }
-    if len(val_x):
+    if has_val:
         metrics["val_jaccard_inference"] = mean_jaccard(predict_lung_masks(model, val_x, seg.classes), val_y, seg.classes)
-        metrics["best_epoch"] = int(np.argmax(history.history["val_jaccard"])) + 1 if history.history.get("val_jaccard") else None
-    model.save(out_dir / "model.keras")
+        metrics["best_epoch"] = fit.state.best_epoch + 1 if fit.state.best_epoch is not None else None
     write_text_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return metrics
