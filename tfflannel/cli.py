@@ -2,42 +2,51 @@
 
 Each command parses its options, loads the config, calls one library function
 and prints where the outputs went. TensorFlow is imported inside the commands
-that need it, so `--help` and data preparation stay fast.
+that need it (`tests/test_cli.py` checks that importing this module imports
+neither TensorFlow nor Keras), so `--help` and data preparation stay fast.
+
+Exit codes: 0 success; 1 some input files could not be processed (`predict`),
+or a bug (with its traceback); 2 bad input: a missing or malformed file, an
+option or config value out of range (`tfflannel.errors.InputError`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 
 import click
 
-from tfflannel import CLASS_NAMES, DISCLAIMER
+from tfflannel import CLASS_NAMES, DISCLAIMER, __version__
+from tfflannel.backbone_names import BACKBONE_NAMES
+from tfflannel.errors import InputError
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter hides our progress output
 
-
-class InputError(click.ClickException):
-    """Bad input (missing file, bad metadata, no images): exit code 2."""
+class BadInput(click.ClickException):
+    """Bad input (missing file, bad metadata or config, no images): a one-line message and exit code 2."""
 
     exit_code = 2
 
 
 def reports_input_errors(command):
-    """Turn library errors about bad input into a clear message and exit code 2."""
+    """Turn the library's `InputError` and missing or clashing files into a clear message and exit code 2.
+
+    Any other exception is a bug and keeps its traceback. Also imports TensorFlow quietly first (see
+    `_quiet_tensorflow_import`), after the options were parsed, so `--help` never imports it.
+    """
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        from tfflannel.data.io import ImageReadError
-        from tfflannel.data.sources import DatasetError
-
+        _quiet_tensorflow_import(click.get_current_context(silent=True))
         try:
             return command(*args, **kwargs)
-        except (DatasetError, ImageReadError, FileNotFoundError, FileExistsError, ValueError) as error:
-            raise InputError(str(error)) from error
+        except (InputError, FileNotFoundError, FileExistsError) as error:
+            raise BadInput(str(error)) from error
 
     return wrapper
 
@@ -56,37 +65,91 @@ def config_options(default_config):
     return decorate
 
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+def load_cli_config(config_path, overrides, default_config=None):
+    """Load the config and apply its image limits (`data.max_megapixels`, `data.min_side`) to `read_image`.
 
-
-def load_cli_config(config_path, overrides, default_config=None, required=False):
-    """Load the config. A default `configs/X.yaml` is looked up in the working directory, then in the
-    checkout tfflannel was installed from; if neither has it, the built-in defaults apply (or, when
-    `required`, a clear error)."""
-    from tfflannel.config import load_config
+    A default `configs/X.yaml` is looked up in the working directory, then among the package's own configs
+    (`tfflannel/configs/X.yaml`, see `tfflannel.config.packaged_config`).
+    """
+    from tfflannel.config import load_config, packaged_config
+    from tfflannel.data.io import set_image_limits
 
     if config_path and config_path == default_config and not Path(config_path).exists():
-        candidate = REPO_ROOT / default_config
-        if candidate.exists():
-            config_path = str(candidate)
-        elif required:
-            raise click.UsageError(f"{default_config} not found here or in {REPO_ROOT}; pass --config FILE")
-        else:
-            config_path = None
-    return load_config(config_path, overrides)
+        config_path = packaged_config(Path(default_config).name)
+    config = load_config(config_path, overrides)
+    set_image_limits(config.data.max_megapixels, config.data.min_side)
+    return config
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Send file descriptor 2 to /dev/null (C++ start-up logs written before TF_CPP_MIN_LOG_LEVEL applies)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _set_verbosity(verbose):
+    """Quiet TensorFlow on stderr unless `-v`: C++ logs (CUDA, absl, oneDNN) and its Python warnings."""
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s")
+    if verbose:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+
+
+def _quiet_tensorflow_import(ctx):
+    """Without `-v`, import TensorFlow with stderr muted: absl logs CUDA/oneDNN lines before it reads
+    TF_CPP_MIN_LOG_LEVEL. Commands in TENSORFLOW_FREE_COMMANDS skip it."""
+    if ctx is None or ctx.find_root().params.get("verbose") or ctx.info_name in TENSORFLOW_FREE_COMMANDS:
+        return
+    if "tensorflow" not in sys.modules:
+        with _quiet_stderr():
+            import tensorflow  # noqa: F401
+
+
+TENSORFLOW_FREE_COMMANDS = frozenset({"prepare-data"})
+"""Commands that never import TensorFlow; every other command imports it (quietly) before it starts."""
+
+
+def _print_version(ctx, _param, value):
+    """`--version`: tfflannel, TensorFlow and Keras versions and the visible GPUs (imports TensorFlow)."""
+    if not value or ctx.resilient_parsing:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    with _quiet_stderr():
+        import keras
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+    click.echo(f"tfflannel {__version__}")
+    click.echo(f"TensorFlow {tf.__version__}, Keras {keras.__version__} (backend {keras.backend.backend()})")
+    click.echo(f"GPU: {', '.join(gpu.name for gpu in gpus) if gpus else 'none visible'}")
+    ctx.exit()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
-@click.version_option(package_name="tfflannel")
+@click.option("-v", "--verbose", count=True,
+              help="More log output (-v info and TensorFlow's own logs, -vv debug).")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="Show the tfflannel, TensorFlow and Keras versions and the visible GPUs, then exit.")
 def main(verbose):
     """tfflannel: Patched FLANNEL chest X-ray classification (research use only).
 
     Stages, in order: prepare-data -> segment -> train-patch / train-global ->
     predict-base -> train-ensemble -> evaluate.
+
+    Exit codes: 0 done; 1 some input files failed (predict) or an internal error; 2 bad input.
     """
-    level = logging.WARNING - 10 * verbose
-    logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s")
+    _set_verbosity(verbose)
 
 
 @main.command("prepare-data")
@@ -96,9 +159,9 @@ def main(verbose):
               help="Any DIR/<label>/* layout, optional DIR/patients.csv (filename,patient_id[,source,view]). Repeatable.")
 @click.option("--sample", is_flag=True, help="Use the bundled real sample (40 images, 10 per class).")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Work directory for manifest.csv, rejected.csv, statistics.md.")
-@click.option("--seed", type=int, default=None, help="Split seed  [default: data.seed = 0].")
-@click.option("--folds", type=int, default=None, help="Number of cross-validation folds  [default: data.folds = 5].")
-@click.option("--test-size", type=float, default=None, help="Share of patients held out as test  [default: data.test_size = 0.2].")
+@click.option("--seed", type=click.IntRange(min=0), default=None, help="Split seed  [default: data.seed = 0].")
+@click.option("--folds", type=click.IntRange(min=2), default=None, help="Number of cross-validation folds  [default: data.folds = 5].")
+@click.option("--test-size", type=click.FloatRange(0, 0.5, min_open=True), default=None, help="Share of patients held out as test  [default: data.test_size = 0.2].")
 @config_options(None)
 @reports_input_errors
 def prepare_data(ccx, kcx, folders, sample, out, seed, folds, test_size, config_path, overrides):
@@ -152,13 +215,14 @@ def _segmentation_pairs(pairs, jsrt, scr, montgomery):
 @click.option("--scr", type=click.Path(file_okay=False), help="SCR masks folder ({heart,left lung,right lung}/*.gif).")
 @click.option("--montgomery", type=click.Path(file_okay=False), help="Montgomery County set (CXR_png/ + ManualMask/).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory (model.keras, config.yaml, metrics.json, logs/).")
-@click.option("--epochs", type=int, help="Epochs  [default: segmentation.epochs].")
+@click.option("--epochs", type=click.IntRange(min=1), help="Epochs  [default: segmentation.epochs].")
 @click.option("--model", "preset", type=click.Choice(["fcdn103", "fcdn67", "fcdn56", "fcdn_small"]), help="FC-DenseNet family member  [default: segmentation.model].")
 @click.option("--force", is_flag=True, help="Start over even if --out holds a complete run or one made with other settings.")
 @config_options("configs/segmentation.yaml")
 @reports_input_errors
 def train_seg(pairs, jsrt, scr, montgomery, out, epochs, preset, force, config_path, overrides):
     """Train an FC-DenseNet lung segmenter; a killed run resumes exactly when rerun with the same --out."""
+    from tfflannel.config import validate
     from tfflannel.segmentation.train import train_segmenter
 
     config = load_cli_config(config_path, overrides, "configs/segmentation.yaml")
@@ -166,6 +230,7 @@ def train_seg(pairs, jsrt, scr, montgomery, out, epochs, preset, force, config_p
         config.segmentation.epochs = epochs
     if preset is not None:
         config.segmentation.model = preset
+    validate(config, "options")
     found = _segmentation_pairs(pairs, jsrt, scr, montgomery)
     metrics = train_segmenter(config, found, out, force=force, echo=click.echo)
     click.echo(json.dumps(metrics, indent=2))
@@ -230,22 +295,16 @@ def _run_list(values):
     return runs
 
 
-def _backbone_choice():
-    from tfflannel.models.backbones import list_backbones
-
-    return click.Choice(list_backbones())
-
-
 def learner_options(default_config):
     def decorate(command):
         options = [
-            click.option("--backbone", required=True, type=_backbone_choice(), help="Registered backbone name."),
-            click.option("--fold", required=True, type=int, help="Validation fold (1..K of prepare-data)."),
+            click.option("--backbone", required=True, type=click.Choice(BACKBONE_NAMES), help="Registered backbone name."),
+            click.option("--fold", required=True, type=click.IntRange(min=1), help="Validation fold (1..K of prepare-data)."),
             click.option("--data", required=True, type=click.Path(file_okay=False, exists=True), help="Work directory (manifest.csv, cache/)."),
             click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory; rerun the same command to resume."),
-            click.option("--epochs", type=int, help="Epochs  [default: from the config]."),
+            click.option("--epochs", type=click.IntRange(min=1), help="Epochs  [default: from the config]."),
             click.option("--weights", default="none", show_default=True, help="imagenet | none | PATH to a .weights.h5 (or a Keras ImageNet .h5)."),
-            click.option("--batch-size", type=int, help="Batch size  [default: from the config]."),
+            click.option("--batch-size", type=click.IntRange(min=1), help="Batch size  [default: from the config]."),
             click.option("--mixed-precision", is_flag=True, help="float16 compute (GPUs)."),
             click.option("--force", is_flag=True, help="Start over even if --out holds a complete run or one made "
                                                        "with other settings."),
@@ -256,10 +315,24 @@ def learner_options(default_config):
     return decorate
 
 
+def _check_fold(data, fold):
+    """--fold must be one of the validation folds in DATA/manifest.csv (checked before any work starts)."""
+    from tfflannel.utils import read_csv
+
+    manifest = Path(data) / "manifest.csv"
+    if not manifest.is_file():
+        raise BadInput(f"{manifest}: not found; run prepare-data --out {data} first")
+    folds = sorted({int(row["fold"]) for row in read_csv(manifest) if row["split"] != "test" and row["fold"]})
+    if fold not in folds:
+        raise click.BadParameter(f"{manifest} has folds {folds}. Received: {fold}.", param_hint="--fold")
+
+
 def _train_learner(kind, backbone, fold, data, out, epochs, weights, batch_size, mixed_precision, force, config_path,
                    overrides):
+    from tfflannel.config import validate
     from tfflannel.learners.train import train_global_learner, train_patch_learner
 
+    _check_fold(data, fold)
     default = "configs/patched.yaml" if kind == "patch" else "configs/global.yaml"
     config = load_cli_config(config_path, overrides, default)
     section = config.patched if kind == "patch" else config.global_learner
@@ -268,6 +341,7 @@ def _train_learner(kind, backbone, fold, data, out, epochs, weights, batch_size,
     if batch_size is not None:
         section.batch_size = batch_size
     config.runtime.mixed_precision = config.runtime.mixed_precision or mixed_precision
+    validate(config, "options")
     trainer = train_patch_learner if kind == "patch" else train_global_learner
     fit = trainer(config, backbone, fold, data, out, weights=weights, force=force)
     if fit.already_complete:
@@ -294,7 +368,7 @@ def train_global(**options):
 @main.command("predict-base")
 @click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False, exists=True), help="A train-patch or train-global run directory.")
 @click.option("--data", type=click.Path(file_okay=False, exists=True), help="Work directory  [default: the run's own].")
-@click.option("--k", type=int, help="Patches per image  [default: inference.k = 100; 1 for global runs].")
+@click.option("--k", type=click.IntRange(min=1), help="Patches per image  [default: inference.k = 100; 1 for global runs].")
 @click.option("--force", is_flag=True, help="Recompute even if the predictions are up to date.")
 @config_options("configs/patched.yaml")
 @reports_input_errors
@@ -310,7 +384,7 @@ def predict_base_command(run_dir, data, k, force, config_path, overrides):
 
 
 @main.command("train-ensemble")
-@click.option("--fold", type=int, help="Fold of the runs (checked against their run.yaml).")
+@click.option("--fold", type=click.IntRange(min=1), help="Fold of the runs (checked against their run.yaml).")
 @click.option("--runs", "run_dirs", required=True, multiple=True,
               help="Base-learner run directories with predictions/ (repeat --runs, or separate with commas).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Ensemble run directory.")
@@ -375,7 +449,7 @@ def export_command(seg_path, run_dirs, ensemble_dir, out, version, config_path, 
 @click.option("--runs", "run_dirs", multiple=True, help="Instead of --model: base-learner runs (with --ensemble for several).")
 @click.option("--ensemble", "ensemble_dir", type=click.Path(file_okay=False, exists=True), help="train-ensemble run for --runs.")
 @click.option("--format", "output_format", type=click.Choice(["json", "csv"]), default="json", show_default=True, help="Output format on stdout.")
-@click.option("--batch-size", default=4, show_default=True, type=int, help="Images of one size per call.")
+@click.option("--batch-size", default=4, show_default=True, type=click.IntRange(min=1), help="Images of one size per call.")
 @click.option("--explain", "explain_dir", type=click.Path(file_okay=False), help="With --runs: also write a Grad-CAM PNG per image and run here.")
 @config_options("configs/patched.yaml")
 @reports_input_errors
@@ -385,19 +459,22 @@ def predict_command(images, model_dir, run_dirs, ensemble_dir, output_format, ba
     import csv as csv_module
     import sys
 
-    from tfflannel.export.predict import load_exported, predict_files
+    from tfflannel.data.io import IMAGE_SUFFIXES
+    from tfflannel.export.predict import expand_inputs, load_exported, predict_files
 
     if bool(model_dir) == bool(run_dirs):
         raise click.UsageError("give either --model EXPORT_DIR or --runs (with --ensemble)")
     if explain_dir and not run_dirs:
         raise click.UsageError("--explain needs --runs: Grad-CAM works on the Keras models, not on an export")
+    if not expand_inputs(images):
+        raise BadInput(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(images)}")
+    config = load_cli_config(config_path, overrides, "configs/patched.yaml")
     if model_dir:
         predict_fn = load_exported(model_dir)
     else:
         from tfflannel.export.saved_model import pipeline_from_config
         from tfflannel.segmentation.inference import load_segmenter
 
-        config = load_cli_config(config_path, overrides, "configs/patched.yaml")
         runs = _run_list(run_dirs)
         segmenter = load_segmenter()
         pipeline = pipeline_from_config(config, segmenter, runs, ensemble_dir)
@@ -434,7 +511,7 @@ def predict_command(images, model_dir, run_dirs, ensemble_dir, output_format, ba
 @click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False, exists=True), help="A train-patch or train-global run.")
 @click.option("--out", type=click.Path(dir_okay=False), help="PNG to write  [default: IMAGE stem + _gradcam.png here].")
 @click.option("--class", "class_name", type=click.Choice(list(CLASS_NAMES)), help="Class to explain  [default: the predicted one].")
-@click.option("--k", default=32, show_default=True, type=int, help="Patches for the probabilistic Grad-CAM of patched runs.")
+@click.option("--k", default=32, show_default=True, type=click.IntRange(min=1), help="Patches for the probabilistic Grad-CAM of patched runs.")
 @reports_input_errors
 def explain_command(image, run_dir, out, class_name, k):
     """Grad-CAM (global runs) or probabilistic patch Grad-CAM (patched runs), masked to the lungs, as a PNG."""
@@ -456,7 +533,7 @@ def demo_command(out, config_path, overrides):
     """The whole pipeline on the bundled real sample in a few minutes on a CPU (a demo, not a result)."""
     from tfflannel.demo import run_demo
 
-    config = load_cli_config(config_path, overrides, "configs/demo.yaml", required=True)
+    config = load_cli_config(config_path, overrides, "configs/demo.yaml")
     report = run_demo(config, out)
     click.echo(DISCLAIMER)
     click.echo(f"open {report}")

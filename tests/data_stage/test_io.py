@@ -1,10 +1,29 @@
 """read_image: every format a user may bring decodes to (H, W) uint8, or fails by name."""
 
+import struct
+import zlib
+
 import numpy as np
 import pytest
 from PIL import Image
 
-from tfflannel.data.io import ImageReadError, read_image, to_uint8
+from tfflannel.data.io import (
+    MAX_MEGAPIXELS,
+    MIN_SIDE,
+    ImageReadError,
+    image_limits,
+    read_image,
+    set_image_limits,
+    to_uint8,
+)
+
+
+@pytest.fixture(autouse=True)
+def small_images_allowed():
+    """The format tests use tiny images; the size limits have their own tests below."""
+    set_image_limits(min_side=1)
+    yield
+    set_image_limits()
 
 
 @pytest.fixture
@@ -141,3 +160,72 @@ def test_real_sample_image_reads(sample_cls_dir):
 
 def test_to_uint8_constant_is_zero():
     assert to_uint8(np.full((3, 3), 7.0)).max() == 0
+
+
+def write_png_header(path, width, height):
+    """A valid PNG signature and IHDR claiming width x height 8-bit gray, then one tiny IDAT: a decompression
+    bomb's header (a real bomb's IDAT would inflate to width x height bytes)."""
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+
+
+def test_limits_default_to_100_megapixels_and_64_px():
+    set_image_limits()
+    assert image_limits() == {"max_megapixels": MAX_MEGAPIXELS, "min_side": MIN_SIDE} == \
+        {"max_megapixels": 100.0, "min_side": 64}
+
+
+def test_decompression_bomb_png_is_an_image_read_error(tmp_path):
+    set_image_limits()
+    path = tmp_path / "bomb.png"
+    write_png_header(path, 14000, 14000)           # 196 MP: beyond Pillow's own 179 MP hard limit too
+    with pytest.raises(ImageReadError, match=r"14000x14000 pixels \(196 megapixels\) exceeds the limit of 100"):
+        read_image(path)
+    path = tmp_path / "bomb_120mp.png"
+    write_png_header(path, 12000, 10000)           # between Pillow's warning (89 MP) and error (179 MP) thresholds
+    with pytest.raises(ImageReadError, match="data.max_megapixels"):
+        read_image(path)
+
+
+def test_pixel_limit_is_configurable(tmp_path, gradient):
+    path = tmp_path / "g.png"
+    Image.fromarray(np.tile(gradient, (2, 2))).save(path)        # 96 x 128
+    set_image_limits(max_megapixels=0.01)                        # 10,000 pixels
+    with pytest.raises(ImageReadError, match="128x96 pixels"):
+        read_image(path)
+    assert read_image(path, limits={"max_megapixels": 0.1})[0].shape == (96, 128)
+    set_image_limits()
+    assert read_image(path)[0].shape == (96, 128)
+
+
+def test_dicom_size_checked_before_pixels_decode(tmp_path):
+    set_image_limits(max_megapixels=0.0005)                      # 500 pixels
+    path = tmp_path / "big.dcm"
+    _write_dicom(path, np.zeros((32, 32), np.uint16))
+    with pytest.raises(ImageReadError, match="32x32 pixels"):
+        read_image(path)
+
+
+@pytest.mark.parametrize("shape", [(40, 200), (200, 63), (8, 8)], ids=["short", "narrow", "thumbnail"])
+def test_images_below_the_minimum_side_are_rejected_with_a_reason(tmp_path, shape):
+    set_image_limits()
+    path = tmp_path / "small.png"
+    Image.fromarray(np.full(shape, 100, np.uint8)).save(path)
+    with pytest.raises(ImageReadError, match=r"smaller than the minimum side of 64 px \(data.min_side\)") as info:
+        read_image(path)
+    assert str(path) in str(info.value)
+    dicom = tmp_path / "small.dcm"
+    _write_dicom(dicom, np.full(shape, 100, np.uint16))
+    with pytest.raises(ImageReadError, match="minimum side"):
+        read_image(dicom)
+    assert read_image(path, limits={"min_side": min(shape)})[0].shape == shape
+
+
+def test_limits_reject_non_positive_values():
+    with pytest.raises(ValueError, match="must be positive"):
+        set_image_limits(max_megapixels=0)

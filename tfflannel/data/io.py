@@ -4,6 +4,11 @@ PNG and JPEG go through Pillow (it raises on truncated files, where OpenCV
 silently returns a half-grey image); DICOM goes through pydicom with the
 modality LUT (rescale slope/intercept) and VOI window applied and MONOCHROME1
 inverted, so that bone is always bright.
+
+Every format is checked against two limits before its pixels are decoded (see
+`set_image_limits`): a pixel limit, so a decompression bomb (a small file that
+expands to gigabytes) is one unreadable file like any other, and a minimum
+side, so a thumbnail is rejected with a reason instead of classified.
 """
 
 from __future__ import annotations
@@ -14,10 +19,63 @@ from pathlib import Path
 
 import numpy as np
 
+from tfflannel.errors import InputError
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
 
+MAX_MEGAPIXELS = 100.0
+"""Default pixel limit in megapixels (the largest real chest films are ~ 4300 x 4300 = 18 MP)."""
 
-class ImageReadError(ValueError):
+MIN_SIDE = 64
+"""Default minimum height and width in pixels."""
+
+_limits = {"max_megapixels": MAX_MEGAPIXELS, "min_side": MIN_SIDE}
+
+
+def set_image_limits(max_megapixels=MAX_MEGAPIXELS, min_side=MIN_SIDE):
+    """Set the limits every later `read_image` call applies (the CLI sets them from `data.*` of the config).
+
+    Args:
+        max_megapixels: float. Largest accepted height x width, in millions of pixels. Defaults to `100.0`.
+        min_side: int. Smallest accepted height and width, in pixels. Defaults to `64`.
+
+    Raises:
+        ValueError: a limit that is not positive.
+    """
+    if not max_megapixels > 0 or not min_side >= 1:
+        raise ValueError(f"image limits must be positive. Received: max_megapixels={max_megapixels}, "
+                         f"min_side={min_side}.")
+    _limits.update(max_megapixels=float(max_megapixels), min_side=int(min_side))
+
+
+def image_limits():
+    """The limits in force, as a dict with `max_megapixels` and `min_side`."""
+    return dict(_limits)
+
+
+def check_image_size(path, height, width, limits):
+    """Check an image's size, read from its header, before any pixel is decoded.
+
+    Args:
+        path: str. The file, for the message.
+        height: int. Rows.
+        width: int. Columns.
+        limits: dict. `max_megapixels` and `min_side` (see `set_image_limits`).
+
+    Raises:
+        ImageReadError: more pixels than `max_megapixels` million, or a side shorter than `min_side`.
+    """
+    pixels = int(height) * int(width)
+    if pixels > limits["max_megapixels"] * 1e6:
+        raise ImageReadError(path, f"{width}x{height} pixels ({pixels / 1e6:.0f} megapixels) exceeds the limit of "
+                                   f"{limits['max_megapixels']:g} megapixels (possible decompression bomb); "
+                                   f"raise data.max_megapixels if the image is genuine")
+    if min(height, width) < limits["min_side"]:
+        raise ImageReadError(path, f"{width}x{height} pixels is smaller than the minimum side of "
+                                   f"{limits['min_side']} px (data.min_side); too small to classify")
+
+
+class ImageReadError(InputError):
     """A file that cannot be decoded as an image; the message names the file and why."""
 
     def __init__(self, path, reason):
@@ -55,11 +113,15 @@ def _is_dicom(path):
     return len(head) == 132 and head[128:132] == b"DICM"
 
 
-def _read_pillow(path):
+def _read_pillow(path, limits):
     from PIL import Image, UnidentifiedImageError
 
+    # tfflannel applies its own limit (`check_image_size`, every format) before decoding; Pillow's global one would
+    # warn at 89 MP and raise a foreign error type at 179 MP whatever data.max_megapixels says.
+    Image.MAX_IMAGE_PIXELS = None
     try:
         with Image.open(path) as image:
+            check_image_size(path, image.height, image.width, limits)
             image.load()
             mode = image.mode
             if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info):
@@ -82,7 +144,7 @@ def _read_pillow(path):
     return np.ascontiguousarray(array), meta
 
 
-def _read_dicom(path):
+def _read_dicom(path, limits):
     try:
         import pydicom
         from pydicom.pixels import apply_modality_lut, apply_voi_lut
@@ -90,6 +152,12 @@ def _read_dicom(path):
         raise ImportError("Reading DICOM needs pydicom: pip install pydicom") from error
     try:
         dataset = pydicom.dcmread(path)
+        rows, columns = int(dataset.get("Rows", 0)), int(dataset.get("Columns", 0))
+    except Exception as error:  # pydicom raises many unrelated types for bad files
+        raise ImageReadError(path, f"unreadable DICOM ({type(error).__name__}: {error})") from None
+    frames = int(dataset.get("NumberOfFrames", 1) or 1)
+    check_image_size(path, rows * max(frames, 1), columns, limits)
+    try:
         pixels = dataset.pixel_array
     except Exception as error:  # pydicom raises many unrelated types for bad files
         raise ImageReadError(path, f"unreadable DICOM ({type(error).__name__}: {error})") from None
@@ -108,11 +176,15 @@ def _read_dicom(path):
     return array, meta
 
 
-def read_image(path):
+def read_image(path, limits=None):
     """Read a PNG, JPEG (8- or 16-bit, gray/RGB/RGBA) or DICOM file as gray uint8.
+
+    The size is checked against the limits from the file's header, before the pixels are decoded.
 
     Args:
         path: str or Path. The image file.
+        limits: dict or None. `max_megapixels` and `min_side`; None applies those of `set_image_limits`
+            (100 megapixels and 64 px unless changed). Defaults to `None`.
 
     Returns:
         (image, meta): image is a `(H, W)` uint8 array; meta is a dict with `path`,
@@ -120,17 +192,19 @@ def read_image(path):
         `height` and `width`.
 
     Raises:
-        ImageReadError: the file is missing, empty, truncated or not an image.
+        ImageReadError: the file is missing, empty, truncated, not an image, larger than the pixel limit or
+            smaller than the minimum side. The message names the file and the reason.
     """
+    limits = dict(_limits, **(limits or {}))
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ImageReadError(path, "file does not exist")
     if os.path.getsize(path) == 0:
         raise ImageReadError(path, "file is empty")
     if _is_dicom(path):
-        array, meta = _read_dicom(path)
+        array, meta = _read_dicom(path, limits)
     else:
-        array, meta = _read_pillow(path)
+        array, meta = _read_pillow(path, limits)
     if array.ndim != 2 or array.size == 0:
         raise ImageReadError(path, f"decoded to shape {array.shape}, expected a 2-D image")
     meta.update(path=path, height=int(array.shape[0]), width=int(array.shape[1]))

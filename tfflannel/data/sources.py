@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tfflannel import CLASS_NAMES
 from tfflannel.data.io import IMAGE_SUFFIXES
+from tfflannel.errors import InputError
 
 FRONTAL_VIEWS = {"PA", "AP", "AP SUPINE", "AP ERECT"}
 COVID_FINDINGS = {"COVID-19", "COVID-19, ARDS"}
@@ -27,7 +28,7 @@ FUNGAL_ORGANISMS = {"PNEUMOCYSTIS", "ASPERGILLOSIS", "FUNGAL"}
 CCX_REQUIRED_COLUMNS = ("patientid", "finding", "view", "modality", "filename")
 
 
-class DatasetError(ValueError):
+class DatasetError(InputError):
     """Input that cannot be read at all (missing metadata, missing column, empty folder)."""
 
 

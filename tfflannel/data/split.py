@@ -5,12 +5,14 @@ from __future__ import annotations
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
+from tfflannel.errors import InputError
+
 
 def _group_folds(labels, groups, n_splits, seed):
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     counts = {str(label): int(np.sum(labels == label)) for label in np.unique(labels)}
     if max(counts.values()) < n_splits:
-        raise ValueError(f"every class has fewer images than the {n_splits} partitions asked for "
+        raise InputError(f"every class has fewer images than the {n_splits} partitions asked for "
                          f"(images per class: {counts}); lower --folds or raise --test-size")
     return [held for _, held in splitter.split(np.zeros(len(labels)), labels, groups)]
 
@@ -35,18 +37,18 @@ def assign_splits(labels, groups, test_size=0.2, folds=5, seed=0):
         (split, fold): arrays of str ('train'/'test') and int (1..folds, 0 for test).
 
     Raises:
-        ValueError: too few patients for the requested partitions.
+        InputError: too few patients for the requested partitions, or test_size/folds out of range.
     """
     labels = np.asarray(labels)
     groups = np.asarray(groups)
     if not 0.0 < test_size <= 0.5:
-        raise ValueError(f"test_size must be in (0, 0.5]. Received: test_size={test_size}.")
+        raise InputError(f"test_size must be in (0, 0.5]. Received: test_size={test_size}.")
     if folds < 2:
-        raise ValueError(f"folds must be >= 2. Received: folds={folds}.")
+        raise InputError(f"folds must be >= 2. Received: folds={folds}.")
     n_test_splits = max(2, int(round(1.0 / test_size)))
     needed = n_test_splits + folds - 1
     if len(np.unique(groups)) < needed:
-        raise ValueError(
+        raise InputError(
             f"{len(np.unique(groups))} patients are too few for a test split of {test_size} "
             f"plus {folds} folds (need at least {needed})."
         )

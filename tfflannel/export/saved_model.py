@@ -22,6 +22,7 @@ import keras
 import tensorflow as tf
 
 from tfflannel import CLASS_NAMES, DISCLAIMER
+from tfflannel.errors import InputError
 from tfflannel.models.fc_densenet import lung_class_indices
 from tfflannel.patches.pipeline import crop_patches, sample_centres
 
@@ -160,7 +161,7 @@ def build_pipeline(segmenter, run_dirs, ensemble_dir=None, k=100, seed=0, **qc):
         expected = [str(p.resolve()) for p in info.run_paths(ensemble_dir)]
         given = [str(Path(r).resolve()) for r in run_dirs]
         if given != expected:
-            raise ValueError(f"{ensemble_dir} was trained on runs {expected} in this order; received {given}")
+            raise InputError(f"{ensemble_dir} was trained on runs {expected} in this order; received {given}")
         ensemble = keras.saving.load_model(Path(ensemble_dir) / "model.keras", compile=False)
         score = info.score or "prob"
     return InferencePipeline(segmenter, load_learner_runs(run_dirs), ensemble, k=k, seed=seed, score=score, **qc)

@@ -13,6 +13,7 @@ import keras
 from keras import layers, ops
 
 from tfflannel import CLASS_NAMES
+from tfflannel.errors import InputError
 from tfflannel.models.backbones import backbone_config, create_backbone
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -81,7 +82,7 @@ def build_classifier(backbone="mobilenet_v2", input_size=None, num_classes=len(C
     size = input_size or config.input_size
     weights = None if weights in (None, "none", "None") else str(weights)
     if weights == "imagenet" and not config.keras_weights:
-        raise ValueError(
+        raise InputError(
             f"Keras has no ImageNet weights for {backbone!r}. Convert the torchvision ImageNet weights of "
             f"{backbone} to a Keras `.weights.h5` for this architecture (layer names as in "
             f"tfflannel/models/backbones) and pass --weights PATH, or use --weights none.")
@@ -90,7 +91,7 @@ def build_classifier(backbone="mobilenet_v2", input_size=None, num_classes=len(C
     # Keras' own ImageNet files (legacy `.h5`, not `.weights.h5`) go to keras.applications itself.
     keras_file = weights is not None and weights != "imagenet" and not weights.endswith(".weights.h5")
     if keras_file and not config.keras_weights:
-        raise ValueError(f"{weights}: {backbone!r} needs a `.weights.h5` file saved from a tfflannel classifier")
+        raise InputError(f"{weights}: {backbone!r} needs a `.weights.h5` file saved from a tfflannel classifier")
     application_weights = weights if weights == "imagenet" or keras_file else None
     features = create_backbone(backbone, x, weights=application_weights)
     x = layers.GlobalAveragePooling2D(name="head_pool")(features)
@@ -113,4 +114,4 @@ def _load_local_weights(model, path):
     try:
         model.load_weights(path)
     except ValueError as error:
-        raise ValueError(f"{path}: not the weights of a {model.name} with this input size ({error})") from None
+        raise InputError(f"{path}: not the weights of a {model.name} with this input size ({error})") from None

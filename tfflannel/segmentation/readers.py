@@ -16,7 +16,8 @@ import cv2
 import numpy as np
 from sklearn.model_selection import GroupShuffleSplit
 
-from tfflannel.data.io import IMAGE_SUFFIXES, ImageReadError, read_image, to_uint8
+from tfflannel.data.io import IMAGE_SUFFIXES, ImageReadError, check_image_size, image_limits, read_image, to_uint8
+from tfflannel.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ def _pairs_from_csv(path):
     with open(path, newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         if not {"image", "mask"} <= set(reader.fieldnames or []):
-            raise ValueError(f"{path}: needs columns 'image' and 'mask'; found {reader.fieldnames}")
+            raise InputError(f"{path}: needs columns 'image' and 'mask'; found {reader.fieldnames}")
         rows = list(reader)
     base = path.parent
     pairs = []
@@ -137,6 +138,7 @@ def _read_mask(path, shape):
 
     try:
         with Image.open(path) as image:
+            check_image_size(path, image.height, image.width, dict(image_limits(), min_side=1))
             mask = np.asarray(image.convert("L")) > 127
     except OSError as error:
         raise ImageReadError(path, f"unreadable mask ({error})") from None
@@ -152,7 +154,7 @@ def load_pair(pair, classes="lung"):
     labels = np.zeros(shape, np.uint8)
     if pair.kind == "binary":
         if classes != "lung":
-            raise ValueError(f"{pair.image}: a binary mask only supports classes='lung'. Received: classes={classes!r}.")
+            raise InputError(f"{pair.image}: a binary mask only supports classes='lung'. Received: classes={classes!r}.")
         labels[_read_mask(pair.masks["lung"], shape)] = 1
         return image, labels
     if classes == "lung":
