@@ -571,7 +571,8 @@ def reproduce_command(data, out, folds, backbones, modes, weights, shard, wait, 
     jobs = reproduce.build_jobs(data, out, reproduce.parse_folds(folds),
                                 reproduce.check_names(reproduce.parse_names(backbones, BACKBONE_NAMES, "--backbones")),
                                 reproduce.parse_names(modes, reproduce.MODES, "--modes"), weights, config_args, part)
-    _check_fold(data, max(reproduce.parse_folds(folds)))
+    for fold in reproduce.parse_folds(folds):
+        _check_fold(data, fold)
     mine = reproduce.shard_jobs(jobs, part)
     if dry_run:
         program = reproduce.main_program()

@@ -246,6 +246,13 @@ class Runner:
     def _marker(self, job):
         return self.out / ".jobs" / f"{job.slug}.failed"
 
+    def _failed_elsewhere(self, job):
+        """The job failed in another process, and nobody is running it again now."""
+        if not self._marker(job).exists():
+            return False
+        with job_lock(self.out / ".jobs" / f"{job.slug}.lock") as free:
+            return free
+
     def _wait_for(self, names):
         """None when every named job is complete, else the reason why not (failed, or still missing)."""
         deadline = time.monotonic() + self.wait
@@ -254,7 +261,7 @@ class Runner:
             if not pending:
                 return None
             failed = [n for n in pending if self.states.get(n) in ("failed", "blocked", "missing")
-                      or (n not in self.states and self._marker(self.by_name[n]).exists())]
+                      or (n not in self.states and self._failed_elsewhere(self.by_name[n]))]
             if failed:
                 return f"input failed: {', '.join(failed)}"
             waiting_on_self = [n for n in pending if self.states.get(n) == "done"]   # done, yet not complete

@@ -12,6 +12,10 @@ worker saves (saving may need collective ops), but only the chief (task `chief`,
 into the run directory; the others write into a temporary directory that is deleted when the run ends
 (`run_dir_of_worker`). A resumed run restores every worker from the chief's checkpoint, so the run
 directory must be on a filesystem that all workers can read (what Keras' `BackupAndRestore` requires too).
+
+Known limitation: with Keras 3.15 on TensorFlow 2.21, `model.fit` itself fails under
+`MultiWorkerMirroredStrategy` (Keras' TensorFlow trainer reduces the first input batch and the scalar
+logs across workers; tensorflow/tensorflow#72388), so multi-host training of one model does not run yet.
 """
 
 from __future__ import annotations
