@@ -564,3 +564,51 @@ def import_weights_command(backbone, source, out):
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+
+@main.command("reproduce")
+@click.option("--data", required=True, type=click.Path(file_okay=False, exists=True), help="Work directory of prepare-data (manifest.csv).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Runs directory: OUT/f<fold>/<mode>_<backbone>, OUT/f<fold>/ensemble_*, OUT/report.")
+@click.option("--folds", default="1-5", show_default=True, help="Validation folds, e.g. 1-5 or 1,3.")
+@click.option("--backbones", default="densenet161,inception_v3,resnet152,resnext101_32x8d,vgg19_bn", show_default=True,
+              help="Comma-separated backbones.")
+@click.option("--modes", default="patch,global", show_default=True, help="patch (Patched FLANNEL) and/or global (original FLANNEL).")
+@click.option("--weights", default="none", show_default=True, help="--weights of train-patch/train-global: imagenet | none | PATH.")
+@click.option("--shard", default="1/1", show_default=True, help="Run only part I of N of the grid (N hosts share it).")
+@click.option("--wait", default=86400.0, show_default=True, type=click.FloatRange(min=0),
+              help="Seconds to wait for inputs that other shards make before reporting them missing.")
+@click.option("--dry-run", is_flag=True, help="Print this shard's jobs as command lines in dependency order, run nothing.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, exists=True),
+              help="YAML config passed to every command  [default: each command's own].")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Config override passed to every command (repeatable).")
+@reports_input_errors
+def reproduce_command(data, out, folds, backbones, modes, weights, shard, wait, dry_run, config_path, overrides):
+    """The whole study: segment -> train-patch/train-global -> predict-base -> train-ensemble per fold -> evaluate.
+
+    Runs what is not complete, skips what is, resumes what was cut off; rerun the same command after a failure.
+    """
+    from tfflannel import reproduce
+
+    part = _parse_shard(shard)
+    config_args = (("--config", config_path) if config_path else ()) + tuple(a for o in overrides for a in ("--set", o))
+    jobs = reproduce.build_jobs(data, out, reproduce.parse_folds(folds),
+                                reproduce.check_names(reproduce.parse_names(backbones, BACKBONE_NAMES, "--backbones")),
+                                reproduce.parse_names(modes, reproduce.MODES, "--modes"), weights, config_args, part)
+    for fold in reproduce.parse_folds(folds):
+        _check_fold(data, fold)
+    mine = reproduce.shard_jobs(jobs, part)
+    if dry_run:
+        program = reproduce.main_program()
+        for job in mine:
+            click.echo(job.command_line(program))
+        return
+    click.echo(f"shard {part[0]}/{part[1]}: {len(mine)} of {len(jobs)} jobs ({reproduce.describe_plan(jobs, part)}); "
+               f"logs -> {Path(out) / 'logs'}")
+    states = reproduce.Runner(jobs, out, part, wait=wait, echo=click.echo).run()
+    bad = {name: state for name, state in states.items() if state not in ("done", "complete")}
+    if bad:
+        click.echo(f"{len(bad)} job(s) not complete: {', '.join(f'{n} ({s})' for n, s in bad.items())}; "
+                   "fix and rerun the same command", err=True)
+        sys.exit(1)
+    click.echo(f"all {len(states)} jobs complete" + (f"; Table 3 -> {Path(out) / 'report' / 'table3.md'}"
+                                                     if any(j.kind == "evaluate" for j in mine) else ""))

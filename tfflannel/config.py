@@ -210,7 +210,8 @@ class DemoConfig:
 class RuntimeConfig:
     """Where and how training runs."""
 
-    strategy: Literal["auto", "mirrored", "default"] = "auto"  # auto: MirroredStrategy if > 1 GPU
+    # auto: MultiWorkerMirroredStrategy if TF_CONFIG names > 1 worker, else MirroredStrategy if > 1 GPU
+    strategy: Literal["auto", "mirrored", "multi_worker", "default"] = "auto"
     mixed_precision: bool = False
     deterministic: bool = False      # tf.config.experimental.enable_op_determinism(): bit-identical GPU reruns, slower
 

@@ -25,7 +25,7 @@ from sklearn.model_selection import GroupShuffleSplit
 from tfflannel import CLASS_NAMES
 from tfflannel.config import dump_config
 from tfflannel.errors import InputError
-from tfflannel.learners.strategy import make_strategy
+from tfflannel.learners.strategy import chief_writes, make_strategy, replica_batch_size
 from tfflannel.models.ensemble import build_ensemble, inverse_frequency_alpha
 from tfflannel.predictions import read_predictions, read_provenance, write_predictions
 from tfflannel.resume import ResumableFit
@@ -82,9 +82,10 @@ def join_predictions(run_dirs, role, score="prob"):
 class EpochBatches(keras.utils.PyDataset):
     """Batches of (x, y) in an order drawn from (seed, epoch) for epochs `first_epoch`, `first_epoch + 1`, ..."""
 
-    def __init__(self, x, y, batch_size, seed=0, first_epoch=0):
+    def __init__(self, x, y, batch_size, seed=0, first_epoch=0, drop_remainder=False):
         super().__init__()
         self.x, self.y, self.batch_size, self.seed, self.epoch = x, y, batch_size, seed, first_epoch
+        self.drop_remainder = drop_remainder
         self.order = self._order()
 
     def _order(self):
@@ -93,7 +94,7 @@ class EpochBatches(keras.utils.PyDataset):
         return np.random.default_rng(epoch_seed(self.seed, self.epoch)).permutation(len(self.x))
 
     def __len__(self):
-        return math.ceil(len(self.x) / self.batch_size)
+        return len(self.x) // self.batch_size if self.drop_remainder else math.ceil(len(self.x) / self.batch_size)
 
     def __getitem__(self, index):
         rows = self.order[index * self.batch_size:(index + 1) * self.batch_size]
@@ -123,6 +124,7 @@ def _member_provenance(run_dirs, roles):
     return members
 
 
+@chief_writes
 def train_ensemble(config, run_dirs, out_dir, fold=None, progress=True, force=False, echo=print):
     """Fit, select, and write RUNDIR/{model.keras, learner_weights.json, predictions/test.csv, ...}.
 
@@ -193,8 +195,9 @@ def train_ensemble(config, run_dirs, out_dir, fold=None, progress=True, force=Fa
             keras.callbacks.TensorBoard(log_dir=str(out_dir / "logs")),
         ]
         validation = (scores[hold_rows], one_hot[labels[hold_rows]]) if len(hold_rows) else None
-        batches = EpochBatches(scores[fit_rows], one_hot[labels[fit_rows]], cfg.batch_size, cfg.seed,
-                               fit.initial_epoch)
+        multi = strategy.num_replicas_in_sync > 1    # every batch splits evenly over the replicas
+        batches = EpochBatches(scores[fit_rows], one_hot[labels[fit_rows]], replica_batch_size(cfg.batch_size, strategy),
+                               cfg.seed, fit.initial_epoch, drop_remainder=multi)
         fit.fit(model, batches, callbacks=callbacks, verbose=2 if progress else 0, validation_data=validation)
     best = keras.saving.load_model(out_dir / "model.keras", compile=False)
 

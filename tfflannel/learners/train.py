@@ -23,7 +23,7 @@ from tfflannel import CLASS_NAMES
 from tfflannel.config import dump_config
 from tfflannel.data.manifest import load_manifest
 from tfflannel.learners.infer import predict_image_scores
-from tfflannel.learners.strategy import make_strategy, replica_batch_size
+from tfflannel.learners.strategy import chief_writes, make_strategy, replica_batch_size
 from tfflannel.models.backbones import backbone_config
 from tfflannel.models.classifier import build_classifier
 from tfflannel.models.precise_bn import recompute_batchnorm_statistics
@@ -142,6 +142,7 @@ def _check_fold(workdir, fold):
         raise ValueError(f"--fold {fold}: {Path(workdir) / 'manifest.csv'} has folds {folds}")
 
 
+@chief_writes
 def train_patch_learner(config, backbone, fold, workdir, out_dir, weights=None, progress=True, extra_callbacks=(),
                         force=False):
     """Train a patch base learner on fold `fold` of the masked-image cache in `workdir`.
@@ -192,6 +193,7 @@ def train_patch_learner(config, backbone, fold, workdir, out_dir, weights=None, 
     return _fit(fit, model, train, steps, out_dir, callbacks, progress)
 
 
+@chief_writes
 def train_global_learner(config, backbone, fold, workdir, out_dir, weights=None, progress=True, extra_callbacks=(),
                          force=False):
     """Train an original-FLANNEL whole-image learner on fold `fold` of the manifest in `workdir`.

@@ -1,0 +1,331 @@
+"""`reproduce`: the paper's whole grid (folds x backbones x {patched, global}) as one resumable command.
+
+The job graph, in dependency order:
+
+    segment -> train-patch / train-global -> predict-base   (one learner per fold, backbone and mode)
+            -> train-ensemble (one per fold and mode, over that fold's learners) -> evaluate
+
+Every job is a `tfflannel` command line, run in this process exactly as a user would type it (`--dry-run`
+prints the lines for any scheduler). Each command resumes and skips on its own (train runs resume per
+epoch; a complete run, up-to-date predictions or a complete cache return at once; a run made with other
+settings stops with a clear error), so rerunning `reproduce` after a failure or a kill finishes the grid.
+
+`--shard I/N` lets N processes (a Slurm array, Kubernetes indexed Jobs, N shells) share the grid: shard I
+runs its part of the segmentation cache and every N-th learner and ensemble; shard 1 also evaluates. A job
+whose inputs another shard makes waits for them (up to `--wait` seconds) or reports them missing. One
+lock file per job (`fcntl.flock`, released by the OS if the process dies) keeps two processes from
+running one job. Each command's output goes to RUNS/logs/<job>.log; the console gets one line per job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import json
+import re
+import shlex
+import time
+import traceback
+from pathlib import Path
+
+from tfflannel.backbone_names import BACKBONE_NAMES
+from tfflannel.errors import InputError
+
+PAPER_BACKBONES = ("densenet161", "inception_v3", "resnet152", "resnext101_32x8d", "vgg19_bn")
+MODES = ("patch", "global")
+ENSEMBLE_NAMES = {"patch": "ensemble_patched", "global": "ensemble_global"}
+ROLES = ("train", "valid", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One command of the grid.
+
+    Args:
+        name: str. Unique, readable id (`train-patch f1 densenet161`), also the lock and log file name.
+        kind: str. `segment`, `train`, `predict`, `ensemble` or `evaluate`.
+        args: tuple of str. The command line after the program name.
+        target: Path. The directory the job writes (cache, run or report).
+        needs: tuple of str. Names of the jobs whose outputs it reads.
+        shard: int. 0-based index of the shard that runs it; `None`: every shard runs its own part.
+    """
+
+    name: str
+    kind: str
+    args: tuple
+    target: Path
+    needs: tuple = ()
+    shard: int | None = 0
+
+    @property
+    def slug(self):
+        """The name as a file name."""
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", self.name)
+
+    def command_line(self, program="tfflannel"):
+        """The job as one shell-quoted command line."""
+        return f"{program} {shlex.join(self.args)}"
+
+
+def parse_folds(text):
+    """`1-5`, `1,3` or `2` -> sorted list of ints.
+
+    Raises:
+        InputError: not a list of positive ints and ranges.
+    """
+    folds = set()
+    for part in str(text).split(","):
+        match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if not match or int(match.group(1)) < 1 or (match.group(2) and int(match.group(2)) < int(match.group(1))):
+            raise InputError(f"--folds: expected folds such as 1-5 or 1,3. Received: {text!r}.")
+        folds.update(range(int(match.group(1)), int(match.group(2) or match.group(1)) + 1))
+    return sorted(folds)
+
+
+def parse_names(text, allowed, option):
+    """Comma-separated names, each one of `allowed`, in the given order without repeats.
+
+    Raises:
+        InputError: an unknown or repeated name.
+    """
+    names = [n.strip() for n in str(text).split(",") if n.strip()]
+    unknown = [n for n in names if n not in allowed]
+    if unknown or not names or len(set(names)) != len(names):
+        raise InputError(f"{option}: expected distinct names from {list(allowed)}. Received: {text!r}.")
+    return names
+
+
+def build_jobs(data, out, folds, backbones=PAPER_BACKBONES, modes=MODES, weights="none", config_args=(),
+               shard=(1, 1)):
+    """The grid's jobs in dependency order, each assigned to a shard.
+
+    Args:
+        data: str or Path. Work directory of prepare-data (manifest.csv).
+        out: str or Path. Where runs go: OUT/f<fold>/<mode>_<backbone>, OUT/f<fold>/ensemble_{patched,global},
+            OUT/report.
+        folds: list of int. Validation folds.
+        backbones: list of str. Registered backbone names. Defaults to the paper's five.
+        modes: list of str. `patch` and/or `global`. Defaults to both.
+        weights: str. `--weights` of the training commands. Defaults to `none`.
+        config_args: tuple of str. `--config FILE` / `--set KEY=VALUE` passed to every configurable command.
+        shard: (I, N). This process's shard; only used for the segment job's own `--shard I/N`.
+
+    Returns:
+        list of Job.
+    """
+    data, out, config_args = str(data), Path(out), tuple(config_args)
+    part, parts = shard
+    jobs, learners = [], {}
+    if "patch" in modes:
+        segment_args = ("segment", "--data", data) + (("--shard", f"{part}/{parts}") if parts > 1 else ())
+        jobs.append(Job("segment", "segment", segment_args + config_args, Path(data) / "cache", shard=None))
+    unit = 0
+    for fold in folds:
+        for backbone in backbones:
+            for mode in modes:
+                run = out / f"f{fold}" / f"{mode}_{backbone}"
+                train = Job(f"train-{mode} f{fold} {backbone}", "train",
+                            (f"train-{mode}", "--backbone", backbone, "--fold", str(fold), "--data", data,
+                             "--out", str(run), "--weights", weights) + config_args,
+                            run, ("segment",) if mode == "patch" else (), unit % parts)
+                predict = Job(f"predict-base f{fold} {mode} {backbone}", "predict",
+                              ("predict-base", "--run", str(run), "--data", data) + config_args,
+                              run, (train.name,), unit % parts)
+                jobs += [train, predict]
+                learners.setdefault((fold, mode), []).append(predict)
+                unit += 1
+    ensembles = []
+    for index, ((fold, mode), predicts) in enumerate(sorted(learners.items())):
+        target = out / f"f{fold}" / ENSEMBLE_NAMES[mode]
+        runs = ",".join(str(p.target) for p in predicts)
+        ensembles.append(Job(f"train-ensemble f{fold} {mode}", "ensemble",
+                             ("train-ensemble", "--fold", str(fold), "--runs", runs, "--out", str(target)) + config_args,
+                             target, tuple(p.name for p in predicts), index % parts))
+    jobs += ensembles
+    run_dirs = [str(p.target) for group in learners.values() for p in group] + [str(e.target) for e in ensembles]
+    jobs.append(Job("evaluate", "evaluate", ("evaluate", "--runs", ",".join(run_dirs), "--out", str(out / "report")),
+                    out / "report", tuple(j.name for j in jobs if j.kind in ("predict", "ensemble")), 0))
+    return jobs
+
+
+def _json(path):
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def is_complete(job):
+    """Whether the job's outputs exist and say they are complete (file reads only; no TensorFlow).
+
+    The commands themselves decide whether complete outputs are still up to date; this only tells a
+    waiting job that its inputs are there.
+    """
+    target = Path(job.target)
+    if job.kind == "segment":
+        return (target / "index.csv").is_file()
+    if job.kind == "train":
+        return bool(_json(target / "resume" / "state.json").get("complete"))
+    if job.kind == "predict":
+        return set(ROLES) <= set(_json(target / "predictions" / "provenance.json").get("done", []))
+    if job.kind == "ensemble":
+        return (bool(_json(target / "resume" / "state.json").get("complete"))
+                and (target / "learner_weights.json").is_file() and (target / "predictions" / "test.csv").is_file())
+    return (target / "table3.csv").is_file()
+
+
+@contextlib.contextmanager
+def job_lock(path):
+    """An exclusive `fcntl.flock` on `path`, taken without waiting.
+
+    Yields:
+        bool. True when this process holds the lock; False when another process does.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def run_cli_job(job, log_path):
+    """Run one job's command line in this process (as `tfflannel ARGS`), its output appended to `log_path`.
+
+    Returns:
+        str or None. None on success, else the error (a traceback for bugs).
+    """
+    import click
+    import keras
+
+    from tfflannel.cli import main
+
+    keras.backend.clear_session()          # every job starts from the state a fresh process would have
+    with open(log_path, "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        print(f"$ {job.command_line()}", flush=True)
+        try:
+            main.main(args=list(job.args), prog_name="tfflannel", standalone_mode=False)
+        except click.ClickException as error:
+            print(f"error: {error.format_message()}")
+            return error.format_message()
+        except Exception:   # a bug in one job must not stop the independent ones; its traceback is kept
+            text = traceback.format_exc()
+            print(text)
+            return text.strip().splitlines()[-1]
+        finally:
+            log.flush()
+    return None
+
+
+class Runner:
+    """Runs this shard's jobs in order, waiting for inputs made elsewhere; one console line per job.
+
+    Args:
+        jobs: list of Job. From `build_jobs`.
+        out: str or Path. The runs directory (locks in OUT/.jobs, logs in OUT/logs).
+        shard: (I, N). This process's shard. Defaults to `(1, 1)`.
+        wait: float. Seconds to wait for inputs that another process makes. Defaults to one day.
+        poll: float. Seconds between checks while waiting. Defaults to `5`.
+        execute: callable(Job, Path) -> str or None. Runs one job. Defaults to `run_cli_job`.
+        echo: callable(str). Where progress lines go. Defaults to `print`.
+    """
+
+    def __init__(self, jobs, out, shard=(1, 1), wait=86400.0, poll=5.0, execute=run_cli_job, echo=print):
+        self.jobs, self.out, self.shard = jobs, Path(out), shard
+        self.wait, self.poll, self.execute, self.echo = wait, poll, execute, echo
+        self.by_name = {j.name: j for j in jobs}
+        self.mine = [j for j in jobs if j.shard is None or j.shard == shard[0] - 1]
+        self.states = {}
+
+    def _marker(self, job):
+        return self.out / ".jobs" / f"{job.slug}.failed"
+
+    def _failed_elsewhere(self, job):
+        """The job failed in another process, and nobody is running it again now."""
+        if not self._marker(job).exists():
+            return False
+        with job_lock(self.out / ".jobs" / f"{job.slug}.lock") as free:
+            return free
+
+    def _wait_for(self, names):
+        """None when every named job is complete, else the reason why not (failed, or still missing)."""
+        deadline = time.monotonic() + self.wait
+        while True:
+            pending = [n for n in names if not is_complete(self.by_name[n])]
+            if not pending:
+                return None
+            failed = [n for n in pending if self.states.get(n) in ("failed", "blocked", "missing")
+                      or (n not in self.states and self._failed_elsewhere(self.by_name[n]))]
+            if failed:
+                return f"input failed: {', '.join(failed)}"
+            waiting_on_self = [n for n in pending if self.states.get(n) == "done"]   # done, yet not complete
+            if waiting_on_self or time.monotonic() >= deadline:
+                return f"missing input: {', '.join(pending)}"
+            time.sleep(self.poll)
+
+    def run(self):
+        """Run the shard's jobs.
+
+        Returns:
+            dict. {job name: state}, state one of `done`, `complete` (nothing to do), `failed`, `blocked`
+            (an input failed), `missing` (an input never came), `busy` (another process holds its lock).
+        """
+        (self.out / "logs").mkdir(parents=True, exist_ok=True)
+        for index, job in enumerate(self.mine, 1):
+            started = time.monotonic()
+            state, detail = self._run_one(job)
+            self.states[job.name] = state
+            line = f"[{index}/{len(self.mine)}] {state:<8} {time.monotonic() - started:8.1f} s  {job.name}"
+            self.echo(line + (f"  ({detail})" if detail else ""))
+        return dict(self.states)
+
+    def _run_one(self, job):
+        reason = self._wait_for([n for n in job.needs if job.kind != "segment"])
+        if reason:
+            return ("blocked" if reason.startswith("input failed") else "missing"), reason
+        with job_lock(self.out / ".jobs" / f"{job.slug}.lock") as mine:
+            if not mine:
+                return "busy", "another process runs it"
+            was_complete = is_complete(job) and job.shard is not None
+            error = self.execute(job, self.out / "logs" / f"{job.slug}.log")
+            marker = self._marker(job)
+            if error:
+                marker.write_text(error + "\n")
+                return "failed", f"{error.splitlines()[-1][:200]}; log: {self.out / 'logs' / (job.slug + '.log')}"
+            marker.unlink(missing_ok=True)
+        if job.kind == "segment":
+            reason = self._wait_for(["segment"])      # the other shards' parts of the cache
+            if reason:
+                return "missing", "other shards' parts of the segmentation cache"
+        return ("complete" if was_complete else "done"), ""
+
+
+def check_names(backbones):
+    """Every backbone must be registered (checked before any work)."""
+    return parse_names(",".join(backbones), BACKBONE_NAMES, "--backbones")
+
+
+def describe_plan(jobs, shard):
+    """`N jobs (...)` summary line for the jobs of one shard."""
+    counts = {}
+    for job in jobs:
+        if job.shard is None or job.shard == shard[0] - 1:
+            counts[job.kind] = counts.get(job.kind, 0) + 1
+    return ", ".join(f"{count} {kind}" for kind, count in counts.items())
+
+
+def shard_jobs(jobs, shard):
+    """The jobs that shard (I, N) runs, in dependency order."""
+    return [j for j in jobs if j.shard is None or j.shard == shard[0] - 1]
+
+
+
+def main_program():
+    """How the dry-run lines start: `tfflannel` (the installed command; `python cli.py` in a checkout is the same)."""
+    return "tfflannel"
