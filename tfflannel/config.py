@@ -148,6 +148,7 @@ class PatchedConfig:
     seed: NonNegativeInt = 0
     head: Literal["reference", "gap"] = "reference"   # reference: torchvision's classifier, last Linear replaced
     grouped_conv: Literal["split", "grouped"] = "split"  # ResNeXt: split convs (CPU) | one grouped conv (GPU)
+    aux_loss_weight: NonNegativeFloat = 0.4  # inception_v3_tv, reference head: loss = CE + w * CE(aux); 0: off
 
 
 @dataclass
@@ -168,6 +169,7 @@ class GlobalConfig:
     seed: NonNegativeInt = 0
     head: Literal["reference", "gap"] = "reference"   # reference: torchvision's classifier, last Linear replaced
     grouped_conv: Literal["split", "grouped"] = "split"  # ResNeXt: split convs (CPU) | one grouped conv (GPU)
+    aux_loss_weight: NonNegativeFloat = 0.4  # inception_v3_tv, reference head: loss = CE + w * CE(aux); 0: off
 
 
 @dataclass

@@ -25,9 +25,9 @@ from tfflannel.data.manifest import load_manifest
 from tfflannel.learners.infer import predict_image_scores
 from tfflannel.learners.strategy import chief_writes, make_strategy, replica_batch_size
 from tfflannel.models.backbones import backbone_config
-from tfflannel.models.classifier import build_classifier
+from tfflannel.models.classifier import build_classifier, inference_model
 from tfflannel.models.precise_bn import recompute_batchnorm_statistics
-from tfflannel.resume import ResumableFit
+from tfflannel.resume import ResumableFit, save_model_without_optimizer
 from tfflannel.run_info import RunInfo, file_sha256, manifest_sha256, relative_to_run, save_run_info
 from tfflannel.schedules import scale_milestones, step_decay
 from tfflannel.tf_epochs import seed_run
@@ -101,7 +101,7 @@ def _start_run(config, section_name, out_dir, info, weights, force):
                    "mixed_precision": config.runtime.mixed_precision, "manifest_sha256": info.manifest_sha256,
                    "cache_index_sha256": file_sha256(cache_index) if info.kind == "patch" else None}
     fit = ResumableFit(out_dir, section.epochs, fingerprint, section.seed, monitor="val_macro_f1", mode="max",
-                       patience=section.early_stopping_patience, force=force)
+                       patience=section.early_stopping_patience, force=force, save_model=save_classifier)
     if fit.complete:
         return fit
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -120,10 +120,19 @@ def _run_info(kind, backbone, fold, workdir, out_dir, size, k, seed, resize=None
                    manifest_sha256=manifest_sha256(workdir))
 
 
+def save_classifier(model, path):
+    """`model.keras` of a base learner: the one-output classifier (without an auxiliary head), no optimizer state."""
+    save_model_without_optimizer(inference_model(model), path)
+
+
 def _compiled_classifier(cfg, backbone, size, weights, l1=0.0):
-    """The base learner with the section's BN momentum and dropout, compiled with AdamW + cross-entropy."""
+    """The base learner with the section's BN momentum and dropout, compiled with AdamW + cross-entropy.
+
+    With `inception_v3_tv`'s reference head and `cfg.aux_loss_weight` > 0 an `AuxiliaryLossModel` (loss
+    CE + aux_loss_weight * CE of the auxiliary head); `save_classifier` saves its one-output classifier.
+    """
     model = build_classifier(backbone, size, weights=weights, bn_momentum=cfg.bn_momentum, dropout=cfg.dropout,
-                             head=cfg.head, grouped_conv=cfg.grouped_conv)
+                             head=cfg.head, grouped_conv=cfg.grouped_conv, aux_loss_weight=cfg.aux_loss_weight)
     _apply_l1(model, l1)
     model.compile(optimizer=keras.optimizers.AdamW(cfg.learning_rate, weight_decay=cfg.weight_decay),
                   loss=keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])

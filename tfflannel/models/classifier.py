@@ -67,7 +67,7 @@ HEADS = ("reference", "gap")
 
 
 def build_classifier(backbone="mobilenet_v2", input_size=None, num_classes=len(CLASS_NAMES), weights=None,
-                     bn_momentum=0.9, dropout=0.0, head="reference", grouped_conv="split"):
+                     bn_momentum=0.9, dropout=0.0, head="reference", grouped_conv="split", aux_loss_weight=0.0):
     """Build a base learner.
 
     Args:
@@ -85,13 +85,19 @@ def build_classifier(backbone="mobilenet_v2", input_size=None, num_classes=len(C
             the others are global average pooling); `gap`: global average pooling. Defaults to `"reference"`.
         grouped_conv: str. ResNeXt's grouped convolutions computed as `split` convolutions (fast on CPU) or
             one `grouped` convolution (fast on GPU); same variables. Defaults to `"split"`.
+        aux_loss_weight: float. With `inception_v3_tv` and the `reference` head, a weight above 0 builds
+            torchvision's auxiliary head (on Mixed_6e, needs 299 px, its last Linear replaced) and returns an
+            `AuxiliaryLossModel` that trains on CE(main) + aux_loss_weight * CE(aux), as the paper's code did.
+            Ignored for other backbones and heads. Defaults to `0.0`.
 
     Returns:
         keras.Model: (B, S, S, 1) grey values in [0, 255] -> (B, num_classes) softmax probabilities.
         Layers `head_logits` (pre-softmax) and the backbone's `last_conv` are reachable by name.
+        With the auxiliary loss an `AuxiliaryLossModel`, whose `classifier` is that model.
 
     Raises:
-        ValueError: an unknown head, weights that do not fit, or ImageNet weights Keras does not have.
+        ValueError: an unknown head, weights that do not fit, ImageNet weights Keras does not have, or an
+            auxiliary head on an input below 299 px.
         FileNotFoundError: a weights file that does not exist.
     """
     from tfflannel.models.weights_import import is_state_dict_file, reference_backbone_of
@@ -119,7 +125,13 @@ def build_classifier(backbone="mobilenet_v2", input_size=None, num_classes=len(C
                          f"import-weights .weights.h5 or a .weights.h5 saved from a tfflannel classifier")
     application_weights = weights if weights == "imagenet" or keras_file else None
     options = {"impl": grouped_conv} if config.grouped_conv else {}
-    if head == "reference" and config.head_layers:
+    aux = aux_loss_weight > 0 and head == "reference" and backbone in AUX_HEAD_BACKBONES
+    if aux and size < 299:
+        raise InputError(f"{backbone}'s auxiliary head needs a 299 px input (got {size}); set aux_loss_weight: 0 "
+                         f"to train without the auxiliary loss")
+    if aux:
+        x, aux_features = create_backbone(backbone, x, include_top=True, classes=0, aux_logits=True, **options)
+    elif head == "reference" and config.head_layers:
         x = create_backbone(backbone, x, include_top=True, classes=0, **options)
     else:
         x = layers.GlobalAveragePooling2D(name="head_pool")(create_backbone(backbone, x, weights=application_weights,
@@ -129,15 +141,71 @@ def build_classifier(backbone="mobilenet_v2", input_size=None, num_classes=len(C
     logits = layers.Dense(num_classes, name="head_logits")(x)
     outputs = layers.Activation("softmax", dtype="float32", name="probabilities")(logits)
     model = keras.Model(inputs, outputs, name=f"{backbone}_classifier")
-    set_batchnorm_momentum(model, bn_momentum)
+    if aux:
+        aux_logits = layers.Dense(num_classes, name="head_aux_logits")(aux_features)
+        aux_outputs = layers.Activation("softmax", dtype="float32", name="aux_probabilities")(aux_logits)
+        model = AuxiliaryLossModel(model, aux_outputs, aux_loss_weight, name=f"{backbone}_aux_training")
+    set_batchnorm_momentum(model.network if aux else model, bn_momentum)
     if pretrained:
         from tfflannel.models.weights_import import load_backbone_weights
 
-        for note in load_backbone_weights(model, backbone, weights):
+        for note in load_backbone_weights(model.network if aux else model, backbone, weights):
             log.info("%s: %s", weights, note)
     elif weights is not None and application_weights is None:
-        _load_local_weights(model, weights)
+        _load_local_weights(inference_model(model), weights)
     return model
+
+
+AUX_HEAD_BACKBONES = ("inception_v3_tv",)
+
+
+class AuxiliaryLossModel(keras.Model):
+    """Trains a classifier with an auxiliary head: loss = CE(main) + aux_loss_weight * CE(aux) (torchvision InceptionV3).
+
+    In training (`training=True`) the model returns `(probabilities, aux_probabilities)`; otherwise, like
+    torchvision in eval mode, only the main classifier's probabilities, so validation and prediction see the
+    one-output classifier. `classifier` (the same layers without the auxiliary head) is what gets saved for
+    inference (`inference_model`); weight files of this model (resume checkpoints) also hold the auxiliary head.
+    Compile it like the classifier (`SparseCategoricalCrossentropy` on the main output, metrics on the main
+    output); the auxiliary term is added with the same reduction and distribution scaling.
+
+    Args:
+        classifier: keras.Model. The one-output classifier (input -> probabilities).
+        aux_outputs: KerasTensor. The auxiliary head's probabilities, computed from `classifier`'s input
+            through layers it shares with `classifier`.
+        aux_loss_weight: float. Weight of the auxiliary cross-entropy.
+        **kwargs: passed to `keras.Model`.
+    """
+
+    def __init__(self, classifier, aux_outputs, aux_loss_weight, **kwargs):
+        super().__init__(**kwargs)
+        self.classifier = classifier
+        self.network = keras.Model(classifier.input, [classifier.output, aux_outputs],
+                                   name=f"{classifier.name}_with_aux")
+        self.aux_loss_weight = float(aux_loss_weight)
+        self.aux_loss = keras.losses.SparseCategoricalCrossentropy(name="aux_loss")
+        self.built = True                    # its layers are built: weights load (resume) before the first call
+
+    def call(self, inputs, training=False):
+        if training:
+            return tuple(self.network(inputs, training=True))
+        return self.classifier(inputs, training=training)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        main, aux = y_pred if isinstance(y_pred, (tuple, list)) else (y_pred, None)
+        loss = super().compute_loss(x=x, y=y, y_pred=main, sample_weight=sample_weight, training=training)
+        if aux is not None and self.aux_loss_weight:
+            loss = loss + self.aux_loss_weight * self.aux_loss(y, aux, sample_weight)
+        return loss
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        main = y_pred[0] if isinstance(y_pred, (tuple, list)) else y_pred
+        return super().compute_metrics(x, y, main, sample_weight=sample_weight)
+
+
+def inference_model(model):
+    """The one-output classifier of `model` (an `AuxiliaryLossModel`'s `classifier`, else `model` itself)."""
+    return model.classifier if isinstance(model, AuxiliaryLossModel) else model
 
 
 def _load_local_weights(model, path):

@@ -401,10 +401,13 @@ def copy_matching_layers(source, target, replaced, backbone):
     """Copy weights layer by layer (same Keras name) from `source` into `target`; every backbone layer must match."""
     module_of = MODULE_NAMES[backbone]
     by_name = {layer.name: layer for layer in _weighted_layers(source)}
-    copied, notes = 0, []
+    copied, notes, unset = 0, [], []
     for layer in _weighted_layers(target):
         module = module_of(layer.name)
         if module is None:
+            continue
+        if layer.name not in by_name and module.startswith("AuxLogits."):
+            unset.append(module)                                 # the reference network has no auxiliary head
             continue
         if layer.name not in by_name:
             raise InputError(f"Keras layer {layer.name!r} ({module}) has no weights in the reference file")
@@ -413,6 +416,9 @@ def copy_matching_layers(source, target, replaced, backbone):
     left = sorted(set(by_name) - {layer.name for layer in _weighted_layers(target)})
     if left:
         notes.append(f"kept {copied} layers; not used: {_short(left)} (replaced by the new head: {list(replaced)})")
+    if unset:
+        notes.append(f"{_short(unset)} start from their initial values (an import-weights file has no auxiliary "
+                     f"head; pass the .pth/.safetensors file to --weights to load them)")
     return notes
 
 
