@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.oracles import aggregate_patch_scores, crop_patch, sample_patch_centres
 from tfflannel.patches.pipeline import (
     augment_patches,
     crop_patches,
@@ -13,7 +14,6 @@ from tfflannel.patches.pipeline import (
     sample_centres,
     training_dataset,
 )
-from tfflannel.patches.sampling import aggregate_patch_scores, crop_patch, sample_patch_centres
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,8 @@ import yaml
 from tqdm.auto import tqdm
 
 from tfflannel import CLASS_NAMES
+from tfflannel.film_pipeline import aggregate_scores
 from tfflannel.learners.train import predict_image_scores
-from tfflannel.patches.sampling import aggregate_patch_scores
 from tfflannel.utils import write_csv_atomic
 
 ROLES = ("train", "valid", "test")
@@ -75,7 +75,7 @@ def predict_base(run_dir, workdir=None, k=100, images_per_batch=4, seed=0, roles
         probs = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, 1, len(CLASS_NAMES)))
         labels = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0,), int)
         ids = [i for p in parts for i in p[2]]
-        votes, means = aggregate_patch_scores(probs) if len(probs) else (probs[:, 0], probs[:, 0])
+        votes, means = (t.numpy() for t in aggregate_scores(probs)) if len(probs) else (probs[:, 0], probs[:, 0])
         out_rows = [prediction_row(*fields) for fields in zip(ids, labels, votes, means, strict=True)]
         write_csv_atomic(Path(run_dir) / "predictions" / f"{role}.csv", out_rows, PREDICTION_COLUMNS)
         speeds[role] = len(ids) / max(time.time() - started, 1e-9)
