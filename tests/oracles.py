@@ -13,7 +13,8 @@ def keep_largest_components(mask, n=2):
     if count <= n:
         return mask.astype(np.uint8)
     sizes = np.bincount(labels.ravel())[1:]
-    keep = np.argsort(-sizes, kind="stable")[:n] + 1     # ties: the component met first in raster order
+    last = ndimage.maximum(np.arange(labels.size).reshape(labels.shape), labels, np.arange(1, count + 1))
+    keep = np.lexsort((last, -sizes))[:n] + 1     # largest first; ties: the one whose last raster pixel comes first
     return np.isin(labels, keep).astype(np.uint8)
 
 

@@ -80,10 +80,11 @@ def equalize_gamma_tf(image, gamma=0.5):
     return tf.gather(lut, levels)
 
 
-def letterbox(image, size, method="bilinear"):
+def letterbox(image, size, method="linear"):
     """Pad (H, W, C) bottom/right to a square, then resize to (size, size, C), never stretching.
 
-    Bilinear with antialiasing (an area-like filter when shrinking) for images, `nearest` for masks.
+    `linear` (images): area averaging when shrinking (OpenCV's INTER_AREA), bilinear when enlarging;
+    `nearest` for masks and label maps.
 
     Returns:
         (size, size, C) float32.
@@ -92,7 +93,10 @@ def letterbox(image, size, method="bilinear"):
     height, width = tf.shape(image)[0], tf.shape(image)[1]
     side = tf.maximum(height, width)
     square = tf.pad(image, [[0, side - height], [0, side - width], [0, 0]])
-    return tf.image.resize(square, [size, size], method=method, antialias=method != "nearest")
+    if method == "nearest":
+        return tf.image.resize(square, [size, size], method="nearest")
+    return tf.cond(side > size, lambda: tf.image.resize(square, [size, size], method="area"),
+                   lambda: tf.image.resize(square, [size, size], method="bilinear"))
 
 
 def to_uint8(image):
@@ -105,89 +109,120 @@ def segmenter_input(film, size):
     return tf.clip_by_value(letterbox(equalize_gamma_tf(film)[..., None], size), 0.0, 255.0) / 255.0
 
 
-def _max_pool(x, size=3):
-    return tf.nn.max_pool2d(x[None, ..., None], size, 1, "SAME")[0, ..., 0]
+def _as_batch(mask):
+    """(H, W) or (B, H, W) -> ((B, H, W) float32 {0, 1}, whether a batch dimension was given)."""
+    mask = tf.cast(tf.cast(mask, tf.bool), tf.float32)
+    return (mask, True) if mask.shape.rank == 3 else (mask[None], False)
 
 
-def label_components(mask, steps=8):
-    """8-connected component labels of an (H, W) mask by iterative label propagation (max-pooling).
+def _max_pool(x):
+    return tf.nn.max_pool2d(x[..., None], 3, 1, "SAME")[..., 0]
 
-    Every foreground pixel starts with its own id (raster index + 1); a 3x3 max-pool restricted to the
-    foreground spreads the largest id over each component until nothing changes (`steps` pools per loop
-    test). Exact for masks of up to 2**24 pixels (float32 ids).
+
+def _run_max(values, inside):
+    """Spread the maximum of `values` over every horizontal run of `inside` pixels in (B, H, W) at once.
+
+    A run (4-connected pixels of one row) gets one id by a cumulative sum over its start pixels; one
+    segment max per run then replaces many single-pixel propagation steps.
+    """
+    previous = tf.pad(inside, [[0, 0], [0, 0], [1, 0]])[:, :, :-1]
+    starts = inside & tf.logical_not(previous)
+    run = tf.reshape(tf.cumsum(tf.reshape(tf.cast(starts, tf.int32), [-1])), tf.shape(inside))
+    run = tf.where(inside, run, 0)
+    maxima = tf.math.unsorted_segment_max(tf.reshape(values, [-1]), tf.reshape(run, [-1]), tf.size(run) + 1)
+    return tf.where(inside, tf.gather(maxima, run), values)
+
+
+def _propagate(values, inside, diagonal):
+    """Iterate row-run, column-run (and, with `diagonal`, 3x3) max propagation inside `inside` to a fixed point."""
+    inside_t = tf.transpose(inside, [0, 2, 1])
+    weight = tf.cast(inside, values.dtype)
+
+    def body(values, _):
+        new = _run_max(values, inside)
+        new = tf.transpose(_run_max(tf.transpose(new, [0, 2, 1]), inside_t), [0, 2, 1])
+        if diagonal:
+            new = _max_pool(new) * weight
+        return new, tf.reduce_any(tf.not_equal(new, values))
+
+    values, _ = tf.while_loop(lambda values, changed: changed, body, [values, tf.constant(True)])
+    return values
+
+
+def label_components(mask):
+    """8-connected component labels of (H, W) or (B, H, W) masks by iterative label propagation.
+
+    Every foreground pixel starts with its own id (raster index + 1); the largest id spreads over each
+    component, along whole row and column runs and through 3x3 max-pooling (the diagonal neighbours), until
+    nothing changes. Exact for up to 2**24 pixels in all (float32 ids); batched masks share one loop.
 
     Returns:
-        (H, W) int32: 0 for background, one id per component.
+        int32 of the mask's shape: 0 for background, one id per component.
     """
-    foreground = tf.cast(tf.cast(mask, tf.bool), tf.float32)
-    count = tf.size(foreground)
-    ids = tf.reshape(tf.range(1, count + 1, dtype=tf.int32), tf.shape(foreground))
-    labels = tf.cast(ids, tf.float32) * foreground
-
-    def body(labels, _):
-        new = labels
-        for _ in range(steps):
-            new = _max_pool(new) * foreground
-        return new, tf.reduce_any(tf.not_equal(new, labels))
-
-    labels, _ = tf.while_loop(lambda labels, changed: changed, body, [labels, tf.constant(True)])
-    return tf.cast(labels, tf.int32)
+    foreground, batched = _as_batch(mask)
+    ids = tf.reshape(tf.range(1, tf.size(foreground) + 1, dtype=tf.int32), tf.shape(foreground))
+    labels = _propagate(tf.cast(ids, tf.float32) * foreground, foreground > 0, diagonal=True)
+    labels = tf.cast(labels, tf.int32)
+    return labels if batched else labels[0]
 
 
 def keep_largest_components(mask, n=2):
-    """Keep the `n` largest 8-connected components of an (H, W) mask (ties: the first in raster order).
+    """Keep the `n` largest 8-connected components of (H, W) or (B, H, W) masks.
+
+    Ties are broken towards the component whose last pixel in raster order comes first (its label).
 
     Returns:
-        (H, W) bool.
+        bool of the mask's shape.
     """
-    labels = label_components(mask)
-    unique, index = tf.unique(tf.reshape(labels, [-1]))
-    sizes = tf.math.unsorted_segment_sum(tf.ones_like(index), index, tf.size(unique))
-    sizes = tf.where(tf.equal(unique, 0), -1, sizes)
-    top = tf.math.top_k(sizes, k=tf.minimum(n, tf.size(unique))).indices
-    keep = tf.gather(unique, top)
-    keep = tf.boolean_mask(keep, keep > 0)
-    return tf.reduce_any(tf.equal(labels[..., None], keep), axis=-1) & (labels > 0)
+    foreground, batched = _as_batch(mask)
+    labels = label_components(foreground)
+    count, pixels = tf.shape(labels)[0], tf.size(labels[0])
+    flat = tf.reshape(labels, [-1])
+    sizes = tf.math.unsorted_segment_sum(tf.ones_like(flat), flat, count * pixels + 1)
+    sizes = tf.reshape(sizes[1:], [count, pixels])               # label id - 1 = global raster index
+    top = tf.math.top_k(sizes, k=tf.minimum(n, pixels))
+    ids = top.indices + 1 + tf.range(count)[:, None] * pixels
+    ids = tf.where(top.values > 0, ids, -1)
+    kept = tf.reduce_any(tf.equal(labels[..., None], ids[:, None, None, :]), axis=-1)
+    return kept if batched else kept[0]
 
 
-def _dilate_cross(x):
-    padded = tf.pad(x, [[1, 1], [1, 1]])
-    return tf.reduce_max(tf.stack([x, padded[:-2, 1:-1], padded[2:, 1:-1], padded[1:-1, :-2], padded[1:-1, 2:]]),
-                         axis=0)
-
-
-def fill_holes(mask, steps=8):
-    """Fill the background regions of an (H, W) mask not 4-connected to the border (as SciPy's default).
+def fill_holes(mask):
+    """Fill the background regions of (H, W) or (B, H, W) masks not 4-connected to the border (as SciPy).
 
     Returns:
-        (H, W) bool.
+        bool of the mask's shape.
     """
-    background = tf.cast(tf.logical_not(tf.cast(mask, tf.bool)), tf.float32)
-    height, width = tf.shape(background)[0], tf.shape(background)[1]
+    foreground, batched = _as_batch(mask)
+    background = 1.0 - foreground
+    height, width = tf.shape(background)[1], tf.shape(background)[2]
     rows, cols = tf.range(height)[:, None], tf.range(width)[None, :]
     border = tf.cast((rows == 0) | (rows == height - 1) | (cols == 0) | (cols == width - 1), tf.float32)
-    outside = background * border
-
-    def body(outside, _):
-        new = outside
-        for _ in range(steps):
-            new = _dilate_cross(new) * background
-        return new, tf.reduce_any(tf.not_equal(new, outside))
-
-    outside, _ = tf.while_loop(lambda outside, changed: changed, body, [outside, tf.constant(True)])
-    return tf.equal(outside, 0.0)
+    outside = _propagate(background * border, background > 0, diagonal=False)
+    filled = tf.equal(outside, 0.0)
+    return filled if batched else filled[0]
 
 
 def clean_lung_mask(mask, components=2):
-    """The two largest components, then holes filled: the mask every stage uses. (H, W) -> (H, W) bool."""
+    """The two largest components, then holes filled: the mask every stage uses. (B,) H, W -> bool."""
     return fill_holes(keep_largest_components(mask, components))
 
 
-def lung_mask(probabilities, lung_classes):
-    """Segmenter output (S, S, C) -> cleaned (S, S) bool lung mask (union of the lung classes)."""
+def lung_masks(probabilities, lung_classes):
+    """Segmenter output (B, S, S, C) -> cleaned (B, S, S) bool lung masks (union of the lung classes).
+
+    Args:
+        probabilities: (B, S, S, C) float tensor.
+        lung_classes: sequence of int. Class indices that are lung.
+    """
     predicted = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
     lung = tf.reduce_any(tf.equal(predicted[..., None], tf.constant(list(lung_classes), tf.int32)), axis=-1)
     return clean_lung_mask(lung)
+
+
+def lung_mask(probabilities, lung_classes):
+    """One film's segmenter output (S, S, C) -> cleaned (S, S) bool lung mask (`lung_masks` of a batch of one)."""
+    return lung_masks(probabilities[None], lung_classes)[0]
 
 
 def film_mask(square_mask, height, width):
@@ -200,6 +235,9 @@ def film_mask(square_mask, height, width):
 def masked_view(film, square_mask, settings, equalized=None):
     """QC the lung mask and build the masked, letterboxed view the learners see.
 
+    The lung fraction is measured on the segmenter's square (the mask's own resolution) over the film's
+    part of it; a film outside the QC bounds keeps its whole image (mask = the film's area).
+
     Args:
         film: (H, W) integer tensor, the decoded film.
         square_mask: (S, S) bool, the cleaned mask on the segmenter's letterboxed square.
@@ -207,26 +245,25 @@ def masked_view(film, square_mask, settings, equalized=None):
         equalized: optional (H, W) float32 `equalize_gamma_tf(film)`, when already computed.
 
     Returns:
-        dict: `image` (size, size) uint8 masked view, `mask` (size, size) uint8 in {0, 1} (the whole film
-        where QC failed), `lung_fraction` float32 (lung share of the film's area at the view's
-        resolution), `mask_ok` bool.
+        dict: `image` (size, size) uint8 masked view, `mask` (size, size) uint8 in {0, 1}, `lung_fraction`
+        float32, `mask_ok` bool.
     """
-    size = settings.size
     height, width = tf.shape(film)[0], tf.shape(film)[1]
     side = tf.cast(tf.maximum(height, width), tf.float32)
-    content_h = tf.cast(tf.round(tf.cast(height, tf.float32) * size / side), tf.int32)
-    content_w = tf.cast(tf.round(tf.cast(width, tf.float32) * size / side), tf.int32)
-    content = tf.cast((tf.range(size)[:, None] < content_h) & (tf.range(size)[None, :] < content_w), tf.uint8)
-    big = tf.cast(tf.image.resize(tf.cast(square_mask, tf.uint8)[..., None], [size, size], method="nearest")[..., 0],
-                  tf.uint8) * content
-    fraction = tf.reduce_sum(tf.cast(big, tf.float32)) / tf.cast(tf.maximum(content_h * content_w, 1), tf.float32)
+    seg_size = tf.shape(square_mask)[0]
+    content_h = tf.cast(tf.round(tf.cast(height * seg_size, tf.float32) / side), tf.int32)
+    content_w = tf.cast(tf.round(tf.cast(width * seg_size, tf.float32) / side), tf.int32)
+    content = (tf.range(seg_size)[:, None] < content_h) & (tf.range(seg_size)[None, :] < content_w)
+    lung = tf.cast(square_mask, tf.bool) & content
+    fraction = tf.reduce_sum(tf.cast(lung, tf.float32)) / tf.cast(tf.maximum(content_h * content_w, 1), tf.float32)
     ok = (fraction >= settings.min_lung_fraction) & (fraction <= settings.max_lung_fraction)
-    mask = tf.where(ok, big, content)
+    small = tf.cast(tf.where(ok, lung, content), tf.uint8)
+    mask = tf.image.resize(small[..., None], [settings.size, settings.size], method="nearest")[..., 0]
     if settings.input == "equalized":
         source = equalize_gamma_tf(film) if equalized is None else equalized
     else:
         source = tf.cast(film, tf.float32)
-    image = to_uint8(letterbox(source[..., None], size)[..., 0]) * mask
+    image = to_uint8(letterbox(source[..., None], settings.size)[..., 0]) * mask
     return {"image": image, "mask": mask, "lung_fraction": fraction, "mask_ok": ok}
 
 

@@ -24,7 +24,7 @@ from tfflannel.film_pipeline import (
     crop_patches,
     evaluation_centres,
     global_view,
-    lung_mask,
+    lung_masks,
     masked_view,
     segmenter_input,
 )
@@ -61,10 +61,10 @@ class InferencePipeline(tf.Module):
         """Masked views of `count` films (`film_fn(i)` -> (H, W) uint8): images, masks (B, S, S) uint8, fraction, ok."""
         inputs = tf.map_fn(lambda i: segmenter_input(film_fn(i), self.seg_size), tf.range(count),
                            fn_output_signature=tf.float32)
-        probabilities = tf.cast(self.segmenter(inputs, training=False), tf.float32)
+        masks = lung_masks(tf.cast(self.segmenter(inputs, training=False), tf.float32), self.lung_classes)
 
         def finish(i):
-            view = masked_view(film_fn(i), lung_mask(probabilities[i], self.lung_classes), self.view)
+            view = masked_view(film_fn(i), masks[i], self.view)
             return view["image"], view["mask"], view["lung_fraction"], view["mask_ok"]
 
         return tf.map_fn(finish, tf.range(count), fn_output_signature=(tf.uint8, tf.uint8, tf.float32, tf.bool))

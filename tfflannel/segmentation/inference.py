@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
 
-from tfflannel.film_pipeline import equalize_gamma_tf, film_mask, lung_mask, segmenter_input
+from tfflannel.film_pipeline import equalize_gamma_tf, film_mask, lung_masks, segmenter_input
 from tfflannel.models.fc_densenet import SEGMENTATION_CLASSES, build_fc_densenet, lung_class_indices
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
@@ -60,23 +60,20 @@ class Segmenter:
 
     def probabilities(self, batch):
         """(B, S, S, 1) segmenter inputs -> (B, S, S, classes) float32, inference mode."""
-        if not hasattr(self, "_call"):
-            self._call = tf.function(lambda x: tf.cast(self.model(x, training=False), tf.float32),
-                                     reduce_retracing=True)
-        return self._call(batch)
+        return tf.cast(tf.constant(self.model.predict_on_batch(batch)), tf.float32)
 
     def predict(self, images, batch_size=8):
         """(H, W) integer films -> cleaned (H, W) uint8 lung masks at each film's own size (film pipeline)."""
         if not hasattr(self, "_prepare"):
             self._prepare = tf.function(lambda film: segmenter_input(film, self.input_size), reduce_retracing=True)
-            self._mask = tf.function(lambda probs, h, w: film_mask(lung_mask(probs, self.lung_classes), h, w),
-                                     reduce_retracing=True)
+            self._masks = tf.function(lambda probs: lung_masks(probs, self.lung_classes), reduce_retracing=True)
+            self._film_mask = tf.function(film_mask, reduce_retracing=True)
         masks = []
         for start in range(0, len(images), batch_size):
             chunk = images[start:start + batch_size]
             batch = tf.stack([self._prepare(tf.constant(image)) for image in chunk])
-            for image, probs in zip(chunk, self.probabilities(batch), strict=True):
-                masks.append(self._mask(probs, tf.constant(image.shape[0]), tf.constant(image.shape[1])).numpy())
+            for image, mask in zip(chunk, self._masks(self.probabilities(batch)), strict=True):
+                masks.append(self._film_mask(mask, tf.constant(image.shape[0]), tf.constant(image.shape[1])).numpy())
         return masks
 
 

@@ -83,13 +83,14 @@ def predict_lung_masks(model, images, classes="lung", batch_size=8):
     """
     import tensorflow as tf
 
-    from tfflannel.film_pipeline import lung_mask
+    from tfflannel.film_pipeline import lung_masks
 
     probabilities = model.predict(images, batch_size=batch_size, verbose=0)
     lung = tuple(int(i) for i in lung_class_indices(classes))
-    clean = tf.function(lambda probs: lung_mask(probs, lung), reduce_retracing=True)
-    return np.stack([clean(tf.constant(p, tf.float32)).numpy() for p in probabilities]).astype(np.uint8) \
-        if len(probabilities) else np.zeros(np.shape(probabilities)[:3], np.uint8)
+    clean = tf.function(lambda probs: lung_masks(probs, lung), reduce_retracing=True)
+    masks = [clean(tf.constant(probabilities[i:i + batch_size], tf.float32)).numpy()
+             for i in range(0, len(probabilities), batch_size)]
+    return np.concatenate(masks).astype(np.uint8) if masks else np.zeros(np.shape(probabilities)[:3], np.uint8)
 
 
 def mean_jaccard(predicted, labels, classes="lung"):
