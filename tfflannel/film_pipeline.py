@@ -75,9 +75,11 @@ def equalize_gamma_tf(image, gamma=0.5):
     valid = (cdf >= low) & (cdf > 0)
     span = high - low
     lut = tf.where(valid, (cdf - low) * 255.0 / tf.maximum(span, 1e-12), 0.0)
-    lut = tf.cast(lut, tf.float32)
-    lut = tf.where(span > 0, tf.pow(lut / 255.0, gamma) * 255.0, tf.zeros_like(lut))
-    return tf.gather(lut, levels)
+    # The table is computed in float64 (Grappler turns pow(x, 0.5) into sqrt in graphs, not eagerly): one float32
+    # table whichever way the function runs.
+    lut = tf.where(span > 0, tf.pow(tf.cast(tf.cast(lut, tf.float32), tf.float64) / 255.0, gamma) * 255.0,
+                   tf.zeros_like(lut))
+    return tf.gather(tf.cast(lut, tf.float32), levels)
 
 
 def letterbox(image, size, method="linear"):

@@ -95,11 +95,14 @@ class ViewMaker:
 
     def __init__(self, segmenter, view_settings):
         self.segmenter, self.settings = segmenter, view_settings
-        self._prepare = tf.function(segmenter.prepare, reduce_retracing=True)
+        # One trace with unknown film sizes, as in the export's signatures: a graph specialised to one film's shape
+        # may be rewritten differently by Grappler (e.g. a division by a folded constant) and differ by an ulp.
+        film, grey, square = (tf.TensorSpec([None, None], dtype) for dtype in (tf.uint8, tf.float32, tf.bool))
+        self._prepare = tf.function(segmenter.prepare, input_signature=[film])
         # XLA fuses the clean-up's integer/max loops (3x faster on a CPU); its results are exact, so identical
         # to the export's un-compiled graph (tested).
         self._masks = tf.function(lambda probs: lung_masks(probs, segmenter.lung_classes), jit_compile=True)
-        self._view = tf.function(self._view_one, reduce_retracing=True)
+        self._view = tf.function(self._view_one, input_signature=[film, grey, square])
 
     def _view_one(self, film, equalized, square_mask):
         view = masked_view(film, square_mask, self.settings, equalized)
@@ -140,7 +143,7 @@ def encode_record(image_id, view):
         "lung_fraction": _float(float(view["lung_fraction"])),
         "mask_ok": _int([int(view["mask_ok"])]),
     }
-    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
+    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString(deterministic=True)
 
 
 def plan_shards(rows, settings, key):

@@ -65,7 +65,8 @@ class Segmenter:
     def predict(self, images, batch_size=8):
         """(H, W) integer films -> cleaned (H, W) uint8 lung masks at each film's own size (film pipeline)."""
         if not hasattr(self, "_prepare"):
-            self._prepare = tf.function(lambda film: segmenter_input(film, self.input_size), reduce_retracing=True)
+            self._prepare = tf.function(lambda film: segmenter_input(film, self.input_size),
+                                        input_signature=[tf.TensorSpec([None, None], tf.uint8)])
             self._masks = tf.function(lambda probs: lung_masks(probs, self.lung_classes), reduce_retracing=True)
             self._film_mask = tf.function(film_mask, reduce_retracing=True)
         masks = []
