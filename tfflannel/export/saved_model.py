@@ -92,7 +92,8 @@ class InferencePipeline(tf.Module):
         scores = self._learner_scores(film_fn, count, images, masks)
         chosen = scores[:, :, 0] if self.score == "vote" else scores[:, :, 1]
         if self.ensemble is not None:
-            probabilities = tf.cast(self.ensemble(tf.reshape(chosen, [count, -1]), training=False), tf.float32)
+            flat = tf.reshape(chosen, [count, len(self.learners) * len(CLASS_NAMES)])
+            probabilities = tf.cast(self.ensemble(flat, training=False), tf.float32)
         else:
             probabilities = tf.reduce_mean(scores[:, :, 1], axis=1)
         return {"probabilities": probabilities,
