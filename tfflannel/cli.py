@@ -275,12 +275,12 @@ def _parse_shard(value):
 @config_options("configs/segmentation.yaml")
 @reports_input_errors
 def segment(model_path, data, shard, config_path, overrides):
-    """Segment every manifest image into the masked-image cache WORKDIR/cache/ (resumable)."""
+    """Segment every manifest image into the masked-image cache WORKDIR/cache/ (resumable, rebuilds only what is stale)."""
     from tfflannel.segmentation.cache import CacheSettings, build_cache
     from tfflannel.segmentation.inference import load_segmenter
 
-    seg = load_cli_config(config_path, overrides, "configs/segmentation.yaml").segmentation
-    summary = build_cache(data, load_segmenter(model_path), CacheSettings.from_config(seg), _parse_shard(shard))
+    config = load_cli_config(config_path, overrides, "configs/segmentation.yaml")
+    summary = build_cache(data, load_segmenter(model_path), CacheSettings.from_config(config), _parse_shard(shard))
     click.echo(json.dumps(summary, indent=2))
     if summary["errors"]:
         click.echo(f"warning: {summary['errors']} image(s) could not be read; see {summary['cache']}/errors.csv", err=True)
@@ -497,7 +497,7 @@ def predict_command(images, model_dir, run_dirs, ensemble_dir, output_format, ba
         for record in records:
             image = read_image(record["file"])[0]
             for run, model, info in zip(runs, pipeline.learners, pipeline.learner_info, strict=True):
-                result = explain_with_run(image, model, info, None, 32, 0, segmenter)
+                result = explain_with_run(image, model, info, None, pipeline.k, pipeline.seed, segmenter, pipeline.view)
                 target = Path(explain_dir) / f"{Path(record['file']).stem}__{Path(run).name}.png"
                 save_explanation(result, target)
                 click.echo(f"explanation -> {target}", err=True)
@@ -513,14 +513,21 @@ def predict_command(images, model_dir, run_dirs, ensemble_dir, output_format, ba
 @click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False, exists=True), help="A train-patch or train-global run.")
 @click.option("--out", type=click.Path(dir_okay=False), help="PNG to write  [default: IMAGE stem + _gradcam.png here].")
 @click.option("--class", "class_name", type=click.Choice(list(CLASS_NAMES)), help="Class to explain  [default: the predicted one].")
-@click.option("--k", default=32, show_default=True, type=click.IntRange(min=1), help="Patches for the probabilistic Grad-CAM of patched runs.")
+@click.option("--k", type=click.IntRange(min=1), help="Patches for the probabilistic Grad-CAM of patched runs  [default: inference.k].")
+@config_options("configs/patched.yaml")
 @reports_input_errors
-def explain_command(image, run_dir, out, class_name, k):
-    """Grad-CAM (global runs) or probabilistic patch Grad-CAM (patched runs), masked to the lungs, as a PNG."""
+def explain_command(image, run_dir, out, class_name, k, config_path, overrides):
+    """Grad-CAM (global runs) or probabilistic patch Grad-CAM (patched runs), masked to the lungs, as a PNG.
+
+    The patches are those predict-base and the export classify: same view, K and seed (inference.k, inference.seed).
+    """
     from tfflannel.data.io import read_image
     from tfflannel.explain.gradcam import explain_image, save_explanation
+    from tfflannel.film_pipeline import ViewSettings
 
-    result = explain_image(read_image(image)[0], run_dir, class_name, k=k)
+    config = load_cli_config(config_path, overrides, "configs/patched.yaml")
+    result = explain_image(read_image(image)[0], run_dir, class_name, k=config.inference.k if k is None else k,
+                           seed=config.inference.seed, view=ViewSettings.from_config(config))
     target = save_explanation(result, out or f"{Path(image).stem}_gradcam.png")
     click.echo(json.dumps({"file": image, "target": result["target"], "probabilities": result["probabilities"]}, indent=2))
     click.echo(f"explanation -> {target}")

@@ -152,6 +152,13 @@ class PatchedConfig:
 
 
 @dataclass
+class PatchesConfig:
+    """The masked view the patch learners see (`segment` caches it, the export serves it)."""
+
+    input: str = "equalized"         # equalized (histogram equalisation + gamma, as the original) | raw (grey film)
+
+
+@dataclass
 class GlobalConfig:
     """Whole-image base learners (train-global): the original FLANNEL recipe."""
 
@@ -230,6 +237,7 @@ class ExperimentConfig:
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    patches: PatchesConfig = field(default_factory=PatchesConfig)
 
 
 def _coerce(value, default, where):

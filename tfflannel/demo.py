@@ -69,7 +69,7 @@ def run_demo(config, out_dir):
         logger.addFilter(_NewModelTracing())
     out = Path(out_dir)
     work, runs = out / "work", out / "runs"
-    demo, seg = config.demo, config.segmentation
+    demo = config.demo
     started = time.time()
     _stage("1/7 prepare-data on the bundled sample")
     rows = prepare_manifest(work, folders=[CLS_DIR], seed=config.data.seed, folds=config.data.folds,
@@ -77,7 +77,7 @@ def run_demo(config, out_dir):
                             min_correlation=config.data.link_min_correlation)
     click.echo(f"{len(rows)} images -> {work / 'manifest.csv'}")
     _stage("2/7 segment with the shipped lung segmenter")
-    summary = build_cache(work, load_segmenter(), CacheSettings.from_config(seg))
+    summary = build_cache(work, load_segmenter(), CacheSettings.from_config(config))
     click.echo(f"cache -> {summary['cache']} (QC grid: qc.png)")
     patch_runs, global_runs = [], []
     for backbone in demo.backbones:
@@ -112,8 +112,10 @@ def run_demo(config, out_dir):
     click.echo(json.dumps(records[:2], indent=2))
     from tfflannel.data.io import read_image
     from tfflannel.explain.gradcam import explain_image, save_explanation
+    from tfflannel.film_pipeline import ViewSettings
 
-    explained = save_explanation(explain_image(read_image(test_files[0])[0], patch_runs[-1], k=config.inference.k),
+    explained = save_explanation(explain_image(read_image(test_files[0])[0], patch_runs[-1], k=config.inference.k,
+                                               seed=config.inference.seed, view=ViewSettings.from_config(config)),
                                  out / "report" / "gradcam.png")
     click.echo(f"probabilistic patch Grad-CAM of {Path(test_files[0]).name} -> {explained}")
     click.echo(f"total {time.time() - started:.0f} s; report -> {out / 'report' / 'report.md'}")

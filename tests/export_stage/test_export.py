@@ -1,4 +1,4 @@
-"""export + predict: the SavedModel reproduces the in-memory pipeline, TF Serving's layout and request body."""
+"""export + predict: the SavedModel serves what segment + predict-base + the ensemble computed; TF Serving's layout."""
 
 import base64
 import json
@@ -13,19 +13,27 @@ import tensorflow as tf
 import yaml
 from click.testing import CliRunner
 
+from tfflannel import CLASS_NAMES
 from tfflannel.cli import main
+from tfflannel.config import load_config
 from tfflannel.data.io import read_image
-from tfflannel.export.saved_model import build_pipeline, equalize_gamma_tf
+from tfflannel.data.manifest import load_manifest
+from tfflannel.export.saved_model import build_pipeline
 from tfflannel.models.classifier import build_classifier
-from tfflannel.models.ensemble import build_ensemble
+from tfflannel.segmentation.cache import read_cache_records
 from tfflannel.segmentation.inference import load_segmenter
-from tfflannel.segmentation.preprocess import equalize_gamma
+from tfflannel.utils import read_csv
+
+K = 6
 
 
 @pytest.fixture(scope="module")
 def tiny_runs(tmp_path_factory, sample_workdir):
-    """Two untrained base learners (a patched and a global one) and a GENet over them."""
+    """Two untrained base learners (a patched and a global one) with predict-base outputs, and a GENet over them."""
     import keras
+
+    from tfflannel.ensemble.train import train_ensemble
+    from tfflannel.learners.infer import predict_base
 
     keras.utils.set_random_seed(0)
     root = tmp_path_factory.mktemp("tiny-runs")
@@ -33,19 +41,20 @@ def tiny_runs(tmp_path_factory, sample_workdir):
     for kind, backbone in (("patch", "mobilenet_v2"), ("global", "mobilenet_v2")):
         run = root / f"{kind}_{backbone}"
         run.mkdir()
-        build_classifier(backbone, 64).save(run / "model.keras")
+        model = build_classifier(backbone, 64)
+        for weight in model.weights:      # untrained MobileNetV2 features vanish at 64 px; this makes scores vary
+            if weight.path.endswith("moving_variance"):
+                weight.assign(np.full(weight.shape, 0.1, "float32"))
+        model.save(run / "model.keras")
         info = {"kind": kind, "backbone": backbone, "fold": 1, "workdir": str(sample_workdir), "input_size": 64}
         if kind == "global":
             info["resize"] = 80
         (run / "run.yaml").write_text(yaml.safe_dump(info))
+        predict_base(run, sample_workdir, k=K, images_per_batch=4, seed=0, progress=False)
         runs.append(run)
-    ensemble = root / "ensemble"
-    ensemble.mkdir()
-    build_ensemble("genet", 2, 4).save(ensemble / "model.keras")
-    (ensemble / "run.yaml").write_text(yaml.safe_dump({"kind": "ensemble", "fold": 1, "score": "prob",
-                                                       "workdir": str(sample_workdir),
-                                                       "runs": [str(r.resolve()) for r in runs]}))
-    return runs, ensemble
+    config = load_config(None, ["ensemble.epochs=5", "ensemble.learning_rate=0.05"])
+    train_ensemble(config, runs, root / "ensemble", fold=1, progress=False)
+    return runs, root / "ensemble"
 
 
 @pytest.fixture(scope="module")
@@ -53,14 +62,47 @@ def exported(tmp_path_factory, tiny_runs):
     runs, ensemble = tiny_runs
     out = tmp_path_factory.mktemp("export") / "model"
     result = CliRunner().invoke(main, ["export", "--runs", ",".join(map(str, runs)), "--ensemble", str(ensemble),
-                                       "--out", str(out), "--set", "inference.k=6"])
+                                       "--out", str(out), "--set", f"inference.k={K}"])
     assert result.exit_code == 0, result.output
     return out
 
 
-def test_equalize_gamma_in_graph_matches_numpy(sample_cls_dir):
-    image = read_image(next((sample_cls_dir / "covid19").glob("*.png")))[0]
-    np.testing.assert_allclose(equalize_gamma_tf(tf.constant(image)).numpy(), equalize_gamma(image), atol=1e-3)
+def test_export_serves_what_segment_predict_base_and_the_ensemble_computed(exported, tiny_runs, sample_workdir):
+    """For the fold's test films: the SavedModel's probabilities equal the ensemble's predictions/test.csv."""
+    runs, ensemble = tiny_runs
+    loaded = tf.saved_model.load(str(exported / "1"))
+    expected = {row["image_id"]: row for row in read_csv(ensemble / "predictions" / "test.csv")}
+    learner_rows = [{row["image_id"]: row for row in read_csv(run / "predictions" / "test.csv")} for run in runs]
+    cache = {r["image_id"]: r for r in read_cache_records(sample_workdir / "cache")}
+    rows = [r for r in load_manifest(sample_workdir) if r["split"] == "test"]
+    assert len(rows) == len(expected) >= 4
+    spread = np.std([[float(expected[r["image_id"]][f"prob_{c}"]) for c in CLASS_NAMES] for r in rows], axis=0)
+    assert spread.max() > 1e-3, "the ensemble's probabilities vary between films (a test that could fail)"
+    for row in rows:
+        film = read_image(row["path"])[0][None, ..., None]
+        got = loaded.signatures["predict_uint8"](images=tf.constant(film))
+        np.testing.assert_allclose(got["probabilities"].numpy()[0],
+                                   [float(expected[row["image_id"]][f"prob_{c}"]) for c in CLASS_NAMES], atol=1e-5)
+        for index, learner in enumerate(learner_rows):      # each learner's scores equal predict-base's
+            np.testing.assert_allclose(got["learner_scores"].numpy()[0, index],
+                                       [float(learner[row["image_id"]][f"prob_{c}"]) for c in CLASS_NAMES], atol=1e-5)
+        assert float(got["lung_fraction"].numpy()[0]) == pytest.approx(cache[row["image_id"]]["lung_fraction"], abs=1e-7)
+        assert bool(got["mask_ok"].numpy()[0]) == bool(cache[row["image_id"]]["mask_ok"])
+
+
+def test_export_masks_and_views_are_the_cache_records(tiny_runs, sample_workdir):
+    """The pipeline the export saves builds, per film, exactly the cached masked view and mask (IoU 1)."""
+    runs, ensemble = tiny_runs
+    pipeline = build_pipeline(load_segmenter(), runs, ensemble, k=K)
+    views = tf.function(lambda images: pipeline.views(lambda i: images[i, ..., 0], tf.shape(images)[0]),
+                        input_signature=[tf.TensorSpec([None, None, None, 1], tf.uint8)])
+    rows = {r["image_id"]: r for r in load_manifest(sample_workdir)}
+    records = read_cache_records(sample_workdir / "cache")
+    for record in records[::5]:
+        film = read_image(rows[record["image_id"]]["path"])[0]
+        images, masks, fraction, ok = views(tf.constant(film[None, ..., None]))
+        np.testing.assert_array_equal(masks.numpy()[0], record["mask"])
+        np.testing.assert_array_equal(images.numpy()[0], record["image"])
 
 
 def test_export_layout_and_outputs_match_python_pipeline(exported, tiny_runs, sample_cls_dir):
@@ -69,13 +111,13 @@ def test_export_layout_and_outputs_match_python_pipeline(exported, tiny_runs, sa
     assert json.loads((exported / "1" / "assets.extra" / "class_names.json").read_text())[0] == "covid19"
     loaded = tf.saved_model.load(str(exported / "1"))
     assert set(loaded.signatures) == {"serving_default", "predict_uint8"}
-    python_pipeline = build_pipeline(load_segmenter(), runs, ensemble, k=6)
+    python_pipeline = build_pipeline(load_segmenter(), runs, ensemble, k=K)
     for path in sorted(sample_cls_dir.glob("*/*.png"))[::13]:
         image = read_image(path)[0][None, ..., None]
         expected = python_pipeline.serve_uint8(tf.constant(image))
         got = loaded.signatures["predict_uint8"](images=tf.constant(image))
-        np.testing.assert_allclose(got["probabilities"].numpy(), expected["probabilities"].numpy(), atol=1e-4)
-        np.testing.assert_allclose(got["learner_scores"].numpy(), expected["learner_scores"].numpy(), atol=1e-4)
+        np.testing.assert_allclose(got["probabilities"].numpy(), expected["probabilities"].numpy(), atol=1e-6)
+        np.testing.assert_allclose(got["learner_scores"].numpy(), expected["learner_scores"].numpy(), atol=1e-6)
         assert got["label"].numpy()[0].decode() in ("covid19", "viral_pneumonia", "bacterial_pneumonia", "normal")
         assert 0.0 < float(got["lung_fraction"].numpy()[0]) < 1.0
         np.testing.assert_allclose(got["probabilities"].numpy().sum(), 1.0, atol=1e-5)
@@ -91,7 +133,44 @@ def test_rest_request_body_round_trip(exported, sample_cls_dir):
     served = loaded.signatures["serving_default"](images=tf.constant(instances))
     direct = [loaded.signatures["predict_uint8"](images=tf.constant(read_image(p)[0][None, ..., None])) for p in paths]
     for index, result in enumerate(direct):
-        np.testing.assert_allclose(served["probabilities"].numpy()[index], result["probabilities"].numpy()[0], atol=1e-4)
+        np.testing.assert_allclose(served["probabilities"].numpy()[index], result["probabilities"].numpy()[0], atol=1e-5)
+
+
+def test_predict_runs_equals_predict_model_and_k_comes_from_the_config(exported, tiny_runs, sample_cls_dir):
+    runs, ensemble = tiny_runs
+    films = [str(p) for p in sorted(sample_cls_dir.glob("*/*.png"))[::11]]
+    runner = CliRunner()
+    served = runner.invoke(main, ["predict", *films, "--model", str(exported)])
+    direct = runner.invoke(main, ["predict", *films, "--runs", ",".join(map(str, runs)), "--ensemble", str(ensemble),
+                                  "--set", f"inference.k={K}"])
+    assert served.exit_code == 0 and direct.exit_code == 0, served.output + direct.output
+    for a, b in zip(json.loads(served.stdout), json.loads(direct.stdout), strict=True):
+        assert a["file"] == b["file"] and a["mask_ok"] == b["mask_ok"] and a["lung_fraction"] == b["lung_fraction"]
+        np.testing.assert_allclose(list(a["probabilities"].values()), list(b["probabilities"].values()), atol=1e-5)
+    assert f"K={K} patches" in (exported / "1" / "assets.extra" / "README.txt").read_text()
+    other = runner.invoke(main, ["predict", films[0], "--runs", ",".join(map(str, runs)), "--ensemble", str(ensemble),
+                                 "--set", "inference.k=1"])
+    assert other.exit_code == 0, other.output
+    assert json.loads(other.stdout)[0]["probabilities"] != json.loads(direct.stdout)[0]["probabilities"], \
+        "inference.k reaches predict --runs"
+
+
+def test_explain_patches_are_predict_base_patches(tiny_runs, sample_workdir):
+    """Same K and seed: explain cuts the very patches predict-base's evaluation pipeline classifies."""
+    from tfflannel.explain.gradcam import explain_with_run
+    from tfflannel.film_pipeline import crop_patches
+    from tfflannel.learners.infer import read_run
+    from tfflannel.patches.pipeline import evaluation_dataset
+
+    runs, _ = tiny_runs
+    model, info = read_run(runs[0])
+    rows = {r["image_id"]: r for r in load_manifest(sample_workdir)}
+    batches = list(evaluation_dataset(sample_workdir, "test", 1, K, 64, seed=3, images_per_batch=1))
+    for patches, _, ids in batches[:2]:
+        film = read_image(rows[ids.numpy()[0].decode()]["path"])[0]
+        result = explain_with_run(film, model, info, None, K, 3, load_segmenter())
+        again = crop_patches(tf.constant(result["image"][None, ..., None]), tf.constant(result["centres"][None]), 64)
+        np.testing.assert_array_equal(again.numpy(), patches.numpy())
 
 
 def test_saved_model_cli_lists_signatures(exported):
@@ -134,8 +213,9 @@ def test_explain_map_shape_lungs_only_and_class_dependent(tiny_runs, sample_cls_
     runs, _ = tiny_runs
     run = runs[0] if kind == "patch" else runs[1]
     image = read_image(next((sample_cls_dir / "covid19").glob("*.png")))[0]
-    first = explain_image(image, run, "covid19", k=8)
-    second = explain_image(image, run, "normal", k=8)
+    first = explain_image(image, run, None, k=8)          # the predicted class
+    least = min(first["probabilities"], key=first["probabilities"].get)
+    second = explain_image(image, run, least, k=8)
     assert first["heatmap"].shape == first["image"].shape == first["mask"].shape
     assert np.all(first["heatmap"][first["mask"] == 0] == 0), "zero outside the lungs"
     assert 0.0 <= first["heatmap"].min() and first["heatmap"].max() <= 1.0 + 1e-9

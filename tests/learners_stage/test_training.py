@@ -18,7 +18,7 @@ from tfflannel.cli import main
 from tfflannel.learners.infer import PREDICTION_COLUMNS, predict_base
 from tfflannel.patches.pipeline import evaluation_dataset
 
-SMALL = ["--set", "patched.patch_size=64", "--set", "patched.val_patches=2", "--set", "patched.learning_rate=0.0003"]
+SMALL = ["--set", "patched.patch_size=64", "--set", "patched.val_patches=2", "--set", "patched.learning_rate=0.0001"]
 
 
 def _history(path):

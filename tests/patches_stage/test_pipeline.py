@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.oracles import aggregate_patch_scores, crop_patch, sample_patch_centres
 from tfflannel.patches.pipeline import (
     augment_patches,
     crop_patches,
@@ -14,7 +15,6 @@ from tfflannel.patches.pipeline import (
     training_dataset,
     training_steps,
 )
-from tfflannel.patches.sampling import aggregate_patch_scores, crop_patch, sample_patch_centres
 
 
 @pytest.fixture(scope="module")

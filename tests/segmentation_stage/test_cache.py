@@ -1,63 +1,185 @@
-"""segment: the masked-image cache on real sample images, resume, sharding, corrupt input, QC."""
+"""segment: the masked-view cache on real sample images; keyed to its inputs, resumable, no stale records."""
 
+import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
+import pytest
+import tensorflow as tf
 from click.testing import CliRunner
 
+from tests.oracles import clean_lung_mask, letterbox_geometry
 from tfflannel.cli import main
 from tfflannel.data.io import read_image
 from tfflannel.data.manifest import load_manifest, prepare_manifest
-from tfflannel.segmentation.cache import CacheSettings, build_cache, fit_to_square, read_cache_records
+from tfflannel.film_pipeline import ViewSettings, equalize_gamma_tf, letterbox, to_uint8
+from tfflannel.segmentation.cache import CacheSettings, build_cache, read_cache_records
 from tfflannel.segmentation.inference import load_segmenter
 from tfflannel.utils import read_csv
 
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-def _small_workdir(tmp_path, sample_cls_dir, per_class=3):
+
+def _small_workdir(tmp_path, sample_cls_dir, per_class=3, seed=0):
     data = tmp_path / "data"
-    for label_dir in sorted(p for p in sample_cls_dir.iterdir() if p.is_dir()):
-        (data / label_dir.name).mkdir(parents=True)
-        for path in sorted(label_dir.glob("*.png"))[:per_class]:
-            shutil.copy(path, data / label_dir.name / path.name)
+    if not data.exists():
+        for label_dir in sorted(p for p in sample_cls_dir.iterdir() if p.is_dir()):
+            (data / label_dir.name).mkdir(parents=True)
+            for path in sorted(label_dir.glob("*.png"))[:per_class]:
+                shutil.copy(path, data / label_dir.name / path.name)
     work = tmp_path / "work"
-    prepare_manifest(work, folders=[data], folds=2, test_size=0.5, progress=False)
+    prepare_manifest(work, folders=[data], folds=2, test_size=0.5, seed=seed, progress=False)
     return work, data
 
 
-def test_cache_records_equal_image_times_mask(sample_workdir):
-    records = {r["image_id"]: r for r in read_cache_records(sample_workdir / "cache")}
+def _records(work):
+    return {r["image_id"]: r for r in read_cache_records(work / "cache")}
+
+
+def test_cache_records_are_the_equalised_film_times_the_cleaned_mask(sample_workdir):
+    records = _records(sample_workdir)
     rows = load_manifest(sample_workdir)
     assert set(records) == {r["image_id"] for r in rows}
-    for row in rows[:6]:
+    segmenter = load_segmenter()
+    for row in rows[:4]:
         record = records[row["image_id"]]
-        image = fit_to_square(read_image(row["path"])[0], 1024)
+        film = read_image(row["path"])[0]
+        view = to_uint8(letterbox(equalize_gamma_tf(tf.constant(film))[..., None], 1024)[..., 0]).numpy()
         assert record["image"].shape == (1024, 1024) and record["image"].dtype == np.uint8
-        np.testing.assert_array_equal(record["image"], image * record["mask"])
-        assert record["label"] == row["label"] and record["split"] == row["split"]
+        np.testing.assert_array_equal(record["image"], view * record["mask"])
+        # The mask is the segmenter's argmax cleaned as SciPy would (oracle), upsampled by nearest neighbour.
+        probabilities = segmenter.probabilities(segmenter.prepare(tf.constant(film))[0][None]).numpy()[0]
+        raw = np.isin(probabilities.argmax(-1), segmenter.lung_classes)
+        content = np.zeros_like(raw)
+        content_h, content_w = letterbox_geometry(*film.shape, raw.shape[0])
+        content[:content_h, :content_w] = True
+        expected = clean_lung_mask(raw).astype(bool) & content
+        if record["mask_ok"]:
+            factor = 1024 // raw.shape[0]
+            np.testing.assert_array_equal(record["mask"], np.kron(expected, np.ones((factor, factor))).astype(np.uint8))
+            assert record["lung_fraction"] == pytest.approx(expected.sum() / (content_h * content_w), abs=1e-6)
         y0, x0, y1, x1 = record["lung_bbox"]
         assert record["mask"][y0:y1, x0:x1].sum() == record["mask"].sum()
     index = read_csv(sample_workdir / "cache" / "index.csv")
-    assert len(index) == len(rows)
+    assert len(index) == len(rows) and set(index[0]) == {"image_id", "sha256", "shard", "mask_ok", "lung_fraction"}
     ok = [r for r in index if r["mask_ok"] == "1"]
     assert len(ok) >= 0.8 * len(index), "the shipped segmenter should pass QC on most sample films"
     assert (sample_workdir / "cache" / "qc.png").stat().st_size > 10_000
+    key = json.loads((sample_workdir / "cache" / "cache.json").read_text())["key"]
+    assert key["segmenter"] == load_segmenter().fingerprint and key["input"] == "equalized"
 
 
-def test_resume_skips_finished_shards_and_shards_split_work(tmp_path, sample_cls_dir):
+def test_resume_sharding_and_nothing_changed_does_nothing(tmp_path, sample_cls_dir):
     work, _ = _small_workdir(tmp_path, sample_cls_dir)
     segmenter = load_segmenter()
     settings = CacheSettings(shard_size=3)
     first = build_cache(work, segmenter, settings, shard=(1, 2), progress=False)
     assert not first["complete"] and first["written"] == 2
     assert not (work / "cache" / "index.csv").exists()
-    stamps = {p.name: p.stat().st_mtime_ns for p in (work / "cache").glob("shard-*")}
     second = build_cache(work, segmenter, settings, shard=(2, 2), progress=False)
     assert second["complete"] and second["written"] == 2
+    stamps = {p.name: p.stat().st_mtime_ns for p in (work / "cache").rglob("*") if p.is_file()}
     again = build_cache(work, segmenter, settings, progress=False)
-    assert again["written"] == 0 and again["skipped"] == 4
-    for name, stamp in stamps.items():
-        assert (work / "cache" / name).stat().st_mtime_ns == stamp, "finished shards are not rewritten"
+    assert again["written"] == 0 and again["skipped"] == 4 and again["removed"] == 0
+    assert {p.name: p.stat().st_mtime_ns for p in (work / "cache").rglob("*") if p.is_file()} == stamps, \
+        "nothing changed: no file is rewritten"
     assert len(read_csv(work / "cache" / "index.csv")) == 12
+
+
+def test_changed_file_or_setting_rebuilds_only_what_is_stale(tmp_path, sample_cls_dir):
+    work, data = _small_workdir(tmp_path, sample_cls_dir)
+    segmenter = load_segmenter()
+    build_cache(work, segmenter, CacheSettings(shard_size=4), progress=False)
+    before = _records(work)
+    # One film changes (a new sha256 in the manifest): only its shard is rebuilt, and the others keep their bytes.
+    victim = sorted(load_manifest(work), key=lambda r: r["image_id"])[0]
+    film = read_image(victim["path"])[0]
+    from PIL import Image
+
+    Image.fromarray(np.ascontiguousarray(film[:, ::-1])).save(victim["path"])
+    prepare_manifest(work, folders=[data], folds=2, test_size=0.5, progress=False)
+    from tfflannel.patches.pipeline import read_records
+
+    with pytest.raises(ValueError, match="changed since it was built"):
+        read_records(work, "all", 1)
+    summary = build_cache(work, segmenter, CacheSettings(shard_size=4), progress=False)
+    assert summary["written"] == 1 and summary["skipped"] == 2 and summary["removed"] == 1
+    after = _records(work)
+    assert not np.array_equal(after[victim["image_id"]]["image"], before[victim["image_id"]]["image"])
+    assert all(after[i]["raw"] == before[i]["raw"] for i in before if i != victim["image_id"])
+    # A setting that changes the records (patches.input) rebuilds every shard; the old index is withdrawn at once.
+    raw = CacheSettings(ViewSettings(input="raw"), shard_size=4)
+    summary = build_cache(work, segmenter, raw, progress=False)
+    assert summary["written"] == 3 and summary["removed"] == 3
+    record = _records(work)[victim["image_id"]]
+    film = read_image(victim["path"])[0]
+    np.testing.assert_array_equal(record["image"], to_uint8(letterbox(film[..., None], 1024)[..., 0]).numpy()
+                                  * record["mask"])
+
+
+@pytest.mark.slow
+def test_new_seed_or_shard_size_never_reads_stale_records(tmp_path, sample_cls_dir):
+    """prepare-data with another seed, then segment: the patch pipeline's train images are the new manifest's."""
+    from tfflannel.patches.pipeline import decode_example, read_records
+
+    work, data = _small_workdir(tmp_path, sample_cls_dir, seed=0)
+    segmenter = load_segmenter()
+    build_cache(work, segmenter, CacheSettings(shard_size=5), progress=False)
+    for seed in (1, 2):
+        rows = load_manifest(_small_workdir(tmp_path, sample_cls_dir, seed=seed)[0])
+        summary = build_cache(work, segmenter, CacheSettings(shard_size=5), progress=False)
+        assert summary["written"] == 0, "the cache holds no split: a new seed leaves it valid"
+        test_ids = {r["image_id"] for r in rows if r["split"] == "test"}
+        for fold in (1, 2):
+            train = [item["image_id"].numpy().decode() for item in
+                     map(decode_example, read_records(work, "train", fold))]
+            expected = {r["image_id"] for r in rows if r["split"] == "train" and r["fold"] != str(fold)}
+            assert set(train) == expected and len(train) == len(expected) and not set(train) & test_ids
+    summary = build_cache(work, segmenter, CacheSettings(shard_size=7), progress=False)
+    assert summary["removed"] == 3 and len(list((work / "cache").glob("shard-*"))) == 2
+    ids = [e["image_id"].numpy().decode() for e in read_records(work, "all", 1)]
+    assert sorted(ids) == sorted(r["image_id"] for r in rows), "each image once, no old-layout shard read"
+
+
+@pytest.mark.slow
+def test_kill_during_segment_then_rerun_gives_identical_records(tmp_path, sample_cls_dir):
+    """kill -9 at a seeded random point of `segment` (a subprocess), rerun: records bit-identical to one run."""
+    work, _ = _small_workdir(tmp_path / "a", sample_cls_dir, per_class=4)
+    reference, _ = _small_workdir(tmp_path / "b", sample_cls_dir, per_class=4)
+    command = [sys.executable, "-m", "tfflannel.cli", "segment", "--set", "segmentation.shard_size=3",
+               "--set", "segmentation.inference_batch=2"]
+    env = dict(os.environ, PYTHONPATH=REPO)
+    rng = np.random.default_rng(12)
+    shards_done, delay = int(rng.integers(1, 4)), float(rng.uniform(0.0, 0.5))
+    process = subprocess.Popen(command + ["--data", str(work)], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while len(list((work / "cache" / "parts").glob("shard-*[0-9a-f].csv"))) < shards_done and time.time() < deadline:
+        assert process.poll() is None, "segment ended before the kill point"
+        time.sleep(0.05)
+    time.sleep(delay)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (work / "cache" / "cache.json").exists(), "killed before completion"
+    (work / "cache" / ".shard-00004-of-00004-orphan.tfrecord.abcd.tmp").write_bytes(b"half a shard")
+    for target in (work, reference):
+        result = subprocess.run(command + ["--data", str(target)], cwd=REPO, env=env, capture_output=True, text=True,
+                                timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+    assert not list((work / "cache").rglob("*.tmp")), "orphan temp files are cleaned"
+    assert sorted(p.name for p in (work / "cache").glob("shard-*")) == \
+        sorted(p.name for p in (reference / "cache").glob("shard-*"))
+    killed, clean = _records(work), _records(reference)
+    assert set(killed) == set(clean)
+    for image_id, record in clean.items():
+        for key in ("image", "mask", "lung_bbox", "lung_fraction", "mask_ok"):
+            np.testing.assert_array_equal(killed[image_id][key], record[key], err_msg=f"{image_id} {key}")
+        assert killed[image_id]["raw"] == record["raw"], image_id
 
 
 def test_corrupt_image_is_reported_and_others_written(tmp_path, sample_cls_dir):
@@ -69,29 +191,28 @@ def test_corrupt_image_is_reported_and_others_written(tmp_path, sample_cls_dir):
     assert "could not be read" in result.output
     errors = read_csv(work / "cache" / "errors.csv")
     assert [e["image_id"] for e in errors] == [victim["image_id"]]
-    ids = {r["image_id"] for r in read_cache_records(work / "cache")}
+    ids = set(_records(work))
     assert victim["image_id"] not in ids and len(ids) == 11
 
 
 def test_failed_quality_check_keeps_full_image(tmp_path, sample_cls_dir):
     work, _ = _small_workdir(tmp_path, sample_cls_dir)
-    settings = CacheSettings(shard_size=8, min_lung_fraction=0.99)
+    settings = CacheSettings(ViewSettings(min_lung_fraction=0.99), shard_size=8)
     build_cache(work, load_segmenter(), settings, progress=False)
     paths = {r["image_id"]: r["path"] for r in load_manifest(work)}
     for record in read_cache_records(work / "cache"):
-        image = read_image(paths[record["image_id"]])[0]
-        whole = fit_to_square(np.ones_like(image), 1024)
+        film = read_image(paths[record["image_id"]])[0]
+        content_h, content_w = letterbox_geometry(*film.shape, 128)
         assert record["mask_ok"] == 0
-        np.testing.assert_array_equal(record["mask"], whole)
-        np.testing.assert_array_equal(record["image"], fit_to_square(image, 1024))
+        assert record["mask"][: content_h * 8, : content_w * 8].all() and record["mask"].sum() == content_h * content_w * 64
+        view = to_uint8(letterbox(equalize_gamma_tf(tf.constant(film))[..., None], 1024)[..., 0]).numpy()
+        np.testing.assert_array_equal(record["image"], view * record["mask"])
 
 
 def test_evaluate_seg_cli_reports_per_image(tmp_path, sample_seg_dir):
     out = tmp_path / "eval.json"
     result = CliRunner().invoke(main, ["evaluate-seg", "--pairs", str(sample_seg_dir), "--out", str(out)])
     assert result.exit_code == 0, result.output
-    import json
-
     report = json.loads(out.read_text())
     assert set(report) >= {"jaccard_mean", "dice_mean", "per_image"} and len(report["per_image"]) == 20
     assert all({"image", "jaccard", "dice"} <= set(r) for r in report["per_image"])

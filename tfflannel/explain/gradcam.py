@@ -48,54 +48,74 @@ def patch_gradcam(model, patches, centres, mask, class_index, layer_name):
     return average / peak if peak > 0 else average
 
 
-def explain_image(image, run_dir, class_name=None, k=32, seed=0, segmenter=None):
+def explain_image(image, run_dir, class_name=None, k=32, seed=0, segmenter=None, view=None):
     """Explain one (H, W) uint8 image with the trained run in `run_dir` (see `explain_with_run`)."""
     from tfflannel.learners.infer import read_run
     from tfflannel.segmentation.inference import load_segmenter
 
-    return explain_with_run(image, *read_run(run_dir), class_name, k, seed, segmenter or load_segmenter())
+    return explain_with_run(image, *read_run(run_dir), class_name, k, seed, segmenter or load_segmenter(), view)
 
 
-def explain_with_run(image, model, info, class_name, k, seed, segmenter):
+def explain_with_run(image, model, info, class_name, k, seed, segmenter, view=None):
     """Explain one (H, W) uint8 image with a loaded run (model and run.yaml info) and segmenter.
+
+    The view, the patch positions and the global crop are the film pipeline's (`tfflannel.film_pipeline`), so
+    the patches explained are those `predict-base` and the export classify for the same K and seed.
+
+    Args:
+        image: (H, W) uint8 film.
+        model: keras.Model. The base learner.
+        info: dict. Its run.yaml (kind, backbone, input_size, resize for global runs).
+        class_name: str or None. Class to explain; None: the predicted one.
+        k: int. Patches (patched runs).
+        seed: int. Patch seed (`inference.seed`).
+        segmenter: `segmentation.inference.Segmenter`.
+        view: `film_pipeline.ViewSettings`. Defaults to `ViewSettings()`.
 
     Returns:
         dict with `image` (the image the map refers to), `mask`, `heatmap` (same size, [0, 1], zero outside the
-        lungs), `probabilities` (dict), `target` (class explained).
+        lungs), `probabilities` (dict), `target` (class explained), `centres` ((K, 2) patch centres, patched runs).
     """
+    from tfflannel.export.saved_model import InferencePipeline
+    from tfflannel.film_pipeline import crop_patches, evaluation_centres, global_view, letterbox
     from tfflannel.models.backbones import backbone_config
-    from tfflannel.segmentation.cache import CacheSettings, fit_to_square, mask_and_resize
 
     size = int(info["input_size"])
     layer = backbone_config(info["backbone"]).last_conv
-    original_mask = segmenter.predict([image])[0]
-    masked, mask, _, ok = mask_and_resize(image, original_mask, CacheSettings())
+    film = tf.constant(image)
+    pipeline = InferencePipeline(segmenter, [(model, info)], k=k, seed=seed, view=view)
+    images, masks, _, ok = pipeline.views(lambda index: film, 1)
+    masked, mask = images[0].numpy(), masks[0].numpy()
+    centres = None
     if info["kind"] == "global":
-        import cv2
-
         resize = int(info["resize"])
         offset = (resize - size) // 2
-        crop = (slice(offset, offset + size), slice(offset, offset + size))
-        view = fit_to_square(image, resize)[crop]
-        lung = original_mask if ok else np.ones_like(original_mask)
-        view_mask = fit_to_square(lung.astype(np.uint8), resize, interpolation=cv2.INTER_NEAREST)[crop]
-        probabilities = np.asarray(model(view[None, ..., None].astype(np.float32), training=False))[0]
+        view_image = global_view(film, resize, size).numpy()
+        lung = letterbox(tf.cast(film_lung(mask, image.shape, pipeline.view.size), tf.uint8)[..., None], resize,
+                         "nearest").numpy()[offset:offset + size, offset:offset + size, 0]
+        probabilities = np.asarray(model(view_image[None], training=False))[0]
         target = CLASS_NAMES.index(class_name) if class_name else int(np.argmax(probabilities))
-        heatmap = gradcam(model, view[None, ..., None], target, layer)[0]
-        heatmap = heatmap * (view_mask > 0)
+        heatmap = gradcam(model, view_image[None], target, layer)[0]
+        heatmap = heatmap * (lung > 0)
         heatmap = heatmap / heatmap.max() if heatmap.max() > 0 else heatmap
-        shown, shown_mask = view, view_mask
+        shown, shown_mask = view_image[..., 0].astype(np.uint8), lung
     else:
-        from tfflannel.patches.pipeline import crop_patches, sample_centres
-
-        centres = sample_centres(tf.constant(mask), k, tf.constant([seed, 0], tf.int64)).numpy()
+        centres = evaluation_centres(tf.constant(mask), k, seed).numpy()
         patches = crop_patches(tf.constant(masked[None, ..., None]), tf.constant(centres[None], tf.int32), size)
         probabilities = np.asarray(model(patches, training=False)).mean(axis=0)
         target = CLASS_NAMES.index(class_name) if class_name else int(np.argmax(probabilities))
         heatmap = patch_gradcam(model, patches.numpy(), centres, mask, target, layer)
         shown, shown_mask = masked, mask
-    return {"image": shown, "mask": shown_mask, "heatmap": heatmap, "target": CLASS_NAMES[target],
+    return {"image": shown, "mask": shown_mask, "heatmap": heatmap, "target": CLASS_NAMES[target], "centres": centres,
             "probabilities": {c: float(p) for c, p in zip(CLASS_NAMES, probabilities, strict=True)}}
+
+
+def film_lung(view_mask, shape, size):
+    """The view's (size, size) mask back on the film's (H, W) grid (nearest), for the global learner's crop."""
+    height, width = shape
+    side = max(height, width)
+    full = tf.image.resize(tf.constant(view_mask)[..., None], [side, side], method="nearest")
+    return full[:height, :width, 0]
 
 
 def save_explanation(result, path):

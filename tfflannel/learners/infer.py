@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from tfflannel import CLASS_NAMES
 from tfflannel.errors import InputError
-from tfflannel.patches.sampling import aggregate_patch_scores
+from tfflannel.film_pipeline import aggregate_scores
 from tfflannel.predictions import (  # noqa: F401
     PREDICTION_COLUMNS,
     ROLES,
@@ -149,7 +149,7 @@ def predict_base(run_dir, workdir=None, k=100, images_per_batch=4, seed=0, roles
 
         probs, labels, ids = predict_image_scores(model, counted(dataset))
         bar.close()
-        votes, means = aggregate_patch_scores(probs) if len(probs) else (probs[:, 0], probs[:, 0])
+        votes, means = (t.numpy() for t in aggregate_scores(probs)) if len(probs) else (probs[:, 0], probs[:, 0])
         write_predictions(run_dir, role, ids, labels, votes, means)
         done.add(role)
         write_provenance(run_dir, {"identity": identity, "done": sorted(done)})

@@ -14,81 +14,54 @@ from pathlib import Path
 import tensorflow as tf
 
 from tfflannel import CLASS_NAMES
-from tfflannel.segmentation.cache import FEATURE_SPEC
-
-_CLASS_TABLE = tf.constant(CLASS_NAMES)
-
-
-def cache_files(workdir):
-    files = sorted(str(p) for p in (Path(workdir) / "cache").glob("shard-*.tfrecord"))
-    if not files:
-        raise FileNotFoundError(f"{Path(workdir) / 'cache'}: no cache shards; run `segment --data {workdir}` first")
-    return files
+from tfflannel.film_pipeline import crop_patches, evaluation_centres, sample_centres  # noqa: F401  (re-exported)
+from tfflannel.segmentation.cache import FEATURE_SPEC, cache_shards
 
 
-def partition_predicate(role, fold):
-    """Which records belong to a partition of fold `fold`: train, valid (the fold) or test."""
-    def keep(example):
-        if role == "test":
-            return tf.equal(example["split"], "test")
-        in_fold = tf.logical_and(tf.equal(example["split"], "train"), tf.equal(example["fold"], fold))
-        if role == "valid":
-            return in_fold
-        if role == "train":
-            return tf.logical_and(tf.equal(example["split"], "train"), tf.logical_not(in_fold))
-        if role == "all":
-            return tf.constant(True)
-        raise ValueError(f"role must be train, valid, test or all. Received: {role!r}.")
-    return keep
+def partition_rows(rows, role, fold):
+    """Manifest rows of a fold's train / valid partition, the test set, or all."""
+    fold = str(fold)
+    if role == "test":
+        return [r for r in rows if r["split"] == "test"]
+    if role == "valid":
+        return [r for r in rows if r["split"] == "train" and r["fold"] == fold]
+    if role == "train":
+        return [r for r in rows if r["split"] == "train" and r["fold"] != fold]
+    if role == "all":
+        return list(rows)
+    raise ValueError(f"role must be train, valid, test or all. Received: {role!r}.")
 
 
 def decode_example(example):
     """Parsed record -> dict(image (H, W, 1) uint8, mask (H, W) uint8, label int32, image_id, seed_key int64)."""
     image = tf.io.decode_png(example["image_png"], channels=1)
     mask = tf.io.decode_png(example["mask_png"], channels=1)[..., 0]
-    label = tf.cast(tf.argmax(tf.cast(tf.equal(_CLASS_TABLE, example["label"]), tf.int32)), tf.int32)
-    return {"image": image, "mask": mask, "label": label, "image_id": example["image_id"],
+    return {"image": image, "mask": mask, "label": tf.cast(example["label"], tf.int32), "image_id": example["image_id"],
             "seed_key": tf.strings.to_hash_bucket_fast(example["image_id"], 2**31 - 1)}
 
 
 def read_records(workdir, role, fold):
-    dataset = tf.data.TFRecordDataset(cache_files(workdir))
-    dataset = dataset.map(lambda raw: tf.io.parse_single_example(raw, FEATURE_SPEC))
-    return dataset.filter(partition_predicate(role, fold))
+    """Parsed cache records of a partition; which images and their labels come from manifest.csv, not the cache.
 
-
-def sample_centres(mask, k, seed):
-    """(k, 2) int32 lung-pixel centres drawn jointly with a stateless RNG; image centre if no lung."""
-    coords = tf.cast(tf.where(mask > 0), tf.int32)
-    count = tf.shape(coords)[0]
-    index = tf.random.stateless_uniform([k], seed=seed, minval=0, maxval=tf.maximum(count, 1), dtype=tf.int32)
-    centre = tf.stack([tf.shape(mask)[0] // 2, tf.shape(mask)[1] // 2])
-    return tf.cond(count > 0, lambda: tf.gather(coords, index), lambda: tf.tile(centre[None], [k, 1]))
-
-
-def crop_patches(images, centres, size):
-    """Cut every centre's patch of every image in one `crop_and_resize` call.
-
-    Args:
-        images: (B, H, W, 1) tensor.
-        centres: (B, K, 2) int32 (row, col).
-        size: int. Patch side.
-
-    Returns:
-        (B * K, size, size, 1) float32, zero where a patch leaves the image; patch
-        (b, k) is row b * K + k.
+    Only the shards `cache/index.csv` lists are read, after checking that every image of the manifest is
+    in the cache with the file it was made from (see `segmentation.cache.cache_shards`).
     """
-    shape = tf.shape(images)
-    height, width = tf.cast(shape[1] - 1, tf.float32), tf.cast(shape[2] - 1, tf.float32)
-    batch, k = tf.shape(centres)[0], tf.shape(centres)[1]
-    flat = tf.cast(tf.reshape(centres, [-1, 2]), tf.float32)
-    top = flat[:, 0] - float(size // 2)
-    left = flat[:, 1] - float(size // 2)
-    boxes = tf.stack([top / height, left / width, (top + size - 1) / height, (left + size - 1) / width], axis=1)
-    box_indices = tf.repeat(tf.range(batch), k)
-    # Nearest sampling at exact pixel positions: a crop, never a resize; outside the image -> 0.
-    return tf.image.crop_and_resize(images, boxes, box_indices, [size, size],
-                                    method="nearest", extrapolation_value=0.0)
+    from tfflannel.data.manifest import load_manifest
+
+    rows = load_manifest(workdir)
+    files = cache_shards(workdir, rows)
+    chosen = partition_rows(rows, role, fold)
+    table = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(tf.constant([r["image_id"] for r in chosen] or [""], tf.string),
+                                            tf.constant([CLASS_NAMES.index(r["label"]) for r in chosen] or [-1],
+                                                        tf.int64)), default_value=-1)
+
+    def parse(raw):
+        example = tf.io.parse_single_example(raw, FEATURE_SPEC)
+        example["label"] = table.lookup(example["image_id"])
+        return example
+
+    return tf.data.TFRecordDataset(files).map(parse).filter(lambda example: example["label"] >= 0)
 
 
 def augment_patches(patches, seed, max_degrees=5.0):
@@ -116,7 +89,7 @@ def augment_patches(patches, seed, max_degrees=5.0):
 def evaluation_dataset(workdir, role, fold, k, size, seed=0, images_per_batch=4):
     """Batches of (B * K patches, labels (B,), image_ids (B,)) with fixed, seeded centres per image."""
     def add_centres(item):
-        item["centres"] = sample_centres(item["mask"], k, tf.stack([tf.cast(seed, tf.int64), item["seed_key"]]))
+        item["centres"] = evaluation_centres(item["mask"], k, seed)
         return item
 
     dataset = read_records(workdir, role, fold).map(decode_example, num_parallel_calls=tf.data.AUTOTUNE)

@@ -1,72 +1,71 @@
-"""`segment`: manifest -> lung-masked 1024x1024 images in TFRecord shards (TensorFlow-specific).
+"""`segment`: manifest -> lung-masked 1024x1024 views in TFRecord shards (TensorFlow-specific).
 
-Each record holds the PNG-encoded masked image and mask (uint8), the image id,
-label, fold, split, lung bounding box, lung fraction and the mask-quality flag.
-Shards are written atomically and skipped when present, so an interrupted run
-resumes, and `--shard I/N` lets N machines share the work.
+Each record holds the PNG-encoded masked view and mask (uint8), the image id, the
+lung bounding box, lung fraction and the mask-quality flag, all made by
+`tfflannel.film_pipeline`, the code the export runs too. The cache holds no
+label, split or fold: they belong to the manifest, and readers take them from it.
+
+The cache records what made it: `cache.json` holds the segmenter's weights hash
+and every setting that changes a record (`CacheSettings.key`); shard names carry
+a digest of that key and of their images' (image_id, sha256), and `index.csv`
+lists each image's sha256 and shard. A rerun with nothing changed writes nothing;
+a changed image, segmenter or setting rebuilds exactly the shards it touches;
+shards of an old layout are removed once the new one is complete; temp files of
+a killed run are removed by the next run. Readers read exactly the shards
+`index.csv` lists and refuse a cache that does not match the manifest.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
 
 from tfflannel.data.io import ImageReadError, read_image
 from tfflannel.data.manifest import load_manifest
-from tfflannel.segmentation.postprocess import lung_bbox, lung_fraction
-from tfflannel.utils import atomic_path, read_csv, write_csv_atomic
+from tfflannel.film_pipeline import ViewSettings, lung_bbox, lung_masks, masked_view
+from tfflannel.utils import atomic_path, read_csv, write_csv_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
-INDEX_COLUMNS = ("image_id", "shard", "mask_ok", "lung_fraction", "label", "split", "fold")
+CACHE_FORMAT = 2
+INDEX_COLUMNS = ("image_id", "sha256", "shard", "mask_ok", "lung_fraction")
 ERROR_COLUMNS = ("image_id", "path", "reason")
 
 
 @dataclass
 class CacheSettings:
-    size: int = 1024
-    keep_aspect: bool = True
-    min_lung_fraction: float = 0.08
-    max_lung_fraction: float = 0.65
+    """How `segment` builds the cache.
+
+    Args:
+        view: ViewSettings. Size, QC bounds and learner input of the masked view. Defaults to `ViewSettings()`.
+        shard_size: int. Images per TFRecord shard. Defaults to `64`.
+        batch_size: int. Films per segmenter call. Defaults to `8`.
+    """
+
+    view: ViewSettings = field(default_factory=ViewSettings)
     shard_size: int = 64
     batch_size: int = 8
 
     @classmethod
-    def from_config(cls, seg):
-        """From a `SegmentationConfig`."""
-        return cls(size=seg.cache_size, keep_aspect=seg.keep_aspect, min_lung_fraction=seg.min_lung_fraction,
-                   max_lung_fraction=seg.max_lung_fraction, shard_size=seg.shard_size, batch_size=seg.inference_batch)
+    def from_config(cls, config):
+        """From an `ExperimentConfig`."""
+        return cls(ViewSettings.from_config(config), config.segmentation.shard_size,
+                   config.segmentation.inference_batch)
+
+    def key(self, segmenter):
+        """Everything that changes a record (not the shard size or batch size): a dict."""
+        return {"format": CACHE_FORMAT, "segmenter": segmenter.fingerprint, "segmenter_input": segmenter.input_size,
+                "segmenter_classes": segmenter.classes, **asdict(self.view)}
 
 
-def fit_to_square(image, size, keep_aspect=True, interpolation=cv2.INTER_AREA):
-    """Resize (H, W) to (size, size): letterboxed (pad bottom/right, centred content kept) or stretched."""
-    if not keep_aspect:
-        return cv2.resize(image, (size, size), interpolation=interpolation)
-    height, width = image.shape[:2]
-    scale = size / max(height, width)
-    new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
-    resized = cv2.resize(image, (new_w, new_h), interpolation=interpolation)
-    out = np.zeros((size, size), dtype=image.dtype)
-    top, left = (size - new_h) // 2, (size - new_w) // 2
-    out[top:top + new_h, left:left + new_w] = resized
-    return out
-
-
-def mask_and_resize(image, mask, settings):
-    """Apply the QC decision, bring image and mask to the cache size, return (masked, mask, fraction, ok)."""
-    fraction = lung_fraction(mask)
-    ok = settings.min_lung_fraction <= fraction <= settings.max_lung_fraction
-    if not ok:
-        mask = np.ones_like(mask)  # QC failed: use the full unmasked image rather than a wrong mask
-    big_image = fit_to_square(image, settings.size, settings.keep_aspect, cv2.INTER_AREA)
-    big_mask = fit_to_square(mask.astype(np.uint8), settings.size, settings.keep_aspect, cv2.INTER_NEAREST)
-    masked = (big_image * (big_mask > 0)).astype(np.uint8)
-    return masked, (big_mask > 0).astype(np.uint8), fraction, ok
+def _digest(*parts):
+    return hashlib.sha256("\n".join(map(str, parts)).encode()).hexdigest()
 
 
 def _bytes(value):
@@ -81,77 +80,138 @@ def _float(value):
     return tf.train.Feature(float_list=tf.train.FloatList(value=[value]))
 
 
-def encode_record(row, masked, mask, fraction, ok):
-    """One tf.train.Example for a cached image."""
-    png_image = cv2.imencode(".png", masked)[1].tobytes()
-    png_mask = cv2.imencode(".png", mask * 255)[1].tobytes()
-    features = {
-        "image_id": _bytes(row["image_id"].encode()),
-        "image_png": _bytes(png_image),
-        "mask_png": _bytes(png_mask),
-        "label": _bytes(row["label"].encode()),
-        "split": _bytes(row["split"].encode()),
-        "fold": _int([int(row["fold"]) if row["fold"] else 0]),
-        "lung_bbox": _int(lung_bbox(mask)),
-        "lung_fraction": _float(fraction),
-        "mask_ok": _int([int(ok)]),
-    }
-    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
-
-
 FEATURE_SPEC = {
     "image_id": tf.io.FixedLenFeature([], tf.string),
     "image_png": tf.io.FixedLenFeature([], tf.string),
     "mask_png": tf.io.FixedLenFeature([], tf.string),
-    "label": tf.io.FixedLenFeature([], tf.string),
-    "split": tf.io.FixedLenFeature([], tf.string),
-    "fold": tf.io.FixedLenFeature([], tf.int64),
     "lung_bbox": tf.io.FixedLenFeature([4], tf.int64),
     "lung_fraction": tf.io.FixedLenFeature([], tf.float32),
     "mask_ok": tf.io.FixedLenFeature([], tf.int64),
 }
 
 
-def shard_name(index, count):
-    return f"shard-{index:05d}-of-{count:05d}.tfrecord"
+class ViewMaker:
+    """Films -> cache views with a segmenter, batched: the film pipeline's functions, compiled once."""
+
+    def __init__(self, segmenter, view_settings):
+        self.segmenter, self.settings = segmenter, view_settings
+        # One trace with unknown film sizes, as in the export's signatures: a graph specialised to one film's shape
+        # may be rewritten differently by Grappler (e.g. a division by a folded constant) and differ by an ulp.
+        film, grey, square = (tf.TensorSpec([None, None], dtype) for dtype in (tf.uint8, tf.float32, tf.bool))
+        self._prepare = tf.function(segmenter.prepare, input_signature=[film])
+        # XLA fuses the clean-up's integer/max loops (3x faster on a CPU); its results are exact, so identical
+        # to the export's un-compiled graph (tested).
+        self._masks = tf.function(lambda probs: lung_masks(probs, segmenter.lung_classes), jit_compile=True)
+        self._view = tf.function(self._view_one, input_signature=[film, grey, square])
+
+    def _view_one(self, film, equalized, square_mask):
+        view = masked_view(film, square_mask, self.settings, equalized)
+        view["lung_bbox"] = lung_bbox(view["mask"])
+        return view
+
+    def views(self, films, batch_size=8):
+        """(H, W) uint8 films -> list of dicts of NumPy values (image, mask, lung_bbox, lung_fraction, mask_ok)."""
+        out = []
+        for start in range(0, len(films), batch_size):
+            chunk = films[start:start + batch_size]
+            prepared = [self._prepare(tf.constant(film)) for film in chunk]
+            inputs = tf.stack([p[0] for p in prepared])
+            inputs = tf.pad(inputs, [[0, batch_size - len(chunk)], [0, 0], [0, 0], [0, 0]])   # one compiled shape
+            masks = self._masks(self.segmenter.probabilities(inputs))
+            for film, (_, equalized), mask in zip(chunk, prepared, masks[:len(chunk)], strict=True):
+                out.append({k: v.numpy() for k, v in self._view(tf.constant(film), equalized, mask).items()})
+        return out
 
 
-def _part_index(cache, index, count):
-    """cache/parts/<shard stem>.csv: the index rows of one finished shard."""
-    return cache / "parts" / (Path(shard_name(index, count)).stem + ".csv")
+def view_maker(segmenter, view_settings):
+    """The `ViewMaker` of a segmenter and view settings, made (and traced) once per process."""
+    makers = segmenter.__dict__.setdefault("_view_makers", {})
+    if view_settings not in makers:
+        makers[view_settings] = ViewMaker(segmenter, view_settings)
+    return makers[view_settings]
 
 
-def _write_shard(segmenter, rows, path, index_path, settings, errors):
-    images, kept = [], []
+def encode_record(image_id, view):
+    """One serialized tf.train.Example for a cached view (PNG: lossless storage of the uint8 arrays)."""
+    import cv2
+
+    features = {
+        "image_id": _bytes(image_id.encode()),
+        "image_png": _bytes(cv2.imencode(".png", view["image"])[1].tobytes()),
+        "mask_png": _bytes(cv2.imencode(".png", view["mask"] * 255)[1].tobytes()),
+        "lung_bbox": _int(int(v) for v in view["lung_bbox"]),
+        "lung_fraction": _float(float(view["lung_fraction"])),
+        "mask_ok": _int([int(view["mask_ok"])]),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString(deterministic=True)
+
+
+def plan_shards(rows, settings, key):
+    """The shard layout for manifest `rows`: [(file name, rows)], rows sorted by image_id.
+
+    A shard's name carries a digest of the cache key and its images' (image_id, sha256), so a shard whose
+    inputs changed gets a new name and an unchanged one keeps its name (and is not rewritten).
+    """
+    rows = sorted(rows, key=lambda r: r["image_id"])
+    count = max(1, -(-len(rows) // settings.shard_size))
+    key_text = json.dumps(key, sort_keys=True)
+    plan = []
+    for number in range(count):
+        chunk = rows[number * settings.shard_size:(number + 1) * settings.shard_size]
+        digest = _digest(key_text, *(f"{r['image_id']}\t{r['sha256']}" for r in chunk))[:12]
+        plan.append((f"shard-{number:05d}-of-{count:05d}-{digest}.tfrecord", chunk))
+    return plan
+
+
+def _parts(cache, name):
+    stem = Path(name).stem
+    return cache / "parts" / f"{stem}.csv", cache / "parts" / f"{stem}.errors.csv"
+
+
+def _write_shard(maker, rows, path, settings):
+    films, kept, errors = [], [], []
     for row in rows:
         try:
-            images.append(read_image(row["path"])[0])
+            films.append(read_image(row["path"])[0])
             kept.append(row)
         except ImageReadError as error:
             log.warning("skipping %s: %s", row["image_id"], error)
             errors.append({"image_id": row["image_id"], "path": row["path"], "reason": error.reason})
-    masks = segmenter.predict(images, settings.batch_size) if images else []
+    views = maker.views(films, settings.batch_size)
     index_rows = []
     with atomic_path(path) as tmp:
         with tf.io.TFRecordWriter(tmp) as writer:
-            for row, image, mask in zip(kept, images, masks, strict=True):
-                masked, big_mask, fraction, ok = mask_and_resize(image, mask, settings)
-                writer.write(encode_record(row, masked, big_mask, fraction, ok))
-                index_rows.append({"image_id": row["image_id"], "shard": path.name, "mask_ok": int(ok),
-                                   "lung_fraction": f"{fraction:.4f}", "label": row["label"], "split": row["split"],
-                                   "fold": row["fold"]})
-    write_csv_atomic(index_path, index_rows, INDEX_COLUMNS)
-    return index_rows
+            for row, view in zip(kept, views, strict=True):
+                writer.write(encode_record(row["image_id"], view))
+                index_rows.append({"image_id": row["image_id"], "sha256": row["sha256"], "shard": path.name,
+                                   "mask_ok": int(view["mask_ok"]), "lung_fraction": f"{float(view['lung_fraction']):.4f}"})
+    index_path, errors_path = _parts(path.parent, path.name)
+    write_csv_atomic(errors_path, errors, ERROR_COLUMNS)
+    write_csv_atomic(index_path, index_rows, INDEX_COLUMNS)   # last: its presence marks the shard finished
+
+
+def _remove_orphans(cache, others):
+    """Delete temp files left by killed runs, except those of shards another `--shard` part may be writing."""
+    for tmp in list(cache.glob(".*.tmp")) + list((cache / "parts").glob(".*.tmp")):
+        if tmp.name[1:].split(".")[0] not in others:
+            tmp.unlink(missing_ok=True)
 
 
 def build_cache(workdir, segmenter, settings=None, shard=(1, 1), progress=True):
-    """Segment every manifest image into `WORKDIR/cache/`; returns a summary dict.
+    """Segment every manifest image into `WORKDIR/cache/`, rebuilding only what is stale; returns a summary.
 
     Args:
         workdir: str or Path holding manifest.csv.
         segmenter: a `Segmenter` (see `segmentation.inference`).
         settings: CacheSettings. Defaults to `CacheSettings()`.
         shard: (I, N). Process only shards whose number modulo N is I - 1. Defaults to `(1, 1)`.
+        progress: bool. Show a progress bar. Defaults to `True`.
+
+    Returns:
+        dict: shards, written, skipped, errors, complete, removed (old-layout shards), cache.
+
+    Raises:
+        ValueError: `shard` is not 1 <= I <= N.
     """
     settings = settings or CacheSettings()
     workdir = Path(workdir)
@@ -161,41 +221,86 @@ def build_cache(workdir, segmenter, settings=None, shard=(1, 1), progress=True):
         raise ValueError(f"--shard must be I/N with 1 <= I <= N. Received: {part}/{parts}.")
     cache = workdir / "cache"
     (cache / "parts").mkdir(parents=True, exist_ok=True)
-    count = max(1, -(-len(rows) // settings.shard_size))
-    todo, skipped, errors = [], 0, []
-    for number in range(count):
-        if number % parts != part - 1:
+    key = settings.key(segmenter)
+    plan = plan_shards(rows, settings, key)
+    recorded = json.loads((cache / "cache.json").read_text()) if (cache / "cache.json").is_file() else None
+    if recorded is None or recorded.get("key") != key:
+        # Records made another way (segmenter, size, QC, input) or of unknown provenance: no reader may use them.
+        (cache / "cache.json").unlink(missing_ok=True)
+        (cache / "index.csv").unlink(missing_ok=True)
+        recorded = None
+    mine = {name for number, (name, _) in enumerate(plan) if number % parts == part - 1}
+    _remove_orphans(cache, {Path(name).stem for name, _ in plan if name not in mine})
+    todo, skipped = [], 0
+    for name, chunk in plan:
+        if name not in mine:
             continue
-        path = cache / shard_name(number, count)
-        index_path = _part_index(cache, number, count)
-        if path.exists() and index_path.exists():
+        if (cache / name).exists() and _parts(cache, name)[0].exists():
             skipped += 1
-            continue
-        todo.append((number, path, index_path))
-    bar = tqdm(total=sum(len(rows[n * settings.shard_size:(n + 1) * settings.shard_size]) for n, _, _ in todo),
-               desc="segmenting", unit="img", disable=not progress)
-    for number, path, index_path in todo:
-        chunk = rows[number * settings.shard_size:(number + 1) * settings.shard_size]
-        _write_shard(segmenter, chunk, path, index_path, settings, errors)
+        else:
+            todo.append((name, chunk))
+    maker = view_maker(segmenter, settings.view) if todo else None
+    bar = tqdm(total=sum(len(chunk) for _, chunk in todo), desc="segmenting", unit="img", disable=not progress)
+    for name, chunk in todo:
+        _write_shard(maker, chunk, cache / name, settings)
         bar.update(len(chunk))
     bar.close()
-    previous_errors = read_csv(cache / "errors.csv") if (cache / "errors.csv").exists() else []
-    done_ids = {e["image_id"] for e in errors}
-    errors += [e for e in previous_errors if e["image_id"] not in done_ids]
-    write_csv_atomic(cache / "errors.csv", errors, ERROR_COLUMNS)
-    complete = all(_part_index(cache, n, count).exists() for n in range(count))
-    if complete:
-        index = [row for n in range(count) for row in read_csv(_part_index(cache, n, count))]
+    complete = all((cache / name).exists() and _parts(cache, name)[0].exists() for name, _ in plan)
+    removed = 0
+    errors = [e for name, _ in plan if _parts(cache, name)[1].exists() for e in read_csv(_parts(cache, name)[1])]
+    state = {"key": key, "shard_size": settings.shard_size, "shards": [name for name, _ in plan]}
+    if complete and (todo or recorded != state or not (cache / "index.csv").is_file()):
+        index = [row for name, _ in plan for row in read_csv(_parts(cache, name)[0])]
+        write_csv_atomic(cache / "errors.csv", errors, ERROR_COLUMNS)
         write_csv_atomic(cache / "index.csv", index, INDEX_COLUMNS)
+        current = {name for name, _ in plan}
+        for old in cache.glob("shard-*.tfrecord"):
+            if old.name not in current:
+                old.unlink()
+                removed += 1
+        stems = {Path(name).stem for name in current}
+        for old in (cache / "parts").glob("*.csv"):
+            if old.name.split(".")[0] not in stems:
+                old.unlink()
         write_qc_grid(cache)
-    return {"shards": count, "written": len(todo), "skipped": skipped, "errors": len(errors), "complete": complete,
-            "cache": str(cache)}
+        write_text_atomic(cache / "cache.json", json.dumps(state, indent=2) + "\n")   # last: the cache is complete
+    return {"shards": len(plan), "written": len(todo), "skipped": skipped, "errors": len(errors),
+            "complete": complete, "removed": removed, "cache": str(cache)}
+
+
+def cache_shards(workdir, rows=None):
+    """The shard files `WORKDIR/cache/index.csv` lists, after checking the cache against the manifest.
+
+    Args:
+        workdir: str or Path.
+        rows: manifest rows the reader needs. Defaults to the whole manifest.
+
+    Returns:
+        list of str, in index order.
+
+    Raises:
+        FileNotFoundError: no complete cache.
+        ValueError: a manifest image is missing from the cache or its file changed since (stale cache).
+    """
+    cache = Path(workdir) / "cache"
+    if not (cache / "index.csv").is_file():
+        raise FileNotFoundError(f"{cache}: no complete cache (index.csv); run `segment --data {workdir}` first")
+    index = {r["image_id"]: r for r in read_csv(cache / "index.csv")}
+    failed = {r["image_id"] for r in read_csv(cache / "errors.csv")} if (cache / "errors.csv").exists() else set()
+    rows = load_manifest(workdir) if rows is None else rows
+    stale = [r["image_id"] for r in rows if r["image_id"] not in failed
+             and (r["image_id"] not in index or index[r["image_id"]]["sha256"] != r["sha256"])]
+    if stale:
+        raise ValueError(f"{cache}: {len(stale)} manifest image(s) are missing from the cache or changed since it was "
+                         f"built (e.g. {stale[0]}); rerun `segment --data {workdir}`")
+    return [str(cache / name) for name in dict.fromkeys(r["shard"] for r in index.values())]
 
 
 def read_cache_records(cache_dir, limit=None):
-    """Decode the records of a cache (the first `limit`, in shard order) into dicts of NumPy arrays."""
-    files = sorted(str(p) for p in Path(cache_dir).glob("shard-*.tfrecord"))
-    dataset = tf.data.TFRecordDataset(files)
+    """Decode the records of a cache (the first `limit`, in index order) into dicts of NumPy arrays."""
+    cache = Path(cache_dir)
+    names = dict.fromkeys(r["shard"] for r in read_csv(cache / "index.csv"))
+    dataset = tf.data.TFRecordDataset([str(cache / name) for name in names])
     if limit is not None:
         dataset = dataset.take(limit)
     records = []
@@ -205,18 +310,18 @@ def read_cache_records(cache_dir, limit=None):
             "image_id": example["image_id"].numpy().decode(),
             "image": tf.io.decode_png(example["image_png"], channels=1).numpy()[..., 0],
             "mask": (tf.io.decode_png(example["mask_png"], channels=1).numpy()[..., 0] > 0).astype(np.uint8),
-            "label": example["label"].numpy().decode(),
-            "split": example["split"].numpy().decode(),
-            "fold": int(example["fold"]),
             "lung_bbox": example["lung_bbox"].numpy().tolist(),
             "lung_fraction": float(example["lung_fraction"]),
             "mask_ok": int(example["mask_ok"]),
+            "raw": raw.numpy(),
         })
     return records
 
 
 def write_qc_grid(cache_dir, limit=24, thumb=192):
     """cache/qc.png: the first `limit` images with the lung outline (green), a red frame where QC failed."""
+    import cv2
+
     tiles = []
     for record in read_cache_records(cache_dir, limit):
         image = cv2.cvtColor(cv2.resize(record["image"], (thumb, thumb), interpolation=cv2.INTER_AREA), cv2.COLOR_GRAY2BGR)

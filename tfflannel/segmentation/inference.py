@@ -1,47 +1,80 @@
-"""Lung masks for whole images: load a segmenter, predict at 256, post-process, evaluate.
+"""Lung segmenters: load one, mask whole films, evaluate.
 
-Shared by `evaluate-seg`, `segment`, the export and the tools, so every stage
-sees the same mask for the same image.
+Masks come from `tfflannel.film_pipeline` (equalisation, letterbox, clean-up), the
+code `segment`, `predict`, `explain` and the export run, so the Jaccard index
+`evaluate-seg` reports is that of the masks the learners see.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 import numpy as np
+import tensorflow as tf
 from tqdm.auto import tqdm
 
+from tfflannel.film_pipeline import equalize_gamma_tf, film_mask, lung_masks, segmenter_input
 from tfflannel.models.fc_densenet import SEGMENTATION_CLASSES, build_fc_densenet, lung_class_indices
-from tfflannel.segmentation.postprocess import dice_coefficient, jaccard_index, postprocess_lung_mask
-from tfflannel.segmentation.preprocess import preprocess_for_segmentation, unletterbox
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 SHIPPED_SEGMENTER = WEIGHTS_DIR / "lung_segmenter.json"
 
 
+def file_fingerprint(*paths):
+    """sha256 over the bytes of `paths` (the weights that define a segmenter)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(Path(path).read_bytes())
+    return digest.hexdigest()
+
+
 @dataclass
 class Segmenter:
-    """A lung segmentation model with the input size and class set it was trained with."""
+    """A lung segmentation model with the input size and class set it was trained with.
+
+    Args:
+        model: keras.Model. (S, S, 1) in [0, 1] -> (S, S, classes) probabilities.
+        input_size: int. S. Defaults to `256`.
+        classes: str. `lung` or `jsrt` (see `models.fc_densenet.SEGMENTATION_CLASSES`). Defaults to `"lung"`.
+        description: str. Where it came from. Defaults to `""`.
+        fingerprint: str. sha256 of its weights file(s), recorded by the cache. Defaults to `""`.
+    """
 
     model: keras.Model
     input_size: int = 256
     classes: str = "lung"
     description: str = ""
+    fingerprint: str = ""
+
+    @property
+    def lung_classes(self):
+        return tuple(int(i) for i in lung_class_indices(self.classes))
+
+    def prepare(self, film):
+        """(H, W) film -> ((S, S, 1) segmenter input, (H, W) float32 equalised film)."""
+        return segmenter_input(film, self.input_size), equalize_gamma_tf(film)
+
+    def probabilities(self, batch):
+        """(B, S, S, 1) segmenter inputs -> (B, S, S, classes) float32, inference mode."""
+        return tf.cast(tf.constant(self.model.predict_on_batch(batch)), tf.float32)
 
     def predict(self, images, batch_size=8):
-        """(H, W) uint8 images -> post-processed (H, W) uint8 lung masks at each image's own size."""
+        """(H, W) integer films -> cleaned (H, W) uint8 lung masks at each film's own size (film pipeline)."""
+        if not hasattr(self, "_prepare"):
+            self._prepare = tf.function(lambda film: segmenter_input(film, self.input_size),
+                                        input_signature=[tf.TensorSpec([None, None], tf.uint8)])
+            self._masks = tf.function(lambda probs: lung_masks(probs, self.lung_classes), reduce_retracing=True)
+            self._film_mask = tf.function(film_mask, reduce_retracing=True)
         masks = []
         for start in range(0, len(images), batch_size):
             chunk = images[start:start + batch_size]
-            prepared = [preprocess_for_segmentation(image, self.input_size) for image in chunk]
-            batch = np.stack([array for array, _ in prepared])
-            probabilities = np.asarray(self.model.predict_on_batch(batch))
-            lung = np.isin(np.argmax(probabilities, axis=-1), lung_class_indices(self.classes))
-            for square, (_, box) in zip(lung, prepared, strict=True):
-                masks.append(postprocess_lung_mask(unletterbox(square.astype(np.uint8), box)))
+            batch = tf.stack([self._prepare(tf.constant(image)) for image in chunk])
+            for image, mask in zip(chunk, self._masks(self.probabilities(batch)), strict=True):
+                masks.append(self._film_mask(mask, tf.constant(image.shape[0]), tf.constant(image.shape[1])).numpy())
         return masks
 
 
@@ -59,24 +92,27 @@ def load_segmenter(source=None):
 
         config = yaml.safe_load((path / "config.yaml").read_text())["segmentation"] if (path / "config.yaml").exists() else {}
         model = keras.saving.load_model(path / "model.keras", compile=False)
-        return Segmenter(model, int(config.get("input_size", model.input_shape[1])), config.get("classes", "lung"), str(path))
+        return Segmenter(model, int(config.get("input_size", model.input_shape[1])), config.get("classes", "lung"),
+                         str(path), file_fingerprint(path / "model.keras"))
     if not path.exists():
         raise FileNotFoundError(f"{path}: no segmentation model here (expected a run directory, .keras or .json)")
     if path.suffix == ".keras":
         model = keras.saving.load_model(path, compile=False)
         classes = "lung" if model.output_shape[-1] == 2 else "jsrt"
-        return Segmenter(model, int(model.input_shape[1]), classes, str(path))
+        return Segmenter(model, int(model.input_shape[1]), classes, str(path), file_fingerprint(path))
     descriptor = json.loads(path.read_text())
     classes = descriptor.get("classes", "lung")
     size = int(descriptor.get("input_size", 256))
     model = build_fc_densenet(descriptor["preset"], num_classes=len(SEGMENTATION_CLASSES[classes]),
                               input_shape=(size, size, 1), **descriptor.get("architecture", {}))
     model.load_weights(path.parent / descriptor["weights"])
-    return Segmenter(model, size, classes, descriptor.get("description", str(path)))
+    return Segmenter(model, size, classes, descriptor.get("description", str(path)),
+                     file_fingerprint(path, path.parent / descriptor["weights"]))
 
 
 def evaluate_segmenter(segmenter, pairs, batch_size=8, progress=True):
     """Jaccard and Dice of post-processed lung masks against ground truth at the mask's own resolution."""
+    from tfflannel.segmentation.metrics import dice_coefficient, jaccard_index
     from tfflannel.segmentation.readers import load_pair
 
     per_image = []

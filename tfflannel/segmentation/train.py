@@ -44,7 +44,7 @@ def load_training_arrays(pairs, size=256, classes="lung", progress=True):
     labels = np.zeros((len(pairs), size, size), np.uint8)
     for index, pair in enumerate(tqdm(pairs, desc="loading pairs", unit="pair", disable=not progress)):
         image, label_map = load_pair(pair, classes)
-        images[index], _ = preprocess_for_segmentation(image, size)
+        images[index] = preprocess_for_segmentation(image, size)
         labels[index] = resize_label_map(label_map, size)
     return images, labels
 
@@ -80,14 +80,26 @@ class AugmentedBatches(keras.utils.PyDataset):
 
 
 def predict_lung_masks(model, images, classes="lung", batch_size=8):
-    """Inference-mode lung masks (N, S, S) uint8 from pre-processed images."""
+    """Inference-mode lung masks (N, S, S) uint8 from pre-processed images, cleaned as at inference.
+
+    The clean-up (two largest components, holes filled) is `film_pipeline.lung_mask`, the one `segment`,
+    `evaluate-seg` and the export use, so the Jaccard index selecting the checkpoint is that of served masks.
+    """
+    import tensorflow as tf
+
+    from tfflannel.film_pipeline import lung_masks
+
     probabilities = model.predict(images, batch_size=batch_size, verbose=0)
-    return np.isin(np.argmax(probabilities, axis=-1), lung_class_indices(classes)).astype(np.uint8)
+    lung = tuple(int(i) for i in lung_class_indices(classes))
+    clean = tf.function(lambda probs: lung_masks(probs, lung), reduce_retracing=True)
+    masks = [clean(tf.constant(probabilities[i:i + batch_size], tf.float32)).numpy()
+             for i in range(0, len(probabilities), batch_size)]
+    return np.concatenate(masks).astype(np.uint8) if masks else np.zeros(np.shape(probabilities)[:3], np.uint8)
 
 
 def mean_jaccard(predicted, labels, classes="lung"):
     """Mean over images of the lung Jaccard index (union of lung classes)."""
-    from tfflannel.segmentation.postprocess import jaccard_index
+    from tfflannel.segmentation.metrics import jaccard_index
 
     lung = np.isin(labels, lung_class_indices(classes))
     return float(np.mean([jaccard_index(p, t) for p, t in zip(predicted, lung, strict=True)]))

@@ -1,16 +1,37 @@
-"""Patch sampling as small NumPy functions: the reference the tf.data pipeline is tested against.
-
-The originals drew a centre's row and column independently from the lung
-pixels, so the centre could fall outside the lung, and truncated border patches
-were then stretched to size. Here a centre is one lung pixel drawn as a pair,
-and a patch crossing the border is zero-padded, never stretched.
-"""
+"""Independent NumPy/SciPy/OpenCV references the TensorFlow film pipeline is tested against (test-only code)."""
 
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 
 
+def keep_largest_components(mask, n=2):
+    """Keep the `n` largest 8-connected foreground components of a binary (H, W) mask (SciPy labelling)."""
+    mask = np.asarray(mask) > 0
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    if count <= n:
+        return mask.astype(np.uint8)
+    sizes = np.bincount(labels.ravel())[1:]
+    last = ndimage.maximum(np.arange(labels.size).reshape(labels.shape), labels, np.arange(1, count + 1))
+    keep = np.lexsort((last, -sizes))[:n] + 1     # largest first; ties: the one whose last raster pixel comes first
+    return np.isin(labels, keep).astype(np.uint8)
+
+
+def fill_holes(mask):
+    """Fill background regions fully enclosed by foreground (SciPy)."""
+    return ndimage.binary_fill_holes(np.asarray(mask) > 0).astype(np.uint8)
+
+
+def clean_lung_mask(mask, components=2):
+    """Largest `components` components, then holes filled."""
+    return fill_holes(keep_largest_components(mask, components))
+
+
+def letterbox_geometry(height, width, size):
+    """(content rows, content cols) of a film letterboxed (pad bottom/right) to `size`."""
+    side = max(height, width)
+    return round(height * size / side), round(width * size / side)
 def sample_patch_centres(mask, k, rng):
     """Draw `k` (row, col) centres uniformly from the foreground pixels of a (H, W) mask.
 
