@@ -12,7 +12,18 @@ def _bn(x, momentum, name):
 
 
 def apply_densenet_layer(x, growth_rate, bn_size, bn_momentum, name):
-    """BN-ReLU-Conv1x1(bn_size*growth)-BN-ReLU-Conv3x3(growth), concatenated to the input."""
+    """BN-ReLU-Conv1x1(bn_size*growth)-BN-ReLU-Conv3x3(growth), concatenated to the input.
+
+    Args:
+        x: KerasTensor. (B, H, W, C) input.
+        growth_rate: int. Channels the layer adds.
+        bn_size: int. Bottleneck width as a multiple of `growth_rate`.
+        bn_momentum: float. Keras BatchNormalization momentum.
+        name: str. Layer-name prefix.
+
+    Returns:
+        KerasTensor of shape (B, H, W, C + growth_rate).
+    """
     y = layers.Activation("relu", name=f"{name}_relu1")(_bn(x, bn_momentum, f"{name}_bn1"))
     y = layers.Conv2D(bn_size * growth_rate, 1, use_bias=False, name=f"{name}_conv1")(y)
     y = layers.Activation("relu", name=f"{name}_relu2")(_bn(y, bn_momentum, f"{name}_bn2"))

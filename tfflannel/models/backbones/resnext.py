@@ -85,7 +85,21 @@ def _bn(x, momentum, name):
 
 
 def apply_bottleneck(x, planes, strides, groups, base_width, bn_momentum, impl, name):
-    """Bottleneck block of torchvision: 1x1 -> 3x3 (stride, groups) -> 1x1 (x4), projection shortcut when needed."""
+    """Bottleneck block of torchvision: 1x1 -> 3x3 (stride, groups) -> 1x1 (x4), projection shortcut when needed.
+
+    Args:
+        x: KerasTensor. (B, H, W, C) input.
+        planes: int. Base width; the block outputs `4 * planes` channels.
+        strides: int. Stride of the 3x3 convolution and of the projection shortcut.
+        groups: int. Groups of the 3x3 convolution (1: a plain `Conv2D`).
+        base_width: int. Width per group; the 3x3 has `int(planes * base_width / 64) * groups` channels.
+        bn_momentum: float. Keras BatchNormalization momentum.
+        impl: str. `split` or `grouped` (see `GroupedConv2D`).
+        name: str. Layer-name prefix.
+
+    Returns:
+        KerasTensor. (B, ceil(H / strides), ceil(W / strides), 4 * planes) after the residual add and ReLU.
+    """
     width = int(planes * (base_width / 64.0)) * groups
     out_channels = planes * 4
     shortcut = x
@@ -107,7 +121,22 @@ def apply_bottleneck(x, planes, strides, groups, base_width, bn_momentum, impl, 
 
 def build_resnext(inputs, blocks, groups, base_width, bn_momentum=0.9, impl="split", include_top=False, classes=1000,
                   prefix="resnext"):
-    """Build a torchvision-layout ResNet/ResNeXt on `inputs`; `include_top` adds GAP + fc (`classes=0`: GAP only)."""
+    """Build a torchvision-layout ResNet/ResNeXt on `inputs`; `include_top` adds GAP + fc (`classes=0`: GAP only).
+
+    Args:
+        inputs: KerasTensor. (B, H, W, 3) input scaled with the ImageNet mean/std.
+        blocks: tuple of 4 int. Bottlenecks per stage.
+        groups: int. Cardinality of the 3x3 convolutions (1 for ResNet).
+        base_width: int. Width per group (64 for ResNet).
+        bn_momentum: float. Keras BatchNormalization momentum (0.9 is PyTorch's 0.1). Defaults to `0.9`.
+        impl: str. `split` or `grouped` (see `GroupedConv2D`). Defaults to `"split"`.
+        include_top: bool. Append GAP and, with `classes`, fc. Defaults to `False`.
+        classes: int. Units of fc; `0` stops after GAP. Defaults to `1000`.
+        prefix: str. Layer-name prefix. Defaults to `"resnext"`.
+
+    Returns:
+        KerasTensor. The (B, h, w, 2048) stage-4 output; with `include_top` (B, 2048) or (B, classes) logits.
+    """
     x = layers.ZeroPadding2D(3, name=f"{prefix}_stem_pad")(inputs)
     x = layers.Conv2D(64, 7, strides=2, use_bias=False, name=f"{prefix}_stem_conv")(x)
     x = _bn(x, bn_momentum, f"{prefix}_stem_bn")
