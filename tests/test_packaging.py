@@ -58,7 +58,8 @@ def test_wheel_holds_the_configs_and_one_version(installed):
     wheel, _, _ = installed
     names = zipfile.ZipFile(wheel).namelist()
     packaged = sorted(n for n in names if n.startswith("tfflannel/configs/") and n.endswith(".yaml"))
-    assert [n.rsplit("/", 1)[1] for n in packaged] == sorted(p.name for p in (REPO / "tfflannel/configs").glob("*.yaml"))
+    shipped = sorted(p.name for p in (REPO / "tfflannel/configs").glob("*.yaml"))
+    assert [n.rsplit("/", 1)[1] for n in packaged] == shipped
     assert wheel.name.startswith(f"tfflannel-{tfflannel.__version__}-")
 
 

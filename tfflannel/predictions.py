@@ -71,7 +71,22 @@ def predictions_path(run_dir, role):
 
 
 def write_predictions(run_dir, role, image_ids, labels, votes, probabilities):
-    """Write RUNDIR/predictions/<role>.csv atomically; returns its path."""
+    """Write RUNDIR/predictions/<role>.csv atomically; returns its path.
+
+    Args:
+        run_dir: str or Path. The run directory.
+        role: str. The partition (`valid`, `test`, ...): the file name.
+        image_ids: list of str. N image ids.
+        labels: sequence of int. N true class indices.
+        votes: array. (N, C) vote shares (`vote_*` columns).
+        probabilities: array. (N, C) mean probabilities (`prob_*` columns).
+
+    Returns:
+        Path: the CSV written.
+
+    Raises:
+        ValueError: the four sequences differ in length.
+    """
     rows = [prediction_row(*fields) for fields in zip(image_ids, labels, votes, probabilities, strict=True)]
     path = predictions_path(run_dir, role)
     write_csv_atomic(path, rows, PREDICTION_COLUMNS)

@@ -140,7 +140,8 @@ def build_jobs(data, out, folds, backbones=PAPER_BACKBONES, modes=MODES, weights
         target = out / f"f{fold}" / ENSEMBLE_NAMES[mode]
         runs = ",".join(str(p.target) for p in predicts)
         ensembles.append(Job(f"train-ensemble f{fold} {mode}", "ensemble",
-                             ("train-ensemble", "--fold", str(fold), "--runs", runs, "--out", str(target)) + config_args,
+                             ("train-ensemble", "--fold", str(fold), "--runs", runs, "--out", str(target))
+                             + config_args,
                              target, tuple(p.name for p in predicts), index % parts))
     jobs += ensembles
     run_dirs = [str(p.target) for group in learners.values() for p in group] + [str(e.target) for e in ensembles]

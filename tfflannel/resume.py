@@ -145,7 +145,6 @@ class ResumableFit:
             `save_model_without_optimizer`.
 
     Example:
-
     ```python
     fit = ResumableFit(out_dir, epochs, fingerprint, seed, monitor="val_macro_f1", patience=20)
     if not fit.complete:

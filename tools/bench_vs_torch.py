@@ -36,12 +36,24 @@ BACKBONES = {
 
 
 def fixed_batch(batch, size, channels):
+    """Return a fixed random batch (seed 0) that both frameworks train and infer on.
+
+    Args:
+        batch: int. Images in the batch.
+        size: int. Image side in pixels.
+        channels: int. 1 for tfflannel (grey input), 3 for torchvision.
+
+    Returns:
+        tuple: `(images, labels)`, float32 (batch, size, size, channels) values in [0, 255) and int64 (batch,)
+        labels in 0-3.
+    """
     rng = np.random.default_rng(0)
     return (rng.random((batch, size, size, channels), dtype=np.float32) * 255,
             rng.integers(0, 4, batch).astype(np.int64))
 
 
 def time_calls(call, steps):
+    """Return the mean seconds per call of `call()` over `steps` calls, after one untimed warm-up call."""
     call()                                                       # warm-up: tracing, allocation
     started = time.perf_counter()
     for _ in range(steps):
@@ -50,6 +62,18 @@ def time_calls(call, steps):
 
 
 def measure_tensorflow(name, batch, steps, grouped_conv, threads):
+    """Measure a tfflannel classifier (`head="reference"`, random init): AdamW train steps and batched inference.
+
+    Args:
+        name: str. A key of `BACKBONES`.
+        batch: int. Batch size.
+        steps: int. Timed steps after one warm-up step.
+        grouped_conv: str. `split` or `grouped` (ResNeXt's grouped convolutions).
+        threads: int. TensorFlow intra- and inter-op threads; 0 keeps TensorFlow's default.
+
+    Returns:
+        dict: `train` and `infer` images per second.
+    """
     import keras
     import tensorflow as tf
 
@@ -72,6 +96,19 @@ def measure_tensorflow(name, batch, steps, grouped_conv, threads):
 
 
 def measure_torch(name, batch, steps, threads):
+    """Measure the torchvision model with a 4-class last Linear: AdamW train steps and eval-mode inference.
+
+    Runs in the `--torch-worker` subprocess (needs torch and torchvision).
+
+    Args:
+        name: str. A key of `BACKBONES`.
+        batch: int. Batch size.
+        steps: int. Timed steps after one warm-up step.
+        threads: int. torch threads; 0 keeps torch's default.
+
+    Returns:
+        dict: `train` and `infer` images per second, the torch `threads` used and the torch `version`.
+    """
     import torch
     import torchvision
 
@@ -110,6 +147,7 @@ def measure_torch(name, batch, steps, threads):
 
 
 def main():
+    """Parse the command line, then print images/s and the ratio per backbone (or act as the torch worker)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--torch-python", help="A Python with torch + torchvision (runs the torchvision half).")
     parser.add_argument("--backbones", nargs="*", default=sorted(BACKBONES), choices=sorted(BACKBONES))

@@ -41,10 +41,20 @@ def fixture_input(size, seed=SEED):
 
 
 def scaled(image):
+    """Return a uint8 image scaled to [-1, 1] as float32 (`x / 127.5 - 1`), as tfflannel's `tf` pre-processing."""
     return image.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
 
 
 def make_fixture(name):
+    """Write `tests/fixtures/parity/NAME.npz` for one backbone (needs torch and torchvision).
+
+    The npz holds `image` (the uint8 input), `logits` (float32, eval mode), the state dict's `names`, its
+    shapes flattened as `ndims` (rank per tensor) and `dims`, the `seed`, and the torch/torchvision versions
+    and constructor name.
+
+    Args:
+        name: str. A key of `MODELS`.
+    """
     import torch
     import torchvision
 
@@ -69,6 +79,7 @@ def make_fixture(name):
 
 
 def main():
+    """Parse `--only` and write the fixtures of those backbones (default: all five)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="*", choices=sorted(MODELS), help="Backbones to write (default: all five).")
     args = parser.parse_args()

@@ -25,8 +25,11 @@ def build_ccx(root, edit_rows=None, extra_rows=()):
     for row in rows:
         stem = row["filename"].rsplit(".", 1)[0]
         source = by_stem[stem]
-        Image.open(source).convert("L").save(root / "images" / row["filename"], quality=95) \
-            if row["filename"].lower().endswith((".jpg", ".jpeg")) else Image.open(source).save(root / "images" / row["filename"])
+        (
+            Image.open(source).convert("L").save(root / "images" / row["filename"], quality=95)
+            if row["filename"].lower().endswith((".jpg", ".jpeg"))
+            else Image.open(source).save(root / "images" / row["filename"])
+        )
         row = edit_rows(dict(row)) if edit_rows else row
         if row is not None:
             out_rows.append(row)

@@ -54,8 +54,10 @@ def test_ccx_reader_on_real_images(tmp_path):
         {"patientid": "900", "finding": "COVID-19", "view": "L", "modality": "X-ray", "filename": "lateral.png"},
         {"patientid": "901", "finding": "COVID-19", "view": "Axial", "modality": "CT", "filename": "ct.png"},
         {"patientid": "902", "finding": "ARDS", "view": "PA", "modality": "X-ray", "filename": "ards.png"},
-        {"patientid": "903", "finding": "Pneumonia/Viral/COVID-19", "view": "AP Supine", "modality": "X-ray", "filename": "supine.png"},
-        {"patientid": "904", "finding": "Pneumonia/Fungal/Pneumocystis", "view": "PA", "modality": "X-ray", "filename": "pcp.png"},
+        {"patientid": "903", "finding": "Pneumonia/Viral/COVID-19", "view": "AP Supine", "modality": "X-ray",
+         "filename": "supine.png"},
+        {"patientid": "904", "finding": "Pneumonia/Fungal/Pneumocystis", "view": "PA", "modality": "X-ray",
+         "filename": "pcp.png"},
         {"patientid": "905", "finding": "COVID-19", "view": "PA", "modality": "X-ray", "filename": "absent.jpg"},
     ]
     root = build_ccx(tmp_path / "ccx", extra_rows=extra)

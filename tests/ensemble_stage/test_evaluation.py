@@ -13,10 +13,13 @@ def test_metrics_equal_sklearn_with_a_class_never_predicted():
     scores = np.eye(4)[[0, 1, 1, 1, 2, 0, 0, 1, 2]] * 0.7 + 0.05   # class 3 never predicted
     result = classification_metrics(labels, scores)
     predicted = scores.argmax(axis=1)
-    assert result["macro_f1"] == pytest.approx(f1_score(labels, predicted, average="macro", labels=range(4), zero_division=0))
+    assert result["macro_f1"] == pytest.approx(
+        f1_score(labels, predicted, average="macro", labels=range(4), zero_division=0))
     for index, item in enumerate(result["per_class"]):
-        assert item["precision"] == pytest.approx(precision_score(labels, predicted, labels=[index], average="macro", zero_division=0))
-        assert item["recall"] == pytest.approx(recall_score(labels, predicted, labels=[index], average="macro", zero_division=0))
+        assert item["precision"] == pytest.approx(
+            precision_score(labels, predicted, labels=[index], average="macro", zero_division=0))
+        assert item["recall"] == pytest.approx(
+            recall_score(labels, predicted, labels=[index], average="macro", zero_division=0))
         assert not np.isnan(item["f1"])
     assert result["per_class"][3] == {"class": "normal", "precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 3}
     assert result["confusion"][3] == [1, 1, 1, 0]

@@ -31,7 +31,8 @@ def patch_run(tmp_path_factory, sample_workdir):
     out = tmp_path_factory.mktemp("patch-run")
     result = CliRunner().invoke(main, ["train-patch", "--backbone", "mobilenet_v2", "--fold", "1", "--data",
                                        str(sample_workdir), "--out", str(out), "--epochs", "2", "--batch-size", "16",
-                                       *SMALL, "--set", "patched.patches_per_image=4", "--set", "patched.augment=false"])
+                                       *SMALL, "--set", "patched.patches_per_image=4",
+                                       "--set", "patched.augment=false"])
     assert result.exit_code == 0, result.output
     return out
 
@@ -40,7 +41,8 @@ def test_train_patch_improves_loss_and_writes_every_output(patch_run):
     history = _history(patch_run / "history.csv")
     assert [int(r["epoch"]) for r in history] == [0, 1]
     assert float(history[1]["loss"]) < float(history[0]["loss"])
-    assert {"val_macro_f1", "learning_rate"} <= set(history[0]) and all(f"val_f1_{c}" in history[0] for c in CLASS_NAMES)
+    assert {"val_macro_f1", "learning_rate"} <= set(history[0])
+    assert all(f"val_f1_{c}" in history[0] for c in CLASS_NAMES)
     for name in ("model.keras", "config.yaml", "run.yaml"):
         assert (patch_run / name).is_file()
     assert any((patch_run / "logs").rglob("*.tfevents*"))

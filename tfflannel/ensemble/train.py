@@ -48,8 +48,15 @@ def run_name(run_dir):
 def join_predictions(run_dirs, role, score="prob"):
     """Scores of several runs for one partition, aligned by image_id.
 
+    Args:
+        run_dirs: list of str or Path. Run directories with `predictions/<role>.csv`; their order is the order
+            of the learners in the scores.
+        role: str. The partition (`valid`, `test`, ...).
+        score: str. `prob` (mean probabilities) or `vote` (vote shares) columns. Defaults to `"prob"`.
+
     Returns:
-        (image_ids sorted, labels (N,) int, scores (N, L * C) float32)
+        tuple: `(image_ids, labels, scores)`: the image ids sorted, labels (N,) int, and scores (N, L * C)
+        float32, learner-major (the C columns of learner 0, then learner 1, ...).
 
     Raises:
         JoinError: the runs' files do not cover the same images, disagree on a label, or break the schema.
@@ -101,6 +108,7 @@ class EpochBatches(keras.utils.PyDataset):
         return self.x[rows], self.y[rows]
 
     def on_epoch_end(self):
+        """Advance to the next epoch and draw its order from (seed, epoch)."""
         self.epoch += 1
         self.order = self._order()
 
@@ -148,7 +156,8 @@ def train_ensemble(config, run_dirs, out_dir, fold=None, progress=True, force=Fa
     infos = [run_name(r) for r in run_dirs]
     folds = {info.fold for _, info in infos}
     if len(folds) != 1 or (fold is not None and folds != {int(fold)}):
-        raise JoinError(f"all runs must come from one fold{'' if fold is None else f' ({fold})'}; found folds {sorted(folds)}")
+        wanted = "" if fold is None else f" ({fold})"
+        raise JoinError(f"all runs must come from one fold{wanted}; found folds {sorted(folds)}")
     fold = folds.pop()
     names = [name for name, _ in infos]
     fingerprint = {**{f"ensemble.{k}": (list(v) if isinstance(v, tuple) else v)
@@ -196,7 +205,8 @@ def train_ensemble(config, run_dirs, out_dir, fold=None, progress=True, force=Fa
         ]
         validation = (scores[hold_rows], one_hot[labels[hold_rows]]) if len(hold_rows) else None
         multi = strategy.num_replicas_in_sync > 1    # every batch splits evenly over the replicas
-        batches = EpochBatches(scores[fit_rows], one_hot[labels[fit_rows]], replica_batch_size(cfg.batch_size, strategy),
+        batches = EpochBatches(scores[fit_rows], one_hot[labels[fit_rows]],
+                               replica_batch_size(cfg.batch_size, strategy),
                                cfg.seed, fit.initial_epoch, drop_remainder=multi)
         fit.fit(model, batches, callbacks=callbacks, verbose=2 if progress else 0, validation_data=validation)
     best = keras.saving.load_model(out_dir / "model.keras", compile=False)
@@ -205,9 +215,11 @@ def train_ensemble(config, run_dirs, out_dir, fold=None, progress=True, force=Fa
     probabilities = np.asarray(best.predict(test_scores, verbose=0))
     votes = one_hot[np.argmax(probabilities, axis=-1)] if len(probabilities) else probabilities
     write_predictions(out_dir, "test", test_ids, test_labels, votes, probabilities)
-    summary = {"learners": names, "alpha": alpha, "fit_images": int(len(fit_rows)), "holdout_images": int(len(hold_rows))}
+    summary = {"learners": names, "alpha": alpha, "fit_images": int(len(fit_rows)),
+               "holdout_images": int(len(hold_rows))}
     if cfg.kind != "mlp":
-        weights = np.asarray(keras.Model(best.input, best.get_layer("learner_weights").output).predict(test_scores, verbose=0))
+        weighting = keras.Model(best.input, best.get_layer("learner_weights").output)
+        weights = np.asarray(weighting.predict(test_scores, verbose=0))
         summary["mean_weight_on_test"] = {name: float(w) for name, w in zip(names, weights.mean(axis=0), strict=True)}
         summary["std_weight_on_test"] = {name: float(w) for name, w in zip(names, weights.std(axis=0), strict=True)}
     write_text_atomic(summary_path, json.dumps(summary, indent=2) + "\n")

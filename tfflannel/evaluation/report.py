@@ -38,6 +38,16 @@ def _save(fig, path):
 
 
 def plot_confusion(matrix, title, path):
+    """Draw a confusion matrix with its counts and save it as a PNG (atomically).
+
+    Args:
+        matrix: array-like. (4, 4) counts, rows true class, columns predicted class, in `CLASS_NAMES` order.
+        title: str. Plot title.
+        path: str or Path. Output PNG.
+
+    Returns:
+        `path`.
+    """
     matrix = np.asarray(matrix)
     fig, ax = plt.subplots(figsize=(4.8, 4.2))
     ax.imshow(matrix, cmap="Blues")
@@ -75,13 +85,24 @@ def plot_curves(labels, scores, title, path):
 
 
 def plot_f1_bars(table, path):
+    """Draw grouped bars of F1 per class and macro, one bar per run, with the std over folds as error bars.
+
+    Args:
+        table: list of dict. Table-3 rows (`run`, `class`, `f1_mean`, `f1_std`), as `table3` returns; a missing
+            row is drawn as 0 and a NaN std (one fold) as no error bar.
+        path: str or Path. Output PNG.
+
+    Returns:
+        `path`.
+    """
     runs = list(dict.fromkeys(row["run"] for row in table))
     classes = [*CLASS_NAMES, "macro"]
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(classes)), 4))
     width = 0.8 / max(len(runs), 1)
     for index, run in enumerate(runs):
         values = [next((r["f1_mean"] for r in table if r["run"] == run and r["class"] == c), 0.0) for c in classes]
-        errors = [next((0.0 if np.isnan(r["f1_std"]) else r["f1_std"] for r in table if r["run"] == run and r["class"] == c), 0.0)
+        errors = [next((0.0 if np.isnan(r["f1_std"]) else r["f1_std"]
+                        for r in table if r["run"] == run and r["class"] == c), 0.0)
                   for c in classes]
         ax.bar(np.arange(len(classes)) + index * width, values, width, yerr=errors, label=run)
     ax.set_xticks(np.arange(len(classes)) + width * (len(runs) - 1) / 2, classes, fontsize=8)
@@ -106,7 +127,8 @@ def _data_section(workdir):
         values = [counts[(source, c)] for c in CLASS_NAMES]
         lines.append(f"| {source} | " + " | ".join(map(str, values)) + f" | {sum(values)} |")
     text = (f"Manifest `{Path(workdir) / 'manifest.csv'}`: {len(rows)} images, "
-            f"{len({r['patient_id'] for r in rows})} patients, {sum(r['split'] == 'test' for r in rows)} in the test set.\n\n"
+            f"{len({r['patient_id'] for r in rows})} patients, "
+            f"{sum(r['split'] == 'test' for r in rows)} in the test set.\n\n"
             + "\n".join(lines))
     if len(sources) > 1:
         text += ("\n\n**Source confound.** COVID-19 images come from the adult COVID chest X-ray collection while most "
@@ -116,7 +138,20 @@ def _data_section(workdir):
 
 
 def evaluate_runs(run_dirs, out_dir, role="test"):
-    """Evaluate every run on its `role` predictions and write the report; returns the Table-3 rows."""
+    """Evaluate every run on its `role` predictions and write the report; returns the Table-3 rows.
+
+    Writes `metrics.csv` (per run, fold and class), `table3.csv` / `table3.md` (F1 mean and std over folds),
+    `runs.json`, plots under `plots/` (confusion summed over folds, PR/ROC curves of the pooled folds, F1 bars)
+    and `report.md` (with per-source metrics when the manifest has several sources).
+
+    Args:
+        run_dirs: list of str or Path. Base-learner or ensemble run directories with `predictions/<role>.csv`.
+        out_dir: str or Path. Report directory, created if needed.
+        role: str. The partition evaluated. Defaults to `"test"`.
+
+    Returns:
+        list of dict: the Table-3 rows (`run`, `class`, `f1_mean`, `f1_std`, `folds`).
+    """
     out_dir = Path(out_dir)
     (out_dir / "plots").mkdir(parents=True, exist_ok=True)
     metric_rows, per_run, pooled, source_rows, summaries = [], {}, collections.defaultdict(list), [], []
@@ -169,7 +204,8 @@ def evaluate_runs(run_dirs, out_dir, role="test"):
     report += ["## Per model", ""]
     for name, confusion_path, curves_path in plots:
         accs = [s["accuracy"] for s in summaries if s["run"] == name]
-        report += [f"### {name}", "", f"accuracy {format_mean_std(np.mean(accs), np.std(accs, ddof=1) if len(accs) > 1 else float('nan'))}", "",
+        spread = np.std(accs, ddof=1) if len(accs) > 1 else float("nan")
+        report += [f"### {name}", "", f"accuracy {format_mean_std(np.mean(accs), spread)}", "",
                    f"![confusion](plots/{confusion_path.name}) ![curves](plots/{curves_path.name})", ""]
     write_text_atomic(out_dir / "report.md", "\n".join(report))
     return table

@@ -44,6 +44,15 @@ def predict_image_scores(model, dataset):
 
     A last, smaller batch is zero-padded to the first batch's size (and the padding's outputs
     dropped), so the model's predict function sees one input shape and is traced once per model.
+
+    Args:
+        model: keras.Model. A classifier: (B*K, S, S, 1) -> (B*K, C) probabilities.
+        dataset: iterable of `(patches, labels, ids)` tensors: (B*K, S, S, 1) patches, the K patches of an
+            image consecutive, (B,) int labels and (B,) byte-string ids.
+
+    Returns:
+        tuple: `(probabilities, labels, ids)`: (N, K, C) per-patch probabilities, (N,) int labels and a list
+        of N str ids; a (0, 1, 4) array, an empty label array and `[]` for an empty dataset.
     """
     all_probs, all_labels, all_ids = [], [], []
     full = None
@@ -122,7 +131,8 @@ def predict_base(run_dir, workdir=None, k=100, images_per_batch=4, seed=0, roles
     recorded = read_provenance(run_dir)
     done = set(recorded.get("done", [])) if recorded.get("identity") == identity and not force else set()
     if recorded.get("identity") and recorded["identity"] != identity and not force:
-        echo(f"{run_dir / 'predictions'}: recomputing, inputs changed: {'; '.join(changed_keys(recorded['identity'], identity))}")
+        changes = "; ".join(changed_keys(recorded["identity"], identity))
+        echo(f"{run_dir / 'predictions'}: recomputing, inputs changed: {changes}")
     done = {role for role in done if predictions_path(run_dir, role).is_file()}
     todo = [role for role in roles if role not in done]
     if not todo:

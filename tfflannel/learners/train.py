@@ -48,6 +48,12 @@ class ValidationF1(keras.callbacks.Callback):
         self.dataset_fn, self.bn_data, self.bn_batches = dataset_fn, bn_data, bn_batches
 
     def on_epoch_end(self, epoch, logs=None):
+        """Add `val_macro_f1`, `val_f1_<class>` and `learning_rate` to `logs` (in place).
+
+        Args:
+            epoch: int. The 0-based epoch that just ended (selects the precise-BN batches).
+            logs: dict. Keras' epoch logs; the values are added to it. Defaults to `None`.
+        """
         logs = logs if logs is not None else {}
         if self.bn_batches and self.bn_data is not None:
             recompute_batchnorm_statistics(self.model, (x for x, _ in self.bn_data(epoch).take(self.bn_batches)))
@@ -68,6 +74,7 @@ class SamplePatchImages(keras.callbacks.Callback):
         self.log_dir, self.dataset = log_dir, dataset
 
     def on_train_begin(self, logs=None):
+        """Write up to 8 images of the first batch, scaled to [0, 1], under `log_dir/patches` at step 0."""
         for patches, _ in self.dataset.take(1):
             writer = tf.summary.create_file_writer(str(Path(self.log_dir) / "patches"))
             with writer.as_default():

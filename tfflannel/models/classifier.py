@@ -28,7 +28,15 @@ _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 class GrayToImageNet(layers.Layer):
     """(B, H, W, 1) grey values in [0, 255] -> (B, H, W, 3) scaled the way the backbone was trained.
 
-    Modes: `tf` ([-1, 1]), `torch` (/255 then ImageNet mean/std), `caffe` (BGR mean subtracted).
+    The grey channel is repeated into three channels and each is scaled as `grey * scale_c + offset_c`.
+
+    Args:
+        mode: str. `"tf"`: to [-1, 1]; `"torch"`: /255, then ImageNet mean/std per channel; `"caffe"`: the
+            ImageNet BGR mean subtracted from the 0-255 values. Defaults to `"torch"`.
+        **kwargs: passed to `keras.layers.Layer` (`name`, `dtype`).
+
+    Raises:
+        ValueError: `mode` is not one of the three.
     """
 
     def __init__(self, mode="torch", **kwargs):
@@ -38,6 +46,14 @@ class GrayToImageNet(layers.Layer):
         self.mode = mode
 
     def call(self, inputs):
+        """Scale a grey batch.
+
+        Args:
+            inputs: tensor. (B, H, W, 1) grey values in [0, 255], any numeric dtype.
+
+        Returns:
+            Tensor of shape (B, H, W, 3) in the layer's compute dtype.
+        """
         # One broadcast multiply-add per output value: grey * scale_c + offset_c gives all three channels.
         x = ops.cast(inputs, self.compute_dtype)
         if self.mode == "tf":
@@ -50,14 +66,21 @@ class GrayToImageNet(layers.Layer):
         return x * ops.convert_to_tensor(scale, dtype=x.dtype) + ops.convert_to_tensor(offset, dtype=x.dtype)
 
     def compute_output_shape(self, input_shape):
+        """Return `input_shape` with the last (channel) dimension set to 3."""
         return (*input_shape[:-1], 3)
 
     def get_config(self):
+        """Return the layer config, with `mode`."""
         return {**super().get_config(), "mode": self.mode}
 
 
 def set_batchnorm_momentum(model, momentum):
-    """Set every BatchNormalization's momentum (keras.applications builds with 0.99)."""
+    """Set the momentum of every BatchNormalization layer of `model` in place (keras.applications builds with 0.99).
+
+    Args:
+        model: keras.Model. Only its top-level layers are visited (backbones are built flat, not nested).
+        momentum: float. Keras momentum (0.9 is PyTorch's 0.1).
+    """
     for layer in model.layers:
         if isinstance(layer, layers.BatchNormalization):
             layer.momentum = momentum
@@ -109,11 +132,13 @@ def build_classifier(backbone="mobilenet_v2", input_size=None, num_classes=len(C
     weights = None if weights in (None, "none", "None") else str(weights)
     if weights == "imagenet" and not config.keras_weights:
         raise InputError(
-            f"Keras has no ImageNet weights for {backbone!r}. Pass torchvision's ImageNet weights of {backbone} "
+            f"Keras has no ImageNet weights for {backbone!r}. "
+            f"Pass torchvision's ImageNet weights of {backbone} "
             f"(a .pth or timm's .safetensors file, or the .weights.h5 that `import-weights` makes of it) with "
             f"--weights PATH, or use --weights none.")
     if weights is not None and weights != "imagenet" and not Path(weights).is_file():
-        raise FileNotFoundError(f"{weights}: weights file not found (pass --weights none, imagenet or an existing file)")
+        raise FileNotFoundError(
+            f"{weights}: weights file not found (pass --weights none, imagenet or an existing file)")
     pretrained = weights is not None and (is_state_dict_file(weights) or (
         weights.endswith(".weights.h5") and reference_backbone_of(weights) is not None))
     inputs = keras.Input((size, size, 1), name="patch")
@@ -160,7 +185,9 @@ AUX_HEAD_BACKBONES = ("inception_v3_tv",)
 
 
 class AuxiliaryLossModel(keras.Model):
-    """Trains a classifier with an auxiliary head: loss = CE(main) + aux_loss_weight * CE(aux) (torchvision InceptionV3).
+    """Trains a classifier with an auxiliary head: loss = CE(main) + aux_loss_weight * CE(aux).
+
+    This is how torchvision's InceptionV3 trains (the paper's code used 0.4).
 
     In training (`training=True`) the model returns `(probabilities, aux_probabilities)`; otherwise, like
     torchvision in eval mode, only the main classifier's probabilities, so validation and prediction see the
@@ -187,11 +214,34 @@ class AuxiliaryLossModel(keras.Model):
         self.built = True                    # its layers are built: weights load (resume) before the first call
 
     def call(self, inputs, training=False):
+        """Run the classifier, with the auxiliary head only in training.
+
+        Args:
+            inputs: tensor. (B, S, S, 1) grey values in [0, 255].
+            training: bool. Defaults to `False`.
+
+        Returns:
+            In training a tuple `(probabilities, aux_probabilities)`, each (B, num_classes) float32; otherwise
+            only `probabilities`.
+        """
         if training:
             return tuple(self.network(inputs, training=True))
         return self.classifier(inputs, training=training)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """Return the compiled loss on the main output plus `aux_loss_weight` times the auxiliary cross-entropy.
+
+        Args:
+            x: the input batch (unused by the losses). Defaults to `None`.
+            y: tensor. (B,) integer labels.
+            y_pred: tensor or tuple. The main probabilities, or `(probabilities, aux_probabilities)` in training;
+                without the auxiliary output only the compiled loss is returned.
+            sample_weight: tensor. Optional (B,) weights, used by both terms. Defaults to `None`.
+            training: bool. Defaults to `True`.
+
+        Returns:
+            Scalar loss tensor.
+        """
         main, aux = y_pred if isinstance(y_pred, (tuple, list)) else (y_pred, None)
         loss = super().compute_loss(x=x, y=y, y_pred=main, sample_weight=sample_weight, training=training)
         if aux is not None and self.aux_loss_weight:
@@ -199,6 +249,17 @@ class AuxiliaryLossModel(keras.Model):
         return loss
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        """Update the compiled metrics on the main output only (the auxiliary output is ignored).
+
+        Args:
+            x: the input batch.
+            y: tensor. (B,) integer labels.
+            y_pred: tensor or tuple. The main probabilities, or `(probabilities, aux_probabilities)`.
+            sample_weight: tensor. Optional (B,) weights. Defaults to `None`.
+
+        Returns:
+            dict: metric name -> current value, as `keras.Model.compute_metrics`.
+        """
         main = y_pred[0] if isinstance(y_pred, (tuple, list)) else y_pred
         return super().compute_metrics(x, y, main, sample_weight=sample_weight)
 
@@ -212,7 +273,8 @@ def _load_local_weights(model, path):
     """Weights of a tfflannel classifier with the same backbone and input size (`model.save_weights`)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: weights file not found (pass --weights none, imagenet or an existing .weights.h5)")
+        raise FileNotFoundError(
+            f"{path}: weights file not found (pass --weights none, imagenet or an existing .weights.h5)")
     try:
         model.load_weights(path)
     except ValueError as error:

@@ -19,7 +19,21 @@ PREFIX = "inception_v3_tv"
 
 
 def apply_basic_conv(x, filters, kernel, name, strides=1, padding="valid", bn_momentum=0.9):
-    """torchvision's BasicConv2d: conv (no bias) -> BN (eps 1e-3) -> ReLU; `name` is the torch module path."""
+    """BasicConv2d of torchvision: conv (no bias) -> BN (eps 1e-3) -> ReLU.
+
+    Args:
+        x: KerasTensor. (B, H, W, C) input.
+        filters: int. Output channels.
+        kernel: int or tuple. Kernel size.
+        name: str. The torch module path (`Mixed_5b.branch1x1`); dots become underscores in layer names.
+        strides: int. Defaults to `1`.
+        padding: `"valid"`, or the explicit zero padding (int or tuple) torch applies on both sides.
+            Defaults to `"valid"`.
+        bn_momentum: float. Keras BatchNormalization momentum. Defaults to `0.9`.
+
+    Returns:
+        KerasTensor. (B, H', W', filters) after the ReLU.
+    """
     base = f"{PREFIX}_{name.replace('.', '_')}"
     if padding != "valid":
         x = layers.ZeroPadding2D(padding, name=f"{base}_pad")(x)
@@ -39,7 +53,7 @@ def _max_pool_3x3_s2(x, name):
 
 
 def apply_inception_a(x, pool_features, name, m):
-    """torchvision InceptionA (Mixed_5b-5d): 1x1 | 1x1-5x5 | 1x1-3x3-3x3 | avg-pool-1x1, concatenated."""
+    """InceptionA block of torchvision (Mixed_5b-5d): 1x1 | 1x1-5x5 | 1x1-3x3-3x3 | avg-pool-1x1, concatenated."""
     b1 = apply_basic_conv(x, 64, 1, f"{name}.branch1x1", bn_momentum=m)
     b5 = apply_basic_conv(x, 48, 1, f"{name}.branch5x5_1", bn_momentum=m)
     b5 = apply_basic_conv(b5, 64, 5, f"{name}.branch5x5_2", padding=2, bn_momentum=m)
@@ -51,7 +65,7 @@ def apply_inception_a(x, pool_features, name, m):
 
 
 def apply_inception_b(x, name, m):
-    """torchvision InceptionB (Mixed_6a): stride-2 3x3 | 1x1-3x3-3x3/2 | max-pool 3/2."""
+    """InceptionB block of torchvision (Mixed_6a): stride-2 3x3 | 1x1-3x3-3x3/2 | max-pool 3/2."""
     b3 = apply_basic_conv(x, 384, 3, f"{name}.branch3x3", strides=2, bn_momentum=m)
     bd = apply_basic_conv(x, 64, 1, f"{name}.branch3x3dbl_1", bn_momentum=m)
     bd = apply_basic_conv(bd, 96, 3, f"{name}.branch3x3dbl_2", padding=1, bn_momentum=m)
@@ -61,7 +75,7 @@ def apply_inception_b(x, name, m):
 
 
 def apply_inception_c(x, c7, name, m):
-    """torchvision InceptionC (Mixed_6b-6e): factorised 7x7 branches with `c7` channels."""
+    """InceptionC block of torchvision (Mixed_6b-6e): factorised 7x7 branches with `c7` channels."""
     b1 = apply_basic_conv(x, 192, 1, f"{name}.branch1x1", bn_momentum=m)
     b7 = apply_basic_conv(x, c7, 1, f"{name}.branch7x7_1", bn_momentum=m)
     b7 = apply_basic_conv(b7, c7, (1, 7), f"{name}.branch7x7_2", padding=(0, 3), bn_momentum=m)
@@ -76,7 +90,7 @@ def apply_inception_c(x, c7, name, m):
 
 
 def apply_inception_d(x, name, m):
-    """torchvision InceptionD (Mixed_7a): 1x1-3x3/2 | 1x1-1x7-7x1-3x3/2 | max-pool 3/2."""
+    """InceptionD block of torchvision (Mixed_7a): 1x1-3x3/2 | 1x1-1x7-7x1-3x3/2 | max-pool 3/2."""
     b3 = apply_basic_conv(x, 192, 1, f"{name}.branch3x3_1", bn_momentum=m)
     b3 = apply_basic_conv(b3, 320, 3, f"{name}.branch3x3_2", strides=2, bn_momentum=m)
     b7 = apply_basic_conv(x, 192, 1, f"{name}.branch7x7x3_1", bn_momentum=m)
@@ -88,7 +102,7 @@ def apply_inception_d(x, name, m):
 
 
 def apply_inception_e(x, name, m):
-    """torchvision InceptionE (Mixed_7b, 7c): expanded 1x3/3x1 branches, avg-pool counting padded pixels."""
+    """InceptionE block of torchvision (Mixed_7b, 7c): expanded 1x3/3x1 branches, avg-pool counting padded pixels."""
     b1 = apply_basic_conv(x, 320, 1, f"{name}.branch1x1", bn_momentum=m)
     b3 = apply_basic_conv(x, 384, 1, f"{name}.branch3x3_1", bn_momentum=m)
     b3 = layers.Concatenate(name=f"{PREFIX}_{name}_branch3x3")([
@@ -104,9 +118,15 @@ def apply_inception_e(x, name, m):
 
 
 def apply_inception_aux(x, classes=1000, bn_momentum=0.9):
-    """torchvision's InceptionAux on Mixed_6e (17x17 at 299): avg-pool 5/3, 1x1 128, 5x5 768, GAP, fc.
+    """InceptionAux of torchvision on Mixed_6e (17x17 at 299): avg-pool 5/3, 1x1 128, 5x5 768, GAP, fc.
 
-    Returns the aux logits (`classes` > 0) or the 768 pooled features (`classes=0`).
+    Args:
+        x: KerasTensor. (B, 17, 17, 768) output of Mixed_6e (at a 299 px input).
+        classes: int. Units of the fc layer; `0` stops before it. Defaults to `1000`.
+        bn_momentum: float. Keras BatchNormalization momentum. Defaults to `0.9`.
+
+    Returns:
+        KerasTensor. (B, classes) aux logits, or the (B, 768) pooled features with `classes=0`.
     """
     x = layers.AveragePooling2D(5, strides=3, name=f"{PREFIX}_AuxLogits_pool")(x)
     x = apply_basic_conv(x, 128, 1, "AuxLogits.conv0", bn_momentum=bn_momentum)
@@ -125,11 +145,17 @@ def inception_v3_tv(inputs, weights=None, include_top=False, bn_momentum=0.9, cl
 
     Args:
         inputs: KerasTensor. (B, H, W, 3) scaled to [-1, 1].
+        weights: unused: `tfflannel.models.classifier.build_classifier` loads weights after building.
+            Defaults to `None`.
         include_top: bool. Append GAP -> Dropout(0.5) -> fc (`classes=0`: stop before fc). Defaults to `False`.
+        bn_momentum: float. Keras BatchNormalization momentum (0.9 is PyTorch's 0.1). Defaults to `0.9`.
+        classes: int. Units of the fc layer(s), main and auxiliary; `0` stops before them. Defaults to `1000`.
         aux_logits: bool. Also return the auxiliary head's output (on Mixed_6e). Defaults to `False`.
+        **kwargs: ignored (options meant for other backbones, such as `impl`).
 
     Returns:
-        KerasTensor, or `[main, aux]` with `aux_logits`.
+        KerasTensor. The (B, h, w, 2048) Mixed_7c feature map, or with `include_top` the (B, 2048) pooled
+        features or (B, classes) logits; `[main, aux]` with `aux_logits`.
     """
     m = bn_momentum
     x = apply_basic_conv(inputs, 32, 3, "Conv2d_1a_3x3", strides=2, bn_momentum=m)

@@ -15,29 +15,88 @@ def _application(constructor, inputs, weights, include_top):
 
 @register_backbone(BackboneConfig("inception_v3", 299, "tf", 2048, "mixed10", True, 23_834_568))
 def inception_v3(inputs, weights=None, include_top=False):
-    """InceptionV3 (Szegedy et al. 2016). Keras' BN has no gamma (scale=False): 17,216 fewer parameters than torchvision."""
+    """InceptionV3 (Szegedy et al. 2016), Keras layout.
+
+    Keras' BN has no gamma (scale=False): 17,216 fewer parameters than torchvision.
+
+    Args:
+        inputs: KerasTensor. (B, H, W, 3) input, already scaled by the backbone's pre-processing.
+        weights: None, `"imagenet"` (Keras' download) or the path of a Keras-applications ImageNet `.h5`
+            file. Defaults to `None`.
+        include_top: bool. Keep Keras' 1000-class classifier, returning logits (parameter-count checks).
+            Defaults to `False`.
+
+    Returns:
+        KerasTensor. The (B, h, w, feature_dim) last feature map, or (B, 1000) logits with `include_top`.
+    """
     return _application(keras.applications.InceptionV3, inputs, weights, include_top)
 
 
 @register_backbone(BackboneConfig("resnet152", 224, "caffe", 2048, "conv5_block3_out", True, 60_192_808))
 def resnet152(inputs, weights=None, include_top=False):
-    """ResNet152 v1 (He et al. 2016), Keras layout: stride in the first 1x1 conv and biased convs, unlike torchvision."""
+    """ResNet152 v1 (He et al. 2016), Keras layout.
+
+    Stride in the first 1x1 conv and biased convs, unlike torchvision.
+
+    Args:
+        inputs: KerasTensor. (B, H, W, 3) input, already scaled by the backbone's pre-processing.
+        weights: None, `"imagenet"` (Keras' download) or the path of a Keras-applications ImageNet `.h5`
+            file. Defaults to `None`.
+        include_top: bool. Keep Keras' 1000-class classifier, returning logits (parameter-count checks).
+            Defaults to `False`.
+
+    Returns:
+        KerasTensor. The (B, h, w, feature_dim) last feature map, or (B, 1000) logits with `include_top`.
+    """
     return _application(keras.applications.ResNet152, inputs, weights, include_top)
 
 
 @register_backbone(BackboneConfig("resnet50", 224, "caffe", 2048, "conv5_block3_out", True, 25_557_032))
 def resnet50(inputs, weights=None, include_top=False):
-    """ResNet50 v1 (He et al. 2016), Keras layout."""
+    """ResNet50 v1 (He et al. 2016), Keras layout.
+
+    Args:
+        inputs: KerasTensor. (B, H, W, 3) input, already scaled by the backbone's pre-processing.
+        weights: None, `"imagenet"` (Keras' download) or the path of a Keras-applications ImageNet `.h5`
+            file. Defaults to `None`.
+        include_top: bool. Keep Keras' 1000-class classifier, returning logits (parameter-count checks).
+            Defaults to `False`.
+
+    Returns:
+        KerasTensor. The (B, h, w, feature_dim) last feature map, or (B, 1000) logits with `include_top`.
+    """
     return _application(keras.applications.ResNet50, inputs, weights, include_top)
 
 
 @register_backbone(BackboneConfig("densenet121", 224, "torch", 1024, "relu", True, 7_978_856))
 def densenet121(inputs, weights=None, include_top=False):
-    """DenseNet121 (Huang et al. 2017), Keras applications."""
+    """DenseNet121 (Huang et al. 2017), Keras applications.
+
+    Args:
+        inputs: KerasTensor. (B, H, W, 3) input, already scaled by the backbone's pre-processing.
+        weights: None, `"imagenet"` (Keras' download) or the path of a Keras-applications ImageNet `.h5`
+            file. Defaults to `None`.
+        include_top: bool. Keep Keras' 1000-class classifier, returning logits (parameter-count checks).
+            Defaults to `False`.
+
+    Returns:
+        KerasTensor. The (B, h, w, feature_dim) last feature map, or (B, 1000) logits with `include_top`.
+    """
     return _application(keras.applications.DenseNet121, inputs, weights, include_top)
 
 
 @register_backbone(BackboneConfig("mobilenet_v2", 224, "tf", 1280, "out_relu", True, 3_504_872))
 def mobilenet_v2(inputs, weights=None, include_top=False):
-    """MobileNetV2 (Sandler et al. 2018): the small backbone for tests and the demo."""
+    """MobileNetV2 (Sandler et al. 2018): the small backbone for tests and the demo.
+
+    Args:
+        inputs: KerasTensor. (B, H, W, 3) input, already scaled by the backbone's pre-processing.
+        weights: None, `"imagenet"` (Keras' download) or the path of a Keras-applications ImageNet `.h5`
+            file. Defaults to `None`.
+        include_top: bool. Keep Keras' 1000-class classifier, returning logits (parameter-count checks).
+            Defaults to `False`.
+
+    Returns:
+        KerasTensor. The (B, h, w, feature_dim) last feature map, or (B, 1000) logits with `include_top`.
+    """
     return _application(keras.applications.MobileNetV2, inputs, weights, include_top)

@@ -75,6 +75,7 @@ def create_backbone(name, inputs, weights=None, include_top=False, **kwargs):
         inputs: KerasTensor. RGB float input already scaled by the backbone's pre-processing.
         weights: None, "imagenet" or a path (see `tfflannel.models.classifier`).
         include_top: bool. Append the reference 1000-class classifier (parameter-count checks). Defaults to `False`.
+        **kwargs: passed to the builder (`bn_momentum`, `classes`, `impl`, `aux_logits`, where it takes them).
 
     Returns:
         KerasTensor. The final feature map (B, h, w, feature_dim), or logits with `include_top`.

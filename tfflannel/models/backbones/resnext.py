@@ -45,6 +45,11 @@ class GroupedConv2D(layers.Layer):
         self.strides, self.impl = int(strides), impl
 
     def build(self, input_shape):
+        """Create the `(k, k, C_in / groups, filters)` kernel (Glorot uniform).
+
+        Raises:
+            ValueError: the input channels are not a multiple of `groups`.
+        """
         channels = input_shape[-1]
         if channels % self.groups:
             raise ValueError(f"{self.name}: input channels {channels} are not a multiple of groups={self.groups}")
@@ -53,6 +58,7 @@ class GroupedConv2D(layers.Layer):
                                              self.filters))
 
     def call(self, inputs):
+        """Convolve (B, H, W, C_in) inputs to (B, (H - k) // s + 1, (W - k) // s + 1, filters), `valid` padding."""
         if self.impl == "grouped" or self.groups == 1:
             return ops.conv(inputs, self.kernel, strides=self.strides, padding="valid")
         width, out = inputs.shape[-1] // self.groups, self.filters // self.groups
@@ -61,12 +67,15 @@ class GroupedConv2D(layers.Layer):
         return ops.concatenate(parts, axis=-1)
 
     def compute_output_shape(self, input_shape):
+        """Return the output shape of `valid` convolution at the layer's stride."""
+
         def side(n):
             return None if n is None else (n - self.kernel_size) // self.strides + 1
 
         return (input_shape[0], side(input_shape[1]), side(input_shape[2]), self.filters)
 
     def get_config(self):
+        """Return the layer config with `filters`, `kernel_size`, `groups`, `strides` and `impl`."""
         return {**super().get_config(), "filters": self.filters, "kernel_size": self.kernel_size,
                 "groups": self.groups, "strides": self.strides, "impl": self.impl}
 
@@ -76,7 +85,21 @@ def _bn(x, momentum, name):
 
 
 def apply_bottleneck(x, planes, strides, groups, base_width, bn_momentum, impl, name):
-    """torchvision's Bottleneck: 1x1 -> 3x3 (stride, groups) -> 1x1 (x4), projection shortcut when needed."""
+    """Bottleneck block of torchvision: 1x1 -> 3x3 (stride, groups) -> 1x1 (x4), projection shortcut when needed.
+
+    Args:
+        x: KerasTensor. (B, H, W, C) input.
+        planes: int. Base width; the block outputs `4 * planes` channels.
+        strides: int. Stride of the 3x3 convolution and of the projection shortcut.
+        groups: int. Groups of the 3x3 convolution (1: a plain `Conv2D`).
+        base_width: int. Width per group; the 3x3 has `int(planes * base_width / 64) * groups` channels.
+        bn_momentum: float. Keras BatchNormalization momentum.
+        impl: str. `split` or `grouped` (see `GroupedConv2D`).
+        name: str. Layer-name prefix.
+
+    Returns:
+        KerasTensor. (B, ceil(H / strides), ceil(W / strides), 4 * planes) after the residual add and ReLU.
+    """
     width = int(planes * (base_width / 64.0)) * groups
     out_channels = planes * 4
     shortcut = x
@@ -98,7 +121,22 @@ def apply_bottleneck(x, planes, strides, groups, base_width, bn_momentum, impl, 
 
 def build_resnext(inputs, blocks, groups, base_width, bn_momentum=0.9, impl="split", include_top=False, classes=1000,
                   prefix="resnext"):
-    """torchvision ResNet/ResNeXt on `inputs`; `include_top` adds GAP + fc (`classes=0`: GAP only)."""
+    """Build a torchvision-layout ResNet/ResNeXt on `inputs`; `include_top` adds GAP + fc (`classes=0`: GAP only).
+
+    Args:
+        inputs: KerasTensor. (B, H, W, 3) input scaled with the ImageNet mean/std.
+        blocks: tuple of 4 int. Bottlenecks per stage.
+        groups: int. Cardinality of the 3x3 convolutions (1 for ResNet).
+        base_width: int. Width per group (64 for ResNet).
+        bn_momentum: float. Keras BatchNormalization momentum (0.9 is PyTorch's 0.1). Defaults to `0.9`.
+        impl: str. `split` or `grouped` (see `GroupedConv2D`). Defaults to `"split"`.
+        include_top: bool. Append GAP and, with `classes`, fc. Defaults to `False`.
+        classes: int. Units of fc; `0` stops after GAP. Defaults to `1000`.
+        prefix: str. Layer-name prefix. Defaults to `"resnext"`.
+
+    Returns:
+        KerasTensor. The (B, h, w, 2048) stage-4 output; with `include_top` (B, 2048) or (B, classes) logits.
+    """
     x = layers.ZeroPadding2D(3, name=f"{prefix}_stem_pad")(inputs)
     x = layers.Conv2D(64, 7, strides=2, use_bias=False, name=f"{prefix}_stem_conv")(x)
     x = _bn(x, bn_momentum, f"{prefix}_stem_bn")
@@ -120,7 +158,22 @@ def build_resnext(inputs, blocks, groups, base_width, bn_momentum=0.9, impl="spl
 @register_backbone(BackboneConfig("resnext101_32x8d", 224, "torch", 2048, "resnext101_32x8d_stage4_block3_out",
                                   False, 88_791_336, grouped_conv=True))
 def resnext101_32x8d(inputs, weights=None, include_top=False, bn_momentum=0.9, impl="split", classes=1000):
-    """ResNeXt101 32x8d: blocks 3-4-23-3, cardinality 32, width 8 per group (torchvision layout)."""
+    """ResNeXt101 32x8d: blocks 3-4-23-3, cardinality 32, width 8 per group (torchvision layout).
+
+    Args:
+        inputs: KerasTensor. (B, H, W, 3) input scaled with the ImageNet mean/std.
+        weights: unused: `tfflannel.models.classifier.build_classifier` loads weights after building.
+            Defaults to `None`.
+        include_top: bool. Append global average pooling -> fc. Defaults to `False`.
+        bn_momentum: float. Keras BatchNormalization momentum (0.9 is PyTorch's 0.1). Defaults to `0.9`.
+        impl: str. How the grouped 3x3 convolutions are computed, `split` or `grouped` (see `GroupedConv2D`).
+            Defaults to `"split"`.
+        classes: int. Units of the fc layer; `0` stops before it. Defaults to `1000`.
+
+    Returns:
+        KerasTensor. The (B, h, w, 2048) last feature map; with `include_top` the (B, 2048) pooled features or
+        (B, classes) logits.
+    """
     return build_resnext(inputs, (3, 4, 23, 3), 32, 8, bn_momentum, impl, include_top, classes,
                          prefix="resnext101_32x8d")
 
@@ -128,6 +181,20 @@ def resnext101_32x8d(inputs, weights=None, include_top=False, bn_momentum=0.9, i
 @register_backbone(BackboneConfig("resnet152_tv", 224, "torch", 2048, "resnet152_tv_stage4_block3_out",
                                   False, 60_192_808))
 def resnet152_tv(inputs, weights=None, include_top=False, bn_momentum=0.9, classes=1000, **kwargs):
-    """ResNet152 in the torchvision layout (stride in the 3x3, no conv biases): blocks 3-8-36-3, width 64."""
+    """ResNet152 in the torchvision layout (stride in the 3x3, no conv biases): blocks 3-8-36-3, width 64.
+
+    Args:
+        inputs: KerasTensor. (B, H, W, 3) input scaled with the ImageNet mean/std.
+        weights: unused: `tfflannel.models.classifier.build_classifier` loads weights after building.
+            Defaults to `None`.
+        include_top: bool. Append global average pooling -> fc. Defaults to `False`.
+        bn_momentum: float. Keras BatchNormalization momentum (0.9 is PyTorch's 0.1). Defaults to `0.9`.
+        classes: int. Units of the fc layer; `0` stops before it. Defaults to `1000`.
+        **kwargs: ignored (`impl`: ResNet152 has no grouped convolutions).
+
+    Returns:
+        KerasTensor. The (B, h, w, 2048) last feature map; with `include_top` the (B, 2048) pooled features or
+        (B, classes) logits.
+    """
     return build_resnext(inputs, (3, 8, 36, 3), 1, 64, bn_momentum, "split", include_top, classes,
                          prefix="resnet152_tv")

@@ -18,6 +18,19 @@ def vgg19_bn(inputs, weights=None, include_top=False, bn_momentum=0.9, classes=1
     is the identity at 224 px) -> 4096 -> 4096 -> `classes`; `classes=0` stops after the second 4096
     layer (the paper's head: only the last Linear is replaced).
 
+    Args:
+        inputs: KerasTensor. (B, H, W, 3) input scaled with the ImageNet mean/std.
+        weights: unused: `tfflannel.models.classifier.build_classifier` loads weights after building.
+            Defaults to `None`.
+        include_top: bool. Append torchvision's classifier (see above). Defaults to `False`.
+        bn_momentum: float. Keras BatchNormalization momentum (0.9 is PyTorch's 0.1). Defaults to `0.9`.
+        classes: int. Units of the last Linear; `0` stops after the second 4096 layer. Defaults to `1000`.
+        **kwargs: ignored (options meant for other backbones, such as `impl`).
+
+    Returns:
+        KerasTensor. The (B, H // 32, W // 32, 512) feature map after the fifth max-pool; with `include_top`
+        the (B, 4096) features or (B, classes) logits (dropout 0.5 after each 4096 layer).
+
     Raises:
         ValueError: `include_top` on an input whose feature map is not 7x7 (input other than 224 px).
     """
