@@ -107,8 +107,10 @@ def _set_verbosity(verbose):
 
 
 def _quiet_tensorflow_import(ctx):
-    """Without `-v`, import TensorFlow with stderr muted: absl logs CUDA/oneDNN lines before it reads
-    TF_CPP_MIN_LOG_LEVEL. Commands in TENSORFLOW_FREE_COMMANDS skip it."""
+    """Without `-v`, import TensorFlow with stderr muted.
+
+    absl logs CUDA/oneDNN lines before it reads TF_CPP_MIN_LOG_LEVEL. Commands in TENSORFLOW_FREE_COMMANDS skip it.
+    """
     if ctx is None or ctx.find_root().params.get("verbose") or ctx.info_name in TENSORFLOW_FREE_COMMANDS:
         return
     if "tensorflow" not in sys.modules:
@@ -153,15 +155,21 @@ def main(verbose):
 
 
 @main.command("prepare-data")
-@click.option("--ccx", type=click.Path(file_okay=False), help="COVID chest X-ray collection checkout (metadata.csv + images/).")
-@click.option("--kcx", type=click.Path(file_okay=False), help="Kaggle pneumonia set: {train,val,test}/{NORMAL,PNEUMONIA}/*.jpeg.")
+@click.option("--ccx", type=click.Path(file_okay=False),
+              help="COVID chest X-ray collection checkout (metadata.csv + images/).")
+@click.option("--kcx", type=click.Path(file_okay=False),
+              help="Kaggle pneumonia set: {train,val,test}/{NORMAL,PNEUMONIA}/*.jpeg.")
 @click.option("--folder", "folders", multiple=True, type=click.Path(file_okay=False),
-              help="Any DIR/<label>/* layout, optional DIR/patients.csv (filename,patient_id[,source,view]). Repeatable.")
+              help="Any DIR/<label>/* layout, optional DIR/patients.csv (filename,patient_id[,source,view]). "
+                   "Repeatable.")
 @click.option("--sample", is_flag=True, help="Use the bundled real sample (40 images, 10 per class).")
-@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Work directory for manifest.csv, rejected.csv, statistics.md.")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False),
+              help="Work directory for manifest.csv, rejected.csv, statistics.md.")
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Split seed  [default: data.seed = 0].")
-@click.option("--folds", type=click.IntRange(min=2), default=None, help="Number of cross-validation folds  [default: data.folds = 5].")
-@click.option("--test-size", type=click.FloatRange(0, 0.5, min_open=True), default=None, help="Share of patients held out as test  [default: data.test_size = 0.2].")
+@click.option("--folds", type=click.IntRange(min=2), default=None,
+              help="Number of cross-validation folds  [default: data.folds = 5].")
+@click.option("--test-size", type=click.FloatRange(0, 0.5, min_open=True), default=None,
+              help="Share of patients held out as test  [default: data.test_size = 0.2].")
 @config_options(None)
 @reports_input_errors
 def prepare_data(ccx, kcx, folders, sample, out, seed, folds, test_size, config_path, overrides):
@@ -212,14 +220,18 @@ def _segmentation_pairs(pairs, jsrt, scr, montgomery):
 
 
 @main.command("train-seg")
-@click.option("--pairs", type=click.Path(exists=True), help="Folder (images/ + masks/) or CSV (image,mask[,patient_id]) of pairs; mask > 0 is lung.")
+@click.option("--pairs", type=click.Path(exists=True),
+              help="Folder (images/ + masks/) or CSV (image,mask[,patient_id]) of pairs; mask > 0 is lung.")
 @click.option("--jsrt", type=click.Path(file_okay=False), help="JSRT folder of raw .IMG films (with --scr).")
 @click.option("--scr", type=click.Path(file_okay=False), help="SCR masks folder ({heart,left lung,right lung}/*.gif).")
 @click.option("--montgomery", type=click.Path(file_okay=False), help="Montgomery County set (CXR_png/ + ManualMask/).")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory (model.keras, config.yaml, metrics.json, logs/).")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Run directory (model.keras, config.yaml, metrics.json, logs/).")
 @click.option("--epochs", type=click.IntRange(min=1), help="Epochs  [default: segmentation.epochs].")
-@click.option("--model", "preset", type=click.Choice(["fcdn103", "fcdn67", "fcdn56", "fcdn_small"]), help="FC-DenseNet family member  [default: segmentation.model].")
-@click.option("--force", is_flag=True, help="Start over even if --out holds a complete run or one made with other settings.")
+@click.option("--model", "preset", type=click.Choice(["fcdn103", "fcdn67", "fcdn56", "fcdn_small"]),
+              help="FC-DenseNet family member  [default: segmentation.model].")
+@click.option("--force", is_flag=True,
+              help="Start over even if --out holds a complete run or one made with other settings.")
 @config_options("configs/segmentation.yaml")
 @reports_input_errors
 def train_seg(pairs, jsrt, scr, montgomery, out, epochs, preset, force, config_path, overrides):
@@ -240,7 +252,8 @@ def train_seg(pairs, jsrt, scr, montgomery, out, epochs, preset, force, config_p
 
 
 @main.command("evaluate-seg")
-@click.option("--model", "model_path", type=click.Path(exists=True), help="train-seg run directory, .keras file or descriptor .json  [default: the shipped lung segmenter].")
+@click.option("--model", "model_path", type=click.Path(exists=True),
+              help="train-seg run directory, .keras file or descriptor .json  [default: the shipped lung segmenter].")
 @click.option("--pairs", required=True, type=click.Path(exists=True), help="Folder or CSV of image/mask pairs.")
 @click.option("--out", type=click.Path(dir_okay=False), help="Also write the JSON here.")
 @reports_input_errors
@@ -255,7 +268,8 @@ def evaluate_seg(model_path, pairs, out):
     if out:
         write_text_atomic(out, text + "\n")
     click.echo(text)
-    click.echo(f"jaccard_mean={result['jaccard_mean']:.4f} dice_mean={result['dice_mean']:.4f} over {result['images']} images")
+    click.echo(f"jaccard_mean={result['jaccard_mean']:.4f} dice_mean={result['dice_mean']:.4f} "
+               f"over {result['images']} images")
 
 
 def _parse_shard(value):
@@ -269,13 +283,19 @@ def _parse_shard(value):
 
 
 @main.command("segment")
-@click.option("--model", "model_path", type=click.Path(exists=True), help="Segmenter (run dir, .keras or .json)  [default: the shipped lung segmenter].")
-@click.option("--data", required=True, type=click.Path(file_okay=False, exists=True), help="Work directory holding manifest.csv.")
-@click.option("--shard", default="1/1", show_default=True, help="Process only part I of N (several machines share the work).")
+@click.option("--model", "model_path", type=click.Path(exists=True),
+              help="Segmenter (run dir, .keras or .json)  [default: the shipped lung segmenter].")
+@click.option("--data", required=True, type=click.Path(file_okay=False, exists=True),
+              help="Work directory holding manifest.csv.")
+@click.option("--shard", default="1/1", show_default=True,
+              help="Process only part I of N (several machines share the work).")
 @config_options("configs/segmentation.yaml")
 @reports_input_errors
 def segment(model_path, data, shard, config_path, overrides):
-    """Segment every manifest image into the masked-image cache WORKDIR/cache/ (resumable, rebuilds only what is stale)."""
+    """Segment every manifest image into the masked-image cache WORKDIR/cache/.
+
+    Resumable: rebuilds only what is stale.
+    """
     from tfflannel.segmentation.cache import CacheSettings, build_cache
     from tfflannel.segmentation.inference import load_segmenter
 
@@ -283,7 +303,8 @@ def segment(model_path, data, shard, config_path, overrides):
     summary = build_cache(data, load_segmenter(model_path), CacheSettings.from_config(config), _parse_shard(shard))
     click.echo(json.dumps(summary, indent=2))
     if summary["errors"]:
-        click.echo(f"warning: {summary['errors']} image(s) could not be read; see {summary['cache']}/errors.csv", err=True)
+        click.echo(f"warning: {summary['errors']} image(s) could not be read; see {summary['cache']}/errors.csv",
+                   err=True)
     if summary["complete"]:
         click.echo(f"index -> {summary['cache']}/index.csv; masks at a glance -> {summary['cache']}/qc.png")
 
@@ -298,14 +319,30 @@ def _run_list(values):
 
 
 def learner_options(default_config):
+    """Decorator adding the options shared by `train-patch` and `train-global`, then `config_options`.
+
+    Adds --backbone, --fold, --data, --out, --epochs, --weights, --batch-size, --mixed-precision and --force.
+
+    Args:
+        default_config: str. Default of `--config`, passed to `config_options`.
+
+    Returns:
+        callable. A decorator for a click command.
+    """
     def decorate(command):
         options = [
-            click.option("--backbone", required=True, type=click.Choice(BACKBONE_NAMES), help="Registered backbone name."),
-            click.option("--fold", required=True, type=click.IntRange(min=1), help="Validation fold (1..K of prepare-data)."),
-            click.option("--data", required=True, type=click.Path(file_okay=False, exists=True), help="Work directory (manifest.csv, cache/)."),
-            click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory; rerun the same command to resume."),
+            click.option("--backbone", required=True, type=click.Choice(BACKBONE_NAMES),
+                         help="Registered backbone name."),
+            click.option("--fold", required=True, type=click.IntRange(min=1),
+                         help="Validation fold (1..K of prepare-data)."),
+            click.option("--data", required=True, type=click.Path(file_okay=False, exists=True),
+                         help="Work directory (manifest.csv, cache/)."),
+            click.option("--out", required=True, type=click.Path(file_okay=False),
+                         help="Run directory; rerun the same command to resume."),
             click.option("--epochs", type=click.IntRange(min=1), help="Epochs  [default: from the config]."),
-            click.option("--weights", default="none", show_default=True, help="imagenet | none | PATH: a .weights.h5, a Keras ImageNet .h5, or torchvision weights (.pth, .safetensors, import-weights .weights.h5)."),
+            click.option("--weights", default="none", show_default=True,
+                         help="imagenet | none | PATH: a .weights.h5, a Keras ImageNet .h5, or torchvision weights "
+                              "(.pth, .safetensors, import-weights .weights.h5)."),
             click.option("--batch-size", type=click.IntRange(min=1), help="Batch size  [default: from the config]."),
             click.option("--mixed-precision", is_flag=True, help="float16 compute (GPUs)."),
             click.option("--force", is_flag=True, help="Start over even if --out holds a complete run or one made "
@@ -368,9 +405,11 @@ def train_global(**options):
 
 
 @main.command("predict-base")
-@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False, exists=True), help="A train-patch or train-global run directory.")
+@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False, exists=True),
+              help="A train-patch or train-global run directory.")
 @click.option("--data", type=click.Path(file_okay=False, exists=True), help="Work directory  [default: the run's own].")
-@click.option("--k", type=click.IntRange(min=1), help="Patches per image  [default: inference.k = 100; 1 for global runs].")
+@click.option("--k", type=click.IntRange(min=1),
+              help="Patches per image  [default: inference.k = 100; 1 for global runs].")
 @click.option("--force", is_flag=True, help="Recompute even if the predictions are up to date.")
 @config_options("configs/patched.yaml")
 @reports_input_errors
@@ -390,8 +429,10 @@ def predict_base_command(run_dir, data, k, force, config_path, overrides):
 @click.option("--runs", "run_dirs", required=True, multiple=True,
               help="Base-learner run directories with predictions/ (repeat --runs, or separate with commas).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Ensemble run directory.")
-@click.option("--fit-on", type=click.Choice(["valid", "train"]), help="valid: out-of-fold predictions (default); train: in-sample, as the original.")
-@click.option("--force", is_flag=True, help="Start over even if --out holds a complete run or one made with other settings.")
+@click.option("--fit-on", type=click.Choice(["valid", "train"]),
+              help="valid: out-of-fold predictions (default); train: in-sample, as the original.")
+@click.option("--force", is_flag=True,
+              help="Start over even if --out holds a complete run or one made with other settings.")
 @config_options("configs/ensemble.yaml")
 @reports_input_errors
 def train_ensemble_command(fold, run_dirs, out, fit_on, force, config_path, overrides):
@@ -422,10 +463,14 @@ def evaluate_command(run_dirs, out):
 
 
 @main.command("export")
-@click.option("--seg", "seg_path", type=click.Path(exists=True), help="Segmenter (run dir, .keras or .json)  [default: the shipped lung segmenter].")
-@click.option("--runs", "run_dirs", required=True, multiple=True, help="Base-learner runs (repeat --runs or separate with commas; the ensemble's order).")
-@click.option("--ensemble", "ensemble_dir", type=click.Path(file_okay=False, exists=True), help="train-ensemble run; omit to export a single learner.")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Export directory (TF Serving model base path).")
+@click.option("--seg", "seg_path", type=click.Path(exists=True),
+              help="Segmenter (run dir, .keras or .json)  [default: the shipped lung segmenter].")
+@click.option("--runs", "run_dirs", required=True, multiple=True,
+              help="Base-learner runs (repeat --runs or separate with commas; the ensemble's order).")
+@click.option("--ensemble", "ensemble_dir", type=click.Path(file_okay=False, exists=True),
+              help="train-ensemble run; omit to export a single learner.")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Export directory (TF Serving model base path).")
 @click.option("--version", default=1, show_default=True, type=int, help="Version folder to write.")
 @config_options("configs/patched.yaml")
 @reports_input_errors
@@ -447,12 +492,18 @@ def export_command(seg_path, run_dirs, ensemble_dir, out, version, config_path, 
 
 @main.command("predict")
 @click.argument("images", nargs=-1, required=True, type=click.Path())
-@click.option("--model", "model_dir", type=click.Path(file_okay=False, exists=True), help="Export directory (from `export`).")
-@click.option("--runs", "run_dirs", multiple=True, help="Instead of --model: base-learner runs (with --ensemble for several).")
-@click.option("--ensemble", "ensemble_dir", type=click.Path(file_okay=False, exists=True), help="train-ensemble run for --runs.")
-@click.option("--format", "output_format", type=click.Choice(["json", "csv"]), default="json", show_default=True, help="Output format on stdout.")
-@click.option("--batch-size", default=4, show_default=True, type=click.IntRange(min=1), help="Images of one size per call.")
-@click.option("--explain", "explain_dir", type=click.Path(file_okay=False), help="With --runs: also write a Grad-CAM PNG per image and run here.")
+@click.option("--model", "model_dir", type=click.Path(file_okay=False, exists=True),
+              help="Export directory (from `export`).")
+@click.option("--runs", "run_dirs", multiple=True,
+              help="Instead of --model: base-learner runs (with --ensemble for several).")
+@click.option("--ensemble", "ensemble_dir", type=click.Path(file_okay=False, exists=True),
+              help="train-ensemble run for --runs.")
+@click.option("--format", "output_format", type=click.Choice(["json", "csv"]), default="json", show_default=True,
+              help="Output format on stdout.")
+@click.option("--batch-size", default=4, show_default=True, type=click.IntRange(min=1),
+              help="Images of one size per call.")
+@click.option("--explain", "explain_dir", type=click.Path(file_okay=False),
+              help="With --runs: also write a Grad-CAM PNG per image and run here.")
 @config_options("configs/patched.yaml")
 @reports_input_errors
 def predict_command(images, model_dir, run_dirs, ensemble_dir, output_format, batch_size, explain_dir, config_path,
@@ -510,10 +561,13 @@ def predict_command(images, model_dir, run_dirs, ensemble_dir, output_format, ba
 
 @main.command("explain")
 @click.argument("image", type=click.Path(exists=True, dir_okay=False))
-@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False, exists=True), help="A train-patch or train-global run.")
+@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False, exists=True),
+              help="A train-patch or train-global run.")
 @click.option("--out", type=click.Path(dir_okay=False), help="PNG to write  [default: IMAGE stem + _gradcam.png here].")
-@click.option("--class", "class_name", type=click.Choice(list(CLASS_NAMES)), help="Class to explain  [default: the predicted one].")
-@click.option("--k", type=click.IntRange(min=1), help="Patches for the probabilistic Grad-CAM of patched runs  [default: inference.k].")
+@click.option("--class", "class_name", type=click.Choice(list(CLASS_NAMES)),
+              help="Class to explain  [default: the predicted one].")
+@click.option("--k", type=click.IntRange(min=1),
+              help="Patches for the probabilistic Grad-CAM of patched runs  [default: inference.k].")
 @config_options("configs/patched.yaml")
 @reports_input_errors
 def explain_command(image, run_dir, out, class_name, k, config_path, overrides):
@@ -529,13 +583,15 @@ def explain_command(image, run_dir, out, class_name, k, config_path, overrides):
     result = explain_image(read_image(image)[0], run_dir, class_name, k=config.inference.k if k is None else k,
                            seed=config.inference.seed, view=ViewSettings.from_config(config))
     target = save_explanation(result, out or f"{Path(image).stem}_gradcam.png")
-    click.echo(json.dumps({"file": image, "target": result["target"], "probabilities": result["probabilities"]}, indent=2))
+    click.echo(json.dumps({"file": image, "target": result["target"], "probabilities": result["probabilities"]},
+                          indent=2))
     click.echo(f"explanation -> {target}")
     click.echo(DISCLAIMER)
 
 
 @main.command("demo")
-@click.option("--out", default="runs/demo", show_default=True, type=click.Path(file_okay=False), help="Where everything goes.")
+@click.option("--out", default="runs/demo", show_default=True, type=click.Path(file_okay=False),
+              help="Where everything goes.")
 @config_options("configs/demo.yaml")
 @reports_input_errors
 def demo_command(out, config_path, overrides):
@@ -574,20 +630,26 @@ if __name__ == "__main__":  # pragma: no cover
 
 
 @main.command("reproduce")
-@click.option("--data", required=True, type=click.Path(file_okay=False, exists=True), help="Work directory of prepare-data (manifest.csv).")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Runs directory: OUT/f<fold>/<mode>_<backbone>, OUT/f<fold>/ensemble_*, OUT/report.")
+@click.option("--data", required=True, type=click.Path(file_okay=False, exists=True),
+              help="Work directory of prepare-data (manifest.csv).")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Runs directory: OUT/f<fold>/<mode>_<backbone>, OUT/f<fold>/ensemble_*, OUT/report.")
 @click.option("--folds", default="1-5", show_default=True, help="Validation folds, e.g. 1-5 or 1,3.")
 @click.option("--backbones", default="densenet161,inception_v3,resnet152,resnext101_32x8d,vgg19_bn", show_default=True,
               help="Comma-separated backbones.")
-@click.option("--modes", default="patch,global", show_default=True, help="patch (Patched FLANNEL) and/or global (original FLANNEL).")
-@click.option("--weights", default="none", show_default=True, help="--weights of train-patch/train-global: imagenet | none | PATH.")
+@click.option("--modes", default="patch,global", show_default=True,
+              help="patch (Patched FLANNEL) and/or global (original FLANNEL).")
+@click.option("--weights", default="none", show_default=True,
+              help="--weights of train-patch/train-global: imagenet | none | PATH.")
 @click.option("--shard", default="1/1", show_default=True, help="Run only part I of N of the grid (N hosts share it).")
 @click.option("--wait", default=86400.0, show_default=True, type=click.FloatRange(min=0),
               help="Seconds to wait for inputs that other shards make before reporting them missing.")
-@click.option("--dry-run", is_flag=True, help="Print this shard's jobs as command lines in dependency order, run nothing.")
+@click.option("--dry-run", is_flag=True,
+              help="Print this shard's jobs as command lines in dependency order, run nothing.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, exists=True),
               help="YAML config passed to every command  [default: each command's own].")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Config override passed to every command (repeatable).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Config override passed to every command (repeatable).")
 @reports_input_errors
 def reproduce_command(data, out, folds, backbones, modes, weights, shard, wait, dry_run, config_path, overrides):
     """The whole study: segment -> train-patch/train-global -> predict-base -> train-ensemble per fold -> evaluate.

@@ -32,6 +32,17 @@ from tfflannel.segmentation.inference import load_segmenter  # noqa: E402
 
 
 def original_pipeline(paths, segmenter, out_dir):
+    """Masks `paths` the way the original Patched FLANNEL scripts do, one `.npz` per image in `out_dir`.
+
+    Per batch of 8: load, equalise, PIL-resize to the segmenter size, predict; then per image load and
+    equalise again, argmax mask resized to the film, bicubic 1024x1024 image and mask, their product saved
+    with `np.savez_compressed` as float32.
+
+    Args:
+        paths: list of str or Path. Grey-scale image files.
+        segmenter: Segmenter. Its `model` and `input_size` are used.
+        out_dir: Path. Existing folder for the `.npz` files.
+    """
     model, size = segmenter.model, segmenter.input_size
 
     def equalize(image):
@@ -55,6 +66,7 @@ def original_pipeline(paths, segmenter, out_dir):
 
 
 def main():
+    """Parses the command line, times both pipelines alternately `--repeats` times and prints the best of each."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=40)
     parser.add_argument("--data", help="a DIR/<label>/*.png folder (default: the bundled sample)")
@@ -88,7 +100,8 @@ def main():
             theirs.append(len(files) / (time.perf_counter() - started))
         npz = sum(p.stat().st_size for p in (tmp / "npz").glob("*.npz"))
         shards = sum(p.stat().st_size for p in (tmp / "work" / "cache").glob("shard-*"))
-    print(f"images: {len(files)} from {source}; best of {args.repeats}, alternating; load average {os.getloadavg()[0]:.1f}")
+    print(f"images: {len(files)} from {source}; best of {args.repeats}, alternating; "
+          f"load average {os.getloadavg()[0]:.1f}")
     print(f"tfflannel segment : {max(ours):7.2f} images/s  (cache {shards / 1e6:.1f} MB, PNG uint8)  all: "
           + ", ".join(f"{v:.1f}" for v in ours))
     print(f"original approach : {max(theirs):7.2f} images/s  (cache {npz / 1e6:.1f} MB, float32 npz)  all: "

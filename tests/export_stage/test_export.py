@@ -86,7 +86,8 @@ def test_export_serves_what_segment_predict_base_and_the_ensemble_computed(expor
         for index, learner in enumerate(learner_rows):      # each learner's scores equal predict-base's
             np.testing.assert_allclose(got["learner_scores"].numpy()[0, index],
                                        [float(learner[row["image_id"]][f"prob_{c}"]) for c in CLASS_NAMES], atol=1e-5)
-        assert float(got["lung_fraction"].numpy()[0]) == pytest.approx(cache[row["image_id"]]["lung_fraction"], abs=1e-7)
+        expected_fraction = cache[row["image_id"]]["lung_fraction"]
+        assert float(got["lung_fraction"].numpy()[0]) == pytest.approx(expected_fraction, abs=1e-7)
         assert bool(got["mask_ok"].numpy()[0]) == bool(cache[row["image_id"]]["mask_ok"])
 
 
@@ -133,7 +134,8 @@ def test_rest_request_body_round_trip(exported, sample_cls_dir):
     served = loaded.signatures["serving_default"](images=tf.constant(instances))
     direct = [loaded.signatures["predict_uint8"](images=tf.constant(read_image(p)[0][None, ..., None])) for p in paths]
     for index, result in enumerate(direct):
-        np.testing.assert_allclose(served["probabilities"].numpy()[index], result["probabilities"].numpy()[0], atol=1e-5)
+        np.testing.assert_allclose(served["probabilities"].numpy()[index], result["probabilities"].numpy()[0],
+                                   atol=1e-5)
 
 
 def test_predict_runs_equals_predict_model_and_k_comes_from_the_config(exported, tiny_runs, sample_cls_dir):

@@ -58,7 +58,8 @@ def test_one_crop_call_serves_a_whole_batch(decoded):
 
 def test_evaluation_patches_are_identical_across_runs_and_depend_on_seed(sample_workdir):
     def collect(seed):
-        return [(p.numpy(), ids.numpy().tolist()) for p, _, ids in evaluation_dataset(sample_workdir, "valid", 1, 5, 64, seed)]
+        dataset = evaluation_dataset(sample_workdir, "valid", 1, 5, 64, seed)
+        return [(p.numpy(), ids.numpy().tolist()) for p, _, ids in dataset]
 
     first, second, other = collect(0), collect(0), collect(1)
     assert len(first) > 0

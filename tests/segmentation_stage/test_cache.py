@@ -204,7 +204,8 @@ def test_failed_quality_check_keeps_full_image(tmp_path, sample_cls_dir):
         film = read_image(paths[record["image_id"]])[0]
         content_h, content_w = letterbox_geometry(*film.shape, 128)
         assert record["mask_ok"] == 0
-        assert record["mask"][: content_h * 8, : content_w * 8].all() and record["mask"].sum() == content_h * content_w * 64
+        assert record["mask"][: content_h * 8, : content_w * 8].all()
+        assert record["mask"].sum() == content_h * content_w * 64
         view = to_uint8(letterbox(equalize_gamma_tf(tf.constant(film))[..., None], 1024)[..., 0]).numpy()
         np.testing.assert_array_equal(record["image"], view * record["mask"])
 

@@ -1,6 +1,7 @@
-"""Grad-CAM (Selvaraju et al. 2017) with tf-keras-vis, and the patch-based "probabilistic Grad-CAM"
-of Oh, Park & Ye (IEEE TMI 2020): a Grad-CAM per patch for the predicted class, placed back at the
-patch position, averaged over the K patches covering each pixel, and masked to the lungs.
+"""Grad-CAM (Selvaraju et al. 2017) with tf-keras-vis, and the patch-based "probabilistic Grad-CAM".
+
+The probabilistic Grad-CAM of Oh, Park & Ye (IEEE TMI 2020) is a Grad-CAM per patch for the predicted class,
+placed back at the patch position, averaged over the K patches covering each pixel, and masked to the lungs.
 
 tf-keras-vis 0.8.7 works with Keras 3 here because our backbones are built flat on the model's
 input, so the target conv layer is reachable by name (`BackboneConfig.last_conv`).
@@ -15,7 +16,22 @@ from tfflannel import CLASS_NAMES
 
 
 def gradcam(model, inputs, class_index, layer_name):
-    """Grad-CAM maps (N, H, W) in [0, 1] for `class_index` at `layer_name`, upsampled to the input size."""
+    """Unnormalised Grad-CAM maps for `class_index` at `layer_name`, upsampled to the input size.
+
+    tf-keras-vis computes the CAM with the output activation replaced by linear (scores are logits), applies
+    ReLU and upsamples bilinearly to the input size; `normalize_cam=False`, so the maps are NOT scaled to
+    [0, 1]: they are non-negative with no upper bound, in the units of the class score. Keeping the raw
+    scale lets `patch_gradcam` average maps of different patches before normalising once.
+
+    Args:
+        model: keras.Model. Classifier with softmax output; it is cloned, not modified.
+        inputs: array-like. (N, H, W, C) model inputs, cast to float32.
+        class_index: int. Output class whose score is explained.
+        layer_name: str. Name of the convolutional layer whose activations and gradients are used.
+
+    Returns:
+        np.ndarray. (N, H, W) float64 maps, >= 0 (ReLU), unbounded above.
+    """
     from tf_keras_vis.gradcam import Gradcam
     from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
     from tf_keras_vis.utils.scores import CategoricalScore

@@ -184,7 +184,8 @@ def _write_shard(maker, rows, path, settings):
             for row, view in zip(kept, views, strict=True):
                 writer.write(encode_record(row["image_id"], view))
                 index_rows.append({"image_id": row["image_id"], "sha256": row["sha256"], "shard": path.name,
-                                   "mask_ok": int(view["mask_ok"]), "lung_fraction": f"{float(view['lung_fraction']):.4f}"})
+                                   "mask_ok": int(view["mask_ok"]),
+                                   "lung_fraction": f"{float(view['lung_fraction']):.4f}"})
     index_path, errors_path = _parts(path.parent, path.name)
     write_csv_atomic(errors_path, errors, ERROR_COLUMNS)
     write_csv_atomic(index_path, index_rows, INDEX_COLUMNS)   # last: its presence marks the shard finished
@@ -324,7 +325,8 @@ def write_qc_grid(cache_dir, limit=24, thumb=192):
 
     tiles = []
     for record in read_cache_records(cache_dir, limit):
-        image = cv2.cvtColor(cv2.resize(record["image"], (thumb, thumb), interpolation=cv2.INTER_AREA), cv2.COLOR_GRAY2BGR)
+        image = cv2.cvtColor(cv2.resize(record["image"], (thumb, thumb), interpolation=cv2.INTER_AREA),
+                             cv2.COLOR_GRAY2BGR)
         mask = cv2.resize(record["mask"], (thumb, thumb), interpolation=cv2.INTER_NEAREST)
         contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         cv2.drawContours(image, contours, -1, (0, 255, 0), 1)

@@ -52,6 +52,7 @@ class Segmenter:
 
     @property
     def lung_classes(self):
+        """Tuple of int. Output channels whose union is the lung mask (`lung_class_indices(self.classes)`)."""
         return tuple(int(i) for i in lung_class_indices(self.classes))
 
     def prepare(self, film):
@@ -90,7 +91,8 @@ def load_segmenter(source=None):
     if path.is_dir():
         import yaml
 
-        config = yaml.safe_load((path / "config.yaml").read_text())["segmentation"] if (path / "config.yaml").exists() else {}
+        config_path = path / "config.yaml"
+        config = yaml.safe_load(config_path.read_text())["segmentation"] if config_path.exists() else {}
         model = keras.saving.load_model(path / "model.keras", compile=False)
         return Segmenter(model, int(config.get("input_size", model.input_shape[1])), config.get("classes", "lung"),
                          str(path), file_fingerprint(path / "model.keras"))
@@ -121,7 +123,8 @@ def evaluate_segmenter(segmenter, pairs, batch_size=8, progress=True):
         loaded = [load_pair(pair, "lung") for pair in chunk]
         masks = segmenter.predict([image for image, _ in loaded], batch_size)
         for pair, (_, truth), mask in zip(chunk, loaded, masks, strict=True):
-            per_image.append({"image": pair.image, "jaccard": jaccard_index(mask, truth), "dice": dice_coefficient(mask, truth)})
+            per_image.append({"image": pair.image, "jaccard": jaccard_index(mask, truth),
+                              "dice": dice_coefficient(mask, truth)})
     return {
         "jaccard_mean": float(np.mean([r["jaccard"] for r in per_image])) if per_image else None,
         "dice_mean": float(np.mean([r["dice"] for r in per_image])) if per_image else None,

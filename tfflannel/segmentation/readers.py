@@ -31,6 +31,7 @@ class SegPair:
 
     @property
     def name(self):
+        """Str. The image file name without its suffix."""
         return Path(self.image).stem
 
 
@@ -154,7 +155,8 @@ def load_pair(pair, classes="lung"):
     labels = np.zeros(shape, np.uint8)
     if pair.kind == "binary":
         if classes != "lung":
-            raise InputError(f"{pair.image}: a binary mask only supports classes='lung'. Received: classes={classes!r}.")
+            raise InputError(f"{pair.image}: a binary mask only supports classes='lung'. "
+                             f"Received: classes={classes!r}.")
         labels[_read_mask(pair.masks["lung"], shape)] = 1
         return image, labels
     if classes == "lung":

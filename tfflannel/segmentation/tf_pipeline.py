@@ -37,8 +37,8 @@ def make_training_dataset(images, labels, batch_size, seed=0, augment=True, flip
         dataset = slices.shuffle(len(images), seed=key, reshuffle_each_iteration=False)
         if augment:
             dataset = dataset.map(
-                lambda index, image, label: tf.numpy_function(augment_numpy, [index, image, label, tf.constant(key, tf.int64)],
-                                                              [tf.float32, tf.uint8]),
+                lambda index, image, label: tf.numpy_function(
+                    augment_numpy, [index, image, label, tf.constant(key, tf.int64)], [tf.float32, tf.uint8]),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         else:
             dataset = dataset.map(lambda index, image, label: (image, label))
@@ -67,6 +67,12 @@ class MaskImageLogger(keras.callbacks.Callback):
         self.classes, self.predict_masks = classes, predict_masks
 
     def on_epoch_end(self, epoch, logs=None):
+        """Writes one "image | predicted | true" panel per stored image at step `epoch`.
+
+        Args:
+            epoch: int. Zero-based epoch index, used as the TensorBoard step.
+            logs: dict or None. Epoch logs (unused). Defaults to `None`.
+        """
         predicted = self.predict_masks(self.model, self.images, self.classes).astype(np.float32)
         panel = np.concatenate([self.images[..., 0], predicted, self.lung.astype(np.float32)], axis=2)[..., None]
         with self.writer.as_default():

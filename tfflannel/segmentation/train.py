@@ -63,6 +63,7 @@ class AugmentedBatches(keras.utils.PyDataset):
         return int(np.ceil(len(self.images) / self.batch_size))
 
     def on_epoch_end(self):
+        """Advances the epoch counter and draws the next epoch's order from `(seed, epoch)`."""
         self.epoch += 1
         self.order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.images))
 
@@ -119,6 +120,16 @@ class InferenceJaccard(keras.callbacks.Callback):
         self.last = 0.0
 
     def on_epoch_end(self, epoch, logs=None):
+        """Sets `logs["learning_rate"]` and, when validation images exist, `logs["val_jaccard"]`.
+
+        The Jaccard index is recomputed on epochs where `epoch + 1` is a multiple of `every` and on the
+        last epoch (after precise BN when enabled); on other epochs the last computed value is repeated
+        (`0.0` before the first evaluation).
+
+        Args:
+            epoch: int. Zero-based epoch index.
+            logs: dict or None. Epoch logs, updated in place. Defaults to `None`.
+        """
         logs = logs if logs is not None else {}
         logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         if not len(self.val_images):
@@ -138,6 +149,15 @@ def batches_of(array, size):
 
 
 def build_segmenter(config):
+    """Builds the untrained FC-DenseNet that `config.segmentation` describes.
+
+    Args:
+        config: Config. Its `segmentation` section gives the model name, class set, input size,
+            dropout and BN momentum.
+
+    Returns:
+        keras.Model. (S, S, 1) -> (S, S, num_classes) softmax probabilities, with S = `input_size`.
+    """
     seg = config.segmentation
     num_classes = len(SEGMENTATION_CLASSES[seg.classes])
     return build_fc_densenet(seg.model, num_classes=num_classes, input_shape=(seg.input_size, seg.input_size, 1),
@@ -152,6 +172,12 @@ class TimeLimit(keras.callbacks.Callback):
         self.seconds, self.started = seconds, time.time()
 
     def on_epoch_end(self, epoch, logs=None):
+        """Sets `model.stop_training` (with a warning) once more than `seconds` have passed since construction.
+
+        Args:
+            epoch: int. Zero-based epoch index (only logged).
+            logs: dict or None. Epoch logs (unused). Defaults to `None`.
+        """
         if time.time() - self.started > self.seconds:
             log.warning("time limit of %.0f s reached after epoch %d: stopping", self.seconds, epoch + 1)
             self.model.stop_training = True
@@ -226,7 +252,8 @@ def train_segmenter(config, pairs, out_dir, progress=True, extra_callbacks=(), t
                                    first_epoch=fit.initial_epoch)
         fit_kwargs, tf_callbacks = {}, []
 
-    callbacks = [InferenceJaccard(train_x, val_x, val_y, seg.classes, seg.precise_bn_batch, seg.precise_bn, seg.eval_every)]
+    callbacks = [InferenceJaccard(train_x, val_x, val_y, seg.classes, seg.precise_bn_batch, seg.precise_bn,
+                                  seg.eval_every)]
     if seg.lr_schedule == "plateau":
         callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_jaccard" if has_val else "loss",
                                                            mode="max" if has_val else "min", factor=0.1,
@@ -257,7 +284,8 @@ def train_segmenter(config, pairs, out_dir, progress=True, extra_callbacks=(), t
         "final_loss": float(history["loss"][-1]) if history.get("loss") else None,
     }
     if has_val:
-        metrics["val_jaccard_inference"] = mean_jaccard(predict_lung_masks(model, val_x, seg.classes), val_y, seg.classes)
+        val_masks = predict_lung_masks(model, val_x, seg.classes)
+        metrics["val_jaccard_inference"] = mean_jaccard(val_masks, val_y, seg.classes)
         metrics["best_epoch"] = fit.state.best_epoch + 1 if fit.state.best_epoch is not None else None
     write_text_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return metrics
