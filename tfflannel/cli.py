@@ -625,8 +625,6 @@ def import_weights_command(backbone, source, out):
     click.echo(f"weights -> {out}")
 
 
-if __name__ == "__main__":  # pragma: no cover
-    main()
 
 
 @main.command("reproduce")
@@ -681,3 +679,7 @@ def reproduce_command(data, out, folds, backbones, modes, weights, shard, wait, 
         sys.exit(1)
     click.echo(f"all {len(states)} jobs complete" + (f"; Table 3 -> {Path(out) / 'report' / 'table3.md'}"
                                                      if any(j.kind == "evaluate" for j in mine) else ""))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -38,6 +38,7 @@ def test_prepare_data_rejects_hostile_images_and_keeps_the_rest(tmp_path, sample
 def test_segment_lists_hostile_images_in_errors_csv(tmp_path, sample_cls_dir, hostile_folder):
     from tfflannel.data.manifest import MANIFEST_COLUMNS, prepare_manifest
     from tfflannel.segmentation.cache import CacheSettings, build_cache
+    from tfflannel.film_pipeline import ViewSettings
     from tfflannel.segmentation.inference import load_segmenter
     from tfflannel.utils import read_csv, write_csv_atomic
 
@@ -50,7 +51,7 @@ def test_segment_lists_hostile_images_in_errors_csv(tmp_path, sample_cls_dir, ho
         shutil.copy(hostile_folder / "covid19" / name, target)
         row["path"] = str(target)
     write_csv_atomic(work / "manifest.csv", keep, MANIFEST_COLUMNS)
-    summary = build_cache(work, load_segmenter(), CacheSettings(size=128, shard_size=8), progress=False)
+    summary = build_cache(work, load_segmenter(), CacheSettings(ViewSettings(size=128), shard_size=8), progress=False)
     assert summary["errors"] == 2 and summary["complete"]
     errors = {row["image_id"]: row["reason"] for row in read_csv(work / "cache" / "errors.csv")}
     assert "megapixels" in errors[keep[0]["image_id"]] and "minimum side" in errors[keep[1]["image_id"]]
