@@ -37,8 +37,8 @@ def test_prepare_data_rejects_hostile_images_and_keeps_the_rest(tmp_path, sample
 
 def test_segment_lists_hostile_images_in_errors_csv(tmp_path, sample_cls_dir, hostile_folder):
     from tfflannel.data.manifest import MANIFEST_COLUMNS, prepare_manifest
-    from tfflannel.segmentation.cache import CacheSettings, build_cache
     from tfflannel.film_pipeline import ViewSettings
+    from tfflannel.segmentation.cache import CacheSettings, build_cache
     from tfflannel.segmentation.inference import load_segmenter
     from tfflannel.utils import read_csv, write_csv_atomic
 
