@@ -356,12 +356,12 @@ def learner_options(default_config):
 
 def _check_fold(data, fold):
     """--fold must be one of the validation folds in DATA/manifest.csv (checked before any work starts)."""
-    from tfflannel.utils import read_csv
+    from tfflannel.data.manifest import load_manifest, validation_folds
 
     manifest = Path(data) / "manifest.csv"
     if not manifest.is_file():
         raise BadInput(f"{manifest}: not found; run prepare-data --out {data} first")
-    folds = sorted({int(row["fold"]) for row in read_csv(manifest) if row["split"] != "test" and row["fold"]})
+    folds = validation_folds(load_manifest(manifest))
     if fold not in folds:
         raise click.BadParameter(f"{manifest} has folds {folds}. Received: {fold}.", param_hint="--fold")
 

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import tensorflow as tf
 
+from tfflannel.errors import InputError
+
 PATCH_INPUTS = ("equalized", "raw")
 
 
@@ -44,7 +46,7 @@ class ViewSettings:
 
     def __post_init__(self):
         if self.input not in PATCH_INPUTS:
-            raise ValueError(f"patches.input must be one of {list(PATCH_INPUTS)}. Received: {self.input!r}.")
+            raise InputError(f"patches.input must be one of {list(PATCH_INPUTS)}. Received: {self.input!r}.")
 
     @classmethod
     def from_config(cls, config):

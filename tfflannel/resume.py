@@ -185,7 +185,11 @@ class ResumableFit:
                                     "tfflannel, or not by this command); rerun with --force to start over")
             self.clear()      # a kill before the first commit: nothing of it is kept
             return FitState(fingerprint=fingerprint)
-        state = FitState(**json.loads(path.read_text()))
+        try:
+            state = FitState(**json.loads(path.read_text()))
+        except (json.JSONDecodeError, TypeError) as error:
+            raise StaleRunError(f"{path}: unreadable resume state ({error}); "
+                                "rerun with --force to start over") from None
         changes = [f"{k}: {state.fingerprint.get(k)!r} -> {fingerprint.get(k)!r}"
                    for k in sorted(set(state.fingerprint) | set(fingerprint))
                    if state.fingerprint.get(k) != fingerprint.get(k)]

@@ -65,7 +65,10 @@ class RunInfo:
     def __post_init__(self):
         if self.kind not in RUN_KINDS:
             raise InputError(f"run kind must be one of {list(RUN_KINDS)}. Received: kind={self.kind!r}.")
-        self.fold = int(self.fold)
+        try:
+            self.fold = int(self.fold)
+        except (TypeError, ValueError):
+            raise InputError(f"run fold must be a whole number. Received: fold={self.fold!r}.") from None
 
     @property
     def display_name(self):
@@ -130,7 +133,10 @@ def load_run_info(run_dir):
     path = Path(run_dir) / RUN_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing; {run_dir} is not a train-patch, train-global or train-ensemble run")
-    data = yaml.safe_load(path.read_text())
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise InputError(f"{path}: invalid YAML ({error})") from None
     if not isinstance(data, dict):
         raise InputError(f"{path}: expected a mapping of run fields")
     names = {f.name for f in dataclasses.fields(RunInfo)}

@@ -333,6 +333,45 @@ def prepare_manifest(out, ccx=None, kcx=None, folders=(), seed=0, folds=5, test_
     return records
 
 
+def partition_rows(rows, role, fold):
+    """Manifest rows of one partition: the one partition rule every stage uses.
+
+    Args:
+        rows: list of dict. Manifest rows (`load_manifest`).
+        role: str. `train` (the training folds of `fold`), `valid` (fold `fold` of the training split), `test`
+            (the held-out test split) or `all`.
+        fold: int or str. The validation fold.
+
+    Returns:
+        list of dict. The rows of that partition, in manifest order.
+
+    Raises:
+        ValueError: an unknown `role` (a programming error, not user input).
+    """
+    fold = str(fold)
+    if role == "test":
+        return [r for r in rows if r["split"] == "test"]
+    if role == "valid":
+        return [r for r in rows if r["split"] == "train" and r["fold"] == fold]
+    if role == "train":
+        return [r for r in rows if r["split"] == "train" and r["fold"] != fold]
+    if role == "all":
+        return list(rows)
+    raise ValueError(f"role must be train, valid, test or all. Received: {role!r}.")
+
+
+def validation_folds(rows):
+    """The validation folds a manifest defines (the values `--fold` may take), sorted.
+
+    Args:
+        rows: list of dict. Manifest rows (`load_manifest`).
+
+    Returns:
+        list of int. The folds of the training split.
+    """
+    return sorted({int(r["fold"]) for r in rows if r["split"] == "train" and r["fold"]})
+
+
 def load_manifest(path):
     """Read a manifest.csv (a file or a work directory) and check its columns and labels.
 

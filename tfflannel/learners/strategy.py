@@ -33,6 +33,8 @@ from pathlib import Path
 
 import tensorflow as tf
 
+from tfflannel.errors import InputError
+
 log = logging.getLogger(__name__)
 
 STRATEGIES = ("auto", "mirrored", "multi_worker", "default")
@@ -51,7 +53,7 @@ def tf_config():
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:
-        raise ValueError(f"TF_CONFIG is not valid JSON ({error}). Received: {text[:200]!r}.") from None
+        raise InputError(f"TF_CONFIG is not valid JSON ({error}). Received: {text[:200]!r}.") from None
 
 
 def cluster_workers(config=None):
@@ -95,7 +97,7 @@ def make_strategy(name="auto"):
         ValueError: an unknown name, or a bad TF_CONFIG.
     """
     if name not in STRATEGIES:
-        raise ValueError(f"runtime.strategy must be one of {list(STRATEGIES)}. Received: {name!r}.")
+        raise InputError(f"runtime.strategy must be one of {list(STRATEGIES)}. Received: {name!r}.")
     if name == "multi_worker" or (name == "auto" and cluster_workers() > 1):
         # Checked before any device query: the collective ops must be configured before TensorFlow starts.
         if not _MULTI_WORKER:

@@ -21,7 +21,8 @@ from sklearn.metrics import f1_score
 
 from tfflannel import CLASS_NAMES
 from tfflannel.config import dump_config
-from tfflannel.data.manifest import load_manifest
+from tfflannel.data.manifest import load_manifest, validation_folds
+from tfflannel.errors import InputError
 from tfflannel.learners.infer import predict_image_scores
 from tfflannel.learners.strategy import chief_writes, make_strategy, replica_batch_size
 from tfflannel.models.backbones import backbone_config
@@ -153,9 +154,9 @@ def _fit(fit, model, train, steps, out_dir, callbacks, progress):
 
 
 def _check_fold(workdir, fold):
-    folds = sorted({int(r["fold"]) for r in load_manifest(workdir) if r["split"] == "train" and r["fold"]})
+    folds = validation_folds(load_manifest(workdir))
     if int(fold) not in folds:
-        raise ValueError(f"--fold {fold}: {Path(workdir) / 'manifest.csv'} has folds {folds}")
+        raise InputError(f"--fold {fold}: {Path(workdir) / 'manifest.csv'} has folds {folds}")
 
 
 @chief_writes
@@ -225,7 +226,7 @@ def train_global_learner(config, backbone, fold, workdir, out_dir, weights=None,
     rows = load_manifest(workdir)
     train_rows, valid_rows = manifest_partition(rows, "train", fold), manifest_partition(rows, "valid", fold)
     if not valid_rows or not train_rows:
-        raise ValueError(f"{workdir}: fold {fold} has no {'validation' if not valid_rows else 'training'} images")
+        raise InputError(f"{workdir}: fold {fold} has no {'validation' if not valid_rows else 'training'} images")
     info = _run_info("global", backbone, fold, workdir, out_dir, crop, 1, cfg.seed, resize=resize)
     fit = _start_run(config, "global_learner", out_dir, info, weights, force)
     if fit.complete:

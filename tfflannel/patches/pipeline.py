@@ -14,22 +14,10 @@ from pathlib import Path
 import tensorflow as tf
 
 from tfflannel import CLASS_NAMES
+from tfflannel.data.manifest import partition_rows  # noqa: F401  (re-exported: one partition rule)
+from tfflannel.errors import InputError
 from tfflannel.film_pipeline import crop_patches, evaluation_centres, sample_centres  # noqa: F401  (re-exported)
 from tfflannel.segmentation.cache import FEATURE_SPEC, cache_shards
-
-
-def partition_rows(rows, role, fold):
-    """Manifest rows of a fold's train / valid partition, the test set, or all."""
-    fold = str(fold)
-    if role == "test":
-        return [r for r in rows if r["split"] == "test"]
-    if role == "valid":
-        return [r for r in rows if r["split"] == "train" and r["fold"] == fold]
-    if role == "train":
-        return [r for r in rows if r["split"] == "train" and r["fold"] != fold]
-    if role == "all":
-        return list(rows)
-    raise ValueError(f"role must be train, valid, test or all. Received: {role!r}.")
 
 
 def decode_example(example):
@@ -107,7 +95,7 @@ def training_steps(workdir, fold, batch_size, patches_per_image=1, drop_remainde
     """
     count = int(read_records(workdir, "train", fold).reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
     if count == 0:
-        raise ValueError(f"{Path(workdir) / 'cache'}: fold {fold} has no training images")
+        raise InputError(f"{Path(workdir) / 'cache'}: fold {fold} has no training images")
     images_per_batch = max(1, batch_size // patches_per_image)
     return count // images_per_batch if drop_remainder else -(-count // images_per_batch)
 

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from tfflannel.data.io import ImageReadError, read_image
 from tfflannel.data.manifest import load_manifest
+from tfflannel.errors import InputError
 from tfflannel.film_pipeline import ViewSettings, lung_bbox, lung_masks, masked_view
 from tfflannel.utils import atomic_path, read_csv, write_csv_atomic, write_text_atomic
 
@@ -219,7 +220,7 @@ def build_cache(workdir, segmenter, settings=None, shard=(1, 1), progress=True):
     rows = load_manifest(workdir)
     part, parts = shard
     if not 1 <= part <= parts:
-        raise ValueError(f"--shard must be I/N with 1 <= I <= N. Received: {part}/{parts}.")
+        raise InputError(f"--shard must be I/N with 1 <= I <= N. Received: {part}/{parts}.")
     cache = workdir / "cache"
     (cache / "parts").mkdir(parents=True, exist_ok=True)
     key = settings.key(segmenter)
@@ -292,7 +293,7 @@ def cache_shards(workdir, rows=None):
     stale = [r["image_id"] for r in rows if r["image_id"] not in failed
              and (r["image_id"] not in index or index[r["image_id"]]["sha256"] != r["sha256"])]
     if stale:
-        raise ValueError(f"{cache}: {len(stale)} manifest image(s) are missing from the cache or changed since it was "
+        raise InputError(f"{cache}: {len(stale)} manifest image(s) are missing from the cache or changed since it was "
                          f"built (e.g. {stale[0]}); rerun `segment --data {workdir}`")
     return [str(cache / name) for name in dict.fromkeys(r["shard"] for r in index.values())]
 
