@@ -22,6 +22,7 @@ commits repeats at most the interrupted epoch, which gives the same numbers agai
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import logging
@@ -75,6 +76,19 @@ def save_model_without_optimizer(model, path):
         finally:
             model.optimizer = optimizer
         Path(keras_tmp).replace(tmp)
+
+
+def config_fingerprint(prefix, section):
+    """A config section as fingerprint entries: `{"prefix.key": value}`, tuples as lists (as JSON stores them).
+
+    Args:
+        prefix: str. The section's name in the config tree, e.g. `"patched"`.
+        section: dataclass. The config section.
+
+    Returns:
+        dict. One entry per field of the section.
+    """
+    return {f"{prefix}.{k}": (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(section).items()}
 
 
 def _plain(value):

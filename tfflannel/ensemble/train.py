@@ -13,7 +13,6 @@ reusing a stale ensemble.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from pathlib import Path
@@ -28,7 +27,7 @@ from tfflannel.errors import InputError
 from tfflannel.learners.strategy import chief_writes, make_strategy, replica_batch_size
 from tfflannel.models.ensemble import build_ensemble, inverse_frequency_alpha
 from tfflannel.predictions import read_predictions, read_provenance, write_predictions
-from tfflannel.resume import ResumableFit
+from tfflannel.resume import ResumableFit, config_fingerprint
 from tfflannel.run_info import RunInfo, file_sha256, load_run_info, relative_to_run, save_run_info
 from tfflannel.schedules import step_decay
 from tfflannel.tf_epochs import seed_run
@@ -160,8 +159,7 @@ def train_ensemble(config, run_dirs, out_dir, fold=None, progress=True, force=Fa
         raise JoinError(f"all runs must come from one fold{wanted}; found folds {sorted(folds)}")
     fold = folds.pop()
     names = [name for name, _ in infos]
-    fingerprint = {**{f"ensemble.{k}": (list(v) if isinstance(v, tuple) else v)
-                      for k, v in dataclasses.asdict(cfg).items()},
+    fingerprint = {**config_fingerprint("ensemble", cfg),
                    "runs": [str(Path(r).resolve()) for r in run_dirs],
                    **_member_provenance(run_dirs, (cfg.fit_on, "test"))}
     ids, labels, scores = join_predictions(run_dirs, cfg.fit_on, cfg.score)

@@ -9,7 +9,6 @@ epoch's data are drawn from (seed, epoch), never replayed.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 from pathlib import Path
@@ -28,7 +27,7 @@ from tfflannel.learners.strategy import chief_writes, make_strategy, replica_bat
 from tfflannel.models.backbones import backbone_config
 from tfflannel.models.classifier import build_classifier, inference_model
 from tfflannel.models.precise_bn import recompute_batchnorm_statistics
-from tfflannel.resume import ResumableFit, save_model_without_optimizer
+from tfflannel.resume import ResumableFit, config_fingerprint, save_model_without_optimizer
 from tfflannel.run_info import RunInfo, file_sha256, manifest_sha256, relative_to_run, save_run_info
 from tfflannel.schedules import scale_milestones, step_decay
 from tfflannel.tf_epochs import seed_run
@@ -90,10 +89,6 @@ def _apply_l1(model, l1):
                 variable.regularizer = keras.regularizers.L1(l1)
 
 
-def _flat(prefix, section):
-    return {f"{prefix}.{k}": (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(section).items()}
-
-
 def _start_run(config, section_name, out_dir, info, weights, force):
     """The run directory's resume state (or a StaleRunError), config.yaml and run.yaml; seeds everything.
 
@@ -104,7 +99,8 @@ def _start_run(config, section_name, out_dir, info, weights, force):
     section = getattr(config, section_name)
     workdir = info.workdir_path(out_dir)
     cache_index = workdir / "cache" / "index.csv"
-    fingerprint = {**_flat(section_name, section), "kind": info.kind, "backbone": info.backbone, "fold": info.fold,
+    fingerprint = {**config_fingerprint(section_name, section), "kind": info.kind, "backbone": info.backbone,
+                   "fold": info.fold,
                    "weights": str(weights), "weights_sha256": file_sha256(weights) if weights else None,
                    "mixed_precision": config.runtime.mixed_precision, "manifest_sha256": info.manifest_sha256,
                    "cache_index_sha256": file_sha256(cache_index) if info.kind == "patch" else None}

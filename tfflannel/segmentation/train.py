@@ -13,7 +13,6 @@ from (seed, e), and `ResumableFit` resumes a killed run exactly.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -28,7 +27,7 @@ from tfflannel.config import dump_config
 from tfflannel.models.fc_densenet import SEGMENTATION_CLASSES, build_fc_densenet, lung_class_indices
 from tfflannel.models.losses import PixelWeightedCrossentropy
 from tfflannel.models.precise_bn import recompute_batchnorm_statistics
-from tfflannel.resume import ResumableFit, save_model_without_optimizer
+from tfflannel.resume import ResumableFit, config_fingerprint, save_model_without_optimizer
 from tfflannel.schedules import scale_milestones, step_decay
 from tfflannel.segmentation.augment import augment_pair
 from tfflannel.segmentation.preprocess import preprocess_for_segmentation, resize_label_map
@@ -211,8 +210,7 @@ def train_segmenter(config, pairs, out_dir, progress=True, extra_callbacks=(), t
     """
     seg = config.segmentation
     out_dir = Path(out_dir)
-    fingerprint = {**{f"segmentation.{k}": (list(v) if isinstance(v, tuple) else v)
-                      for k, v in dataclasses.asdict(seg).items()},
+    fingerprint = {**config_fingerprint("segmentation", seg),
                    "pairs_sha256": _pairs_sha256(pairs), "backend": keras.backend.backend()}
     train_pairs, val_pairs = split_pairs(pairs, seg.validation_share, seg.seed)
     has_val = bool(val_pairs)
