@@ -213,7 +213,8 @@ def test_is_complete_segment_only_for_a_cache_of_the_current_manifest(tmp_path):
     manifest = [{"image_id": f"img{i}", "sha256": f"{i:064x}", "path": f"x{i}.png"} for i in range(5)]
     write_csv_atomic(work / "manifest.csv", manifest, ("image_id", "sha256", "path"))
     shards = ["shard-00000-of-00002-aaa.tfrecord", "shard-00001-of-00002-bbb.tfrecord"]
-    index = [{"image_id": r["image_id"], "sha256": r["sha256"], "shard": shards[i // 3]} for i, r in enumerate(manifest)]
+    index = [{"image_id": r["image_id"], "sha256": r["sha256"], "shard": shards[i // 3]}
+             for i, r in enumerate(manifest)]
     write_csv_atomic(work / "cache" / "index.csv", index, ("image_id", "sha256", "shard"))
     segment = Job("segment", "segment", (), work / "cache", shard=None)
     assert not is_complete(segment)                                   # no cache.json: not finished
