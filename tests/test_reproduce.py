@@ -129,6 +129,155 @@ def test_is_complete_reads_the_commands_outputs(tmp_path):
     assert is_complete(predict)
 
 
+def _dry_run(work, out, *extra):
+    from tfflannel.cli import main
+
+    return CliRunner().invoke(main, ["reproduce", "--data", str(work), "--out", str(out), "--folds", "1",
+                                     "--modes", "global", "--dry-run", *extra])
+
+
+@pytest.fixture(scope="module")
+def sample_work(tmp_path_factory, sample_cls_dir):
+    from tfflannel.data.manifest import prepare_manifest
+
+    work = tmp_path_factory.mktemp("reproduce") / "work"
+    prepare_manifest(work, folders=[sample_cls_dir], folds=2, progress=False)
+    return work
+
+
+def _weights_of(lines):
+    return {line.split("--backbone ")[1].split()[0]: line.split("--weights ")[1].split()[0]
+            for line in lines if " train-global " in line}
+
+
+def test_default_backbones_are_the_papers_five(sample_work, tmp_path):
+    import importlib.util
+
+    from tfflannel.backbone_names import TORCHVISION_BACKBONE_NAMES
+
+    result = _dry_run(sample_work, tmp_path / "runs")
+    assert result.exit_code == 0, result.output
+    assert list(_weights_of(result.output.splitlines())) == list(TORCHVISION_BACKBONE_NAMES)
+    assert set(TORCHVISION_BACKBONE_NAMES) == {"densenet161", "inception_v3_tv", "resnet152_tv", "resnext101_32x8d",
+                                               "vgg19_bn"}
+    assert reproduce.PAPER_BACKBONES is TORCHVISION_BACKBONE_NAMES
+    spec = importlib.util.spec_from_file_location("bench_train_step", REPO / "tools" / "bench_train_step.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.FLANNEL_BACKBONES is TORCHVISION_BACKBONE_NAMES
+
+
+def test_imagenet_is_refused_for_backbones_without_keras_weights(sample_work, tmp_path):
+    result = _dry_run(sample_work, tmp_path / "runs", "--weights", "imagenet")
+    assert result.exit_code == 2
+    message = result.output.split("--weights imagenet")[1]
+    for name in ("densenet161", "inception_v3_tv", "resnet152_tv", "resnext101_32x8d", "vgg19_bn"):
+        assert name in message
+    assert "import-weights" in message and "--weights-dir" in message
+    mixed = _dry_run(sample_work, tmp_path / "runs", "--weights", "imagenet", "--backbones", "mobilenet_v2,vgg19_bn")
+    assert mixed.exit_code == 2 and "vgg19_bn" in mixed.output and "mobilenet_v2." not in mixed.output
+    keras_only = _dry_run(sample_work, tmp_path / "runs", "--weights", "imagenet", "--backbones", "mobilenet_v2")
+    assert keras_only.exit_code == 0 and _weights_of(keras_only.output.splitlines()) == {"mobilenet_v2": "imagenet"}
+    assert not (tmp_path / "runs").exists()
+
+
+def test_weights_dir_gives_each_backbone_its_file_and_lists_every_missing_one(sample_work, tmp_path):
+    weights = tmp_path / "w"
+    weights.mkdir()
+    for name in ("densenet161.weights.h5", "densenet161.pth", "vgg19_bn.safetensors"):
+        (weights / name).write_bytes(b"")
+    backbones = ["--backbones", "densenet161,vgg19_bn,resnet152_tv,resnext101_32x8d"]
+    missing = _dry_run(sample_work, tmp_path / "runs", "--weights-dir", str(weights), *backbones)
+    assert missing.exit_code == 2, missing.output
+    assert "resnet152_tv.weights.h5" in missing.output and "resnext101_32x8d.weights.h5" in missing.output
+    assert "densenet161" not in missing.output and "vgg19_bn" not in missing.output
+    (weights / "resnet152_tv.pth").write_bytes(b"")
+    (weights / "resnext101_32x8d.weights.h5").write_bytes(b"")
+    result = _dry_run(sample_work, tmp_path / "runs", "--weights-dir", str(weights), *backbones)
+    assert result.exit_code == 0, result.output
+    assert _weights_of(result.output.splitlines()) == {   # .weights.h5 before .safetensors before .pth
+        "densenet161": str(weights / "densenet161.weights.h5"), "vgg19_bn": str(weights / "vgg19_bn.safetensors"),
+        "resnet152_tv": str(weights / "resnet152_tv.pth"),
+        "resnext101_32x8d": str(weights / "resnext101_32x8d.weights.h5")}
+    one_file = _dry_run(sample_work, tmp_path / "runs", "--weights", str(weights / "vgg19_bn.safetensors"), *backbones)
+    assert one_file.exit_code == 2 and "--weights-dir" in one_file.output
+    both = _dry_run(sample_work, tmp_path / "runs", "--weights", "imagenet", "--weights-dir", str(weights))
+    assert both.exit_code == 2 and "give one of them" in both.output
+
+
+def test_is_complete_segment_only_for_a_cache_of_the_current_manifest(tmp_path):
+    from tfflannel.utils import read_csv, write_csv_atomic
+
+    work = tmp_path / "work"
+    (work / "cache").mkdir(parents=True)
+    manifest = [{"image_id": f"img{i}", "sha256": f"{i:064x}", "path": f"x{i}.png"} for i in range(5)]
+    write_csv_atomic(work / "manifest.csv", manifest, ("image_id", "sha256", "path"))
+    shards = ["shard-00000-of-00002-aaa.tfrecord", "shard-00001-of-00002-bbb.tfrecord"]
+    index = [{"image_id": r["image_id"], "sha256": r["sha256"], "shard": shards[i // 3]}
+             for i, r in enumerate(manifest)]
+    write_csv_atomic(work / "cache" / "index.csv", index, ("image_id", "sha256", "shard"))
+    segment = Job("segment", "segment", (), work / "cache", shard=None)
+    assert not is_complete(segment)                                   # no cache.json: not finished
+    (work / "cache" / "cache.json").write_text('{"key": {}, "shards": %s}' % str(shards).replace("'", '"'))
+    assert is_complete(segment)
+    changed = [dict(r, sha256="f" * 64) if r["image_id"] == "img2" else r for r in manifest]
+    write_csv_atomic(work / "manifest.csv", changed, ("image_id", "sha256", "path"))
+    assert not is_complete(segment)                                   # an image's file changed
+    write_csv_atomic(work / "manifest.csv", manifest + [{"image_id": "img9", "sha256": "9" * 64, "path": "y"}],
+                     ("image_id", "sha256", "path"))
+    assert not is_complete(segment)                                   # a new image
+    write_csv_atomic(work / "cache" / "errors.csv", [{"image_id": "img9"}], ("image_id",))
+    assert is_complete(segment)                                       # ... that segment could not read
+    write_csv_atomic(work / "manifest.csv", manifest[:4], ("image_id", "sha256", "path"))
+    assert not is_complete(segment)                                   # an image left the manifest
+    write_csv_atomic(work / "manifest.csv", manifest, ("image_id", "sha256", "path"))
+    (work / "cache" / "errors.csv").unlink()
+    (work / "cache" / "cache.json").write_text('{"key": {}, "shards": ["shard-00000-of-00001-old.tfrecord"]}')
+    assert not is_complete(segment) and len(read_csv(work / "cache" / "index.csv")) == 5   # index newer than plan
+
+
+def test_jobs_start_and_end_with_a_fresh_process_global_state(tmp_path):
+    """_start_run sets the precision policy both ways; run_cli_job resets policy and op determinism."""
+    import keras
+    from tensorflow.python.framework import config as tf_framework_config
+
+    from tfflannel.config import load_config
+    from tfflannel.learners.train import _start_run
+    from tfflannel.run_info import RunInfo
+
+    info = RunInfo(kind="global", fold=1, workdir="..", backbone="mobilenet_v2", input_size=32, resize=36, k=1,
+                   seed=0, manifest_sha256="0" * 64)
+    try:
+        config = load_config(None, ["runtime.mixed_precision=true", "runtime.deterministic=true"])
+        _start_run(config, "global_learner", tmp_path / "mixed", info, None, False)
+        assert keras.mixed_precision.global_policy().name == "mixed_float16"
+        assert tf_framework_config.is_op_determinism_enabled()
+        _start_run(load_config(None), "global_learner", tmp_path / "plain", info, None, False)
+        assert keras.mixed_precision.global_policy().name == "float32"
+        keras.mixed_precision.set_global_policy("mixed_float16")     # as a mixed-precision job leaves it
+        assert reproduce.run_cli_job(Job("help", "evaluate", ("--help",), tmp_path), tmp_path / "help.log") is None
+        assert keras.mixed_precision.global_policy().name == "float32"
+        assert not tf_framework_config.is_op_determinism_enabled()
+        assert "Usage" in (tmp_path / "help.log").read_text()
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+        tf_framework_config.disable_op_determinism()
+
+
+def test_a_stale_run_is_reported_with_the_command_that_starts_it_over(sample_work, tmp_path):
+    jobs = build_jobs(sample_work, tmp_path / "runs", [1], ["mobilenet_v2"], ["global"],
+                      config_args=("--set", "global_learner.epochs=1"))
+    run = tmp_path / "runs" / "f1" / "global_mobilenet_v2"
+    run.mkdir(parents=True)
+    (run / "history.csv").write_text("epoch\n0\n")                 # made by something else
+    lines = []
+    states = Runner(jobs, tmp_path / "runs", wait=0, poll=0.01, echo=lines.append).run()
+    assert states["train-global f1 mobilenet_v2"] == "failed" and states["evaluate"] == "blocked"
+    command = f"{jobs[0].command_line()} --force"
+    assert f"stale run: if the change is intended, start it over with `{command}`" in lines[0], lines[0]
+    assert (run / "history.csv").read_text() == "epoch\n0\n"
+
+
 TINY = ["--set", "global_learner.epochs=1", "--set", "global_learner.crop_size=32", "--set", "global_learner.resize=36",
         "--set", "global_learner.batch_size=8", "--set", "ensemble.epochs=2"]
 

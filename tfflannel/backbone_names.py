@@ -19,4 +19,9 @@ BACKBONE_NAMES = (
 """Sorted names of every backbone in `tfflannel.models.backbones` (what `list_backbones()` returns)."""
 
 TORCHVISION_BACKBONE_NAMES = ("densenet161", "inception_v3_tv", "resnet152_tv", "resnext101_32x8d", "vgg19_bn")
-"""The torchvision-layout backbones, whose torchvision state dicts `import-weights` maps (the paper's five)."""
+"""The paper's five base learners (torchvision layout), whose torchvision state dicts `import-weights` maps.
+
+The one definition of "the paper's five": `reproduce --backbones` defaults to it and
+`tools/bench_train_step.py --backbone flannel` measures it. None of them has Keras ImageNet weights:
+convert torchvision's files with `import-weights` and pass them with `reproduce --weights-dir`.
+"""

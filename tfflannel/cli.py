@@ -633,12 +633,15 @@ def import_weights_command(backbone, source, out):
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Runs directory: OUT/f<fold>/<mode>_<backbone>, OUT/f<fold>/ensemble_*, OUT/report.")
 @click.option("--folds", default="1-5", show_default=True, help="Validation folds, e.g. 1-5 or 1,3.")
-@click.option("--backbones", default="densenet161,inception_v3,resnet152,resnext101_32x8d,vgg19_bn", show_default=True,
-              help="Comma-separated backbones.")
+@click.option("--backbones", default=",".join(TORCHVISION_BACKBONE_NAMES), show_default=True,
+              help="Comma-separated backbones; the default is the paper's five (torchvision layout).")
 @click.option("--modes", default="patch,global", show_default=True,
               help="patch (Patched FLANNEL) and/or global (original FLANNEL).")
-@click.option("--weights", default="none", show_default=True,
-              help="--weights of train-patch/train-global: imagenet | none | PATH.")
+@click.option("--weights", help="--weights of train-patch/train-global: none (default) | imagenet (only backbones with "
+              "Keras ImageNet weights, not the default five) | PATH (one backbone only).")
+@click.option("--weights-dir", type=click.Path(file_okay=False),
+              help="One weights file per backbone: DIR/<backbone>.weights.h5 (from import-weights), else "
+              ".safetensors, else .pth; all are checked before any job runs.")
 @click.option("--shard", default="1/1", show_default=True, help="Run only part I of N of the grid (N hosts share it).")
 @click.option("--wait", default=86400.0, show_default=True, type=click.FloatRange(min=0),
               help="Seconds to wait for inputs that other shards make before reporting them missing.")
@@ -649,10 +652,13 @@ def import_weights_command(backbone, source, out):
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Config override passed to every command (repeatable).")
 @reports_input_errors
-def reproduce_command(data, out, folds, backbones, modes, weights, shard, wait, dry_run, config_path, overrides):
+def reproduce_command(data, out, folds, backbones, modes, weights, weights_dir, shard, wait, dry_run, config_path,
+                      overrides):
     """The whole study: segment -> train-patch/train-global -> predict-base -> train-ensemble per fold -> evaluate.
 
     Runs what is not complete, skips what is, resumes what was cut off; rerun the same command after a failure.
+    A run made with other settings is not overwritten: its job fails with the exact command (with --force)
+    that starts it over.
     """
     from tfflannel import reproduce
 
@@ -660,7 +666,8 @@ def reproduce_command(data, out, folds, backbones, modes, weights, shard, wait, 
     config_args = (("--config", config_path) if config_path else ()) + tuple(a for o in overrides for a in ("--set", o))
     jobs = reproduce.build_jobs(data, out, reproduce.parse_folds(folds),
                                 reproduce.check_names(reproduce.parse_names(backbones, BACKBONE_NAMES, "--backbones")),
-                                reproduce.parse_names(modes, reproduce.MODES, "--modes"), weights, config_args, part)
+                                reproduce.parse_names(modes, reproduce.MODES, "--modes"), weights, config_args, part,
+                                weights_dir=weights_dir)
     for fold in reproduce.parse_folds(folds):
         _check_fold(data, fold)
     mine = reproduce.shard_jobs(jobs, part)

@@ -29,10 +29,14 @@ import time
 import traceback
 from pathlib import Path
 
-from tfflannel.backbone_names import BACKBONE_NAMES
+from tfflannel.backbone_names import BACKBONE_NAMES, TORCHVISION_BACKBONE_NAMES
 from tfflannel.errors import InputError
+from tfflannel.utils import read_csv
 
-PAPER_BACKBONES = ("densenet161", "inception_v3", "resnet152", "resnext101_32x8d", "vgg19_bn")
+PAPER_BACKBONES = TORCHVISION_BACKBONE_NAMES      # the paper's five, defined once in backbone_names
+WEIGHT_SUFFIXES = (".weights.h5", ".safetensors", ".pth")
+"""What `--weights-dir DIR` looks for, in this order: the first of DIR/<backbone><suffix> that exists is used."""
+STALE = "stale run"
 MODES = ("patch", "global")
 ENSEMBLE_NAMES = {"patch": "ensemble_patched", "global": "ensemble_global"}
 ROLES = ("train", "valid", "test")
@@ -96,8 +100,66 @@ def parse_names(text, allowed, option):
     return names
 
 
+def resolve_weights(backbones, weights="none", weights_dir=None):
+    """The `--weights` value of each backbone's training jobs, checked before any job runs.
+
+    Args:
+        backbones: list of str. Registered backbone names.
+        weights: str. `none`, `imagenet` (Keras' own ImageNet weights) or one file (only for one backbone).
+            Defaults to `none`.
+        weights_dir: str or Path. A directory holding one file per backbone: the first of
+            DIR/<backbone>.weights.h5 (what `import-weights` writes), .safetensors, .pth that exists.
+            Defaults to `None` (use `weights`).
+
+    Returns:
+        dict. {backbone: `--weights` value}.
+
+    Raises:
+        InputError: `--weights` and `--weights-dir` both given; a weights file for several backbones; a missing
+            file (all backbones' missing files are listed at once); `imagenet` for backbones without Keras ImageNet
+            weights (all named, with the fix).
+    """
+    weights = "none" if weights in (None, "None") else str(weights)
+    if weights_dir is not None:
+        if weights != "none":
+            raise InputError(f"--weights {weights} and --weights-dir {weights_dir}: give one of them.")
+        directory = Path(weights_dir)
+        if not directory.is_dir():
+            raise InputError(f"--weights-dir {weights_dir}: not a directory.")
+        found, missing = {}, []
+        for backbone in backbones:
+            files = [directory / f"{backbone}{suffix}" for suffix in WEIGHT_SUFFIXES]
+            hit = next((f for f in files if f.is_file()), None)
+            if hit is None:
+                missing.append(str(directory / f"{backbone}.weights.h5"))
+            found[backbone] = str(hit)
+        if missing:
+            raise InputError(f"--weights-dir {weights_dir}: no weights for {len(missing)} backbone(s): "
+                             f"{', '.join(missing)} (nor .safetensors/.pth of the same name); make each with "
+                             f"`tfflannel import-weights --backbone NAME --from TORCHVISION_FILE --out "
+                             f"{directory}/NAME.weights.h5`.")
+        return found
+    if weights not in ("none", "imagenet"):
+        if len(backbones) > 1:
+            raise InputError(f"--weights {weights}: one weights file cannot fit {len(backbones)} backbones; put "
+                             f"one file per backbone in a directory (DIR/<backbone>.weights.h5) and pass "
+                             f"--weights-dir DIR.")
+        if not Path(weights).is_file():
+            raise InputError(f"--weights {weights}: weights file not found.")
+    if weights == "imagenet":
+        from tfflannel.models.backbones import backbone_config
+
+        without = [b for b in backbones if not backbone_config(b).keras_weights]
+        if without:
+            raise InputError(f"--weights imagenet: Keras has no ImageNet weights for {', '.join(without)}. Convert "
+                             f"torchvision's ImageNet files once with `tfflannel import-weights --backbone NAME --from "
+                             f"FILE.pth|FILE.safetensors --out w/NAME.weights.h5` and pass --weights-dir w (or "
+                             f"--weights none).")
+    return dict.fromkeys(backbones, weights)
+
+
 def build_jobs(data, out, folds, backbones=PAPER_BACKBONES, modes=MODES, weights="none", config_args=(),
-               shard=(1, 1)):
+               shard=(1, 1), weights_dir=None):
     """The grid's jobs in dependency order, each assigned to a shard.
 
     Args:
@@ -107,13 +169,19 @@ def build_jobs(data, out, folds, backbones=PAPER_BACKBONES, modes=MODES, weights
         folds: list of int. Validation folds.
         backbones: list of str. Registered backbone names. Defaults to the paper's five.
         modes: list of str. `patch` and/or `global`. Defaults to both.
-        weights: str. `--weights` of the training commands. Defaults to `none`.
+        weights: str. `--weights` of the training commands: `none`, `imagenet` or one file (one backbone only).
+            Defaults to `none`.
         config_args: tuple of str. `--config FILE` / `--set KEY=VALUE` passed to every configurable command.
         shard: (I, N). This process's shard; only used for the segment job's own `--shard I/N`.
+        weights_dir: str or Path. One weights file per backbone (see `resolve_weights`). Defaults to `None`.
 
     Returns:
         list of Job.
+
+    Raises:
+        InputError: weights that cannot work (see `resolve_weights`), before any job exists.
     """
+    per_backbone = resolve_weights(backbones, weights, weights_dir)
     data, out, config_args = str(data), Path(out), tuple(config_args)
     part, parts = shard
     jobs, learners = [], {}
@@ -127,7 +195,7 @@ def build_jobs(data, out, folds, backbones=PAPER_BACKBONES, modes=MODES, weights
                 run = out / f"f{fold}" / f"{mode}_{backbone}"
                 train = Job(f"train-{mode} f{fold} {backbone}", "train",
                             (f"train-{mode}", "--backbone", backbone, "--fold", str(fold), "--data", data,
-                             "--out", str(run), "--weights", weights) + config_args,
+                             "--out", str(run), "--weights", per_backbone[backbone]) + config_args,
                             run, ("segment",) if mode == "patch" else (), unit % parts)
                 predict = Job(f"predict-base f{fold} {mode} {backbone}", "predict",
                               ("predict-base", "--run", str(run), "--data", data) + config_args,
@@ -157,15 +225,52 @@ def _json(path):
         return {}
 
 
+def cache_matches_manifest(cache):
+    """Whether the segmentation cache `cache` is complete for the manifest next to it (file reads only).
+
+    Complete means: `cache.json` (written last by `segment`) lists every shard `index.csv` names, and `index.csv`
+    holds exactly the manifest's images (image_id and sha256) except those `errors.csv` lists. A cache of an
+    older manifest, or one another shard is still rebuilding, is not complete.
+
+    Args:
+        cache: str or Path. WORKDIR/cache, next to WORKDIR/manifest.csv.
+
+    Returns:
+        bool.
+    """
+    cache = Path(cache)
+    manifest_path = cache.parent / "manifest.csv"
+    recorded = _json(cache / "cache.json")
+    if not recorded.get("shards") or not (cache / "index.csv").is_file() or not manifest_path.is_file():
+        return False
+    try:
+        index = read_csv(cache / "index.csv")
+        failed = {r["image_id"] for r in read_csv(cache / "errors.csv")} if (cache / "errors.csv").is_file() else set()
+        wanted = {r["image_id"]: r["sha256"] for r in read_csv(manifest_path) if r["image_id"] not in failed}
+        have = {r["image_id"]: r["sha256"] for r in index}
+        shards = {r["shard"] for r in index}
+    except (OSError, KeyError, ValueError):
+        return False
+    return have == wanted and shards <= set(recorded["shards"])
+
+
 def is_complete(job):
     """Whether the job's outputs exist and say they are complete (file reads only; no TensorFlow).
 
-    The commands themselves decide whether complete outputs are still up to date; this only tells a
-    waiting job that its inputs are there.
+    For the segmentation cache this includes that it matches the current manifest (`cache_matches_manifest`),
+    so other shards wait for a rebuild instead of training on a stale cache. For the other jobs the commands
+    themselves decide whether complete outputs are still up to date; this only tells a waiting job that its
+    inputs are there.
+
+    Args:
+        job: Job.
+
+    Returns:
+        bool.
     """
     target = Path(job.target)
     if job.kind == "segment":
-        return (target / "index.csv").is_file()
+        return cache_matches_manifest(target)
     if job.kind == "train":
         return bool(_json(target / "resume" / "state.json").get("complete"))
     if job.kind == "predict":
@@ -196,24 +301,52 @@ def job_lock(path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def reset_global_state():
+    """Give the next in-process job the global state a fresh process has.
+
+    Clears Keras' session, sets the dtype policy back to `float32` (a `mixed_precision` job sets
+    `mixed_float16`) and turns TensorFlow's op determinism off again (a `runtime.deterministic` job turns it
+    on; TensorFlow's public API can only enable it, so this uses `disable_op_determinism` from
+    `tensorflow.python.framework.config`, present since TF 2.9). Each job sets what its config says itself.
+    """
+    import keras
+
+    keras.backend.clear_session()
+    keras.mixed_precision.set_global_policy("float32")
+    from tensorflow.python.framework import config as tf_framework_config
+
+    tf_framework_config.disable_op_determinism()
+
+
 def run_cli_job(job, log_path):
     """Run one job's command line in this process (as `tfflannel ARGS`), its output appended to `log_path`.
 
+    Every job starts (and ends) with the global state a fresh process has (`reset_global_state`), so what a run
+    records (e.g. its mixed-precision setting) is what it computed with.
+
+    Args:
+        job: Job.
+        log_path: Path. The job's log file (appended to).
+
     Returns:
-        str or None. None on success, else the error (a traceback for bugs).
+        str or None. None on success, else the error (a traceback for bugs). For a run made with other
+        settings, the last line starts with `stale run` and gives the exact command that starts the job over.
     """
     import click
-    import keras
 
     from tfflannel.cli import main
+    from tfflannel.resume import StaleRunError
 
-    keras.backend.clear_session()          # every job starts from the state a fresh process would have
+    reset_global_state()
     with open(log_path, "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         print(f"$ {job.command_line()}", flush=True)
         try:
             main.main(args=list(job.args), prog_name="tfflannel", standalone_mode=False)
         except click.ClickException as error:
             print(f"error: {error.format_message()}")
+            if isinstance(error.__cause__, StaleRunError):
+                return (f"{error.format_message()}\n{STALE}: if the change is intended, start it over with "
+                        f"`{job.command_line(main_program())} --force`, then rerun reproduce")
             return error.format_message()
         except Exception:   # a bug in one job must not stop the independent ones; its traceback is kept
             text = traceback.format_exc()
@@ -221,6 +354,7 @@ def run_cli_job(job, log_path):
             return text.strip().splitlines()[-1]
         finally:
             log.flush()
+            reset_global_state()       # and leaves it so: a mixed-precision job's policy does not outlive it
     return None
 
 
@@ -298,7 +432,9 @@ class Runner:
             marker = self._marker(job)
             if error:
                 marker.write_text(error + "\n")
-                return "failed", f"{error.splitlines()[-1][:200]}; log: {self.out / 'logs' / (job.slug + '.log')}"
+                last = error.splitlines()[-1]
+                last = last if last.startswith(STALE) else last[:200]     # the command to rerun is never cut
+                return "failed", f"{last}; log: {self.out / 'logs' / (job.slug + '.log')}"
             marker.unlink(missing_ok=True)
         if job.kind == "segment":
             reason = self._wait_for(["segment"])      # the other shards' parts of the cache
@@ -324,7 +460,6 @@ def describe_plan(jobs, shard):
 def shard_jobs(jobs, shard):
     """The jobs that shard (I, N) runs, in dependency order."""
     return [j for j in jobs if j.shard is None or j.shard == shard[0] - 1]
-
 
 
 def main_program():

@@ -25,10 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+from tfflannel.backbone_names import TORCHVISION_BACKBONE_NAMES  # noqa: E402
 from tfflannel.models.backbones import backbone_config, list_backbones  # noqa: E402
 from tfflannel.models.classifier import build_classifier  # noqa: E402
 
-FLANNEL_BACKBONES = ("densenet161", "inception_v3", "resnet152", "resnext101_32x8d", "vgg19_bn")
+FLANNEL_BACKBONES = TORCHVISION_BACKBONE_NAMES   # the paper's five (torchvision layout), defined once
 CSV_FIELDS = ("backend", "device", "backbone", "size", "batch", "precision", "train_images_per_s",
               "infer_images_per_s")
 
@@ -98,7 +99,7 @@ def main():
     """Parse the options, measure each requested backbone, print (and optionally append to --csv) its rates."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbone", nargs="+", default=["mobilenet_v2"],
-                        help="registered names, or 'flannel' for the five FLANNEL learners: "
+                        help=f"registered names, or 'flannel' for the paper's five ({', '.join(FLANNEL_BACKBONES)}): "
                         + ", ".join(list_backbones()))
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=3)

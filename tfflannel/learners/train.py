@@ -110,8 +110,8 @@ def _start_run(config, section_name, out_dir, info, weights, force):
         return fit
     out_dir.mkdir(parents=True, exist_ok=True)
     seed_run(section.seed, config.runtime.deterministic)
-    if config.runtime.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
+    # Both ways: in one process (reproduce, tests) an earlier mixed-precision run must not leak into this one.
+    keras.mixed_precision.set_global_policy("mixed_float16" if config.runtime.mixed_precision else "float32")
     dump_config(config, out_dir / "config.yaml")
     save_run_info(out_dir, info)
     return fit
