@@ -325,3 +325,16 @@ def test_shards_and_an_interrupted_run_give_the_same_table(tmp_path, sample_cls_
     for run in ("global_mobilenet_v2", "global_resnet50", "ensemble_global"):
         assert ((tmp_path / "sharded" / "f1" / run / "predictions" / "test.csv").read_text()
                 == (tmp_path / "single" / "f1" / run / "predictions" / "test.csv").read_text()), run
+
+
+def test_the_torchvision_preset_names_the_five_and_reproduce_reads_backbones_from_the_config(sample_work, tmp_path):
+    from tfflannel.backbone_names import TORCHVISION_BACKBONE_NAMES
+    from tfflannel.config import load_config, packaged_config
+
+    assert load_config(packaged_config("flannel_torchvision.yaml")).study.backbones == TORCHVISION_BACKBONE_NAMES
+    two = tmp_path / "two.yaml"
+    two.write_text("study:\n  backbones: [mobilenet_v2, resnet50]\n")
+    result = _dry_run(sample_work, tmp_path / "runs", "--config", str(two), "--weights", "none")
+    assert result.exit_code == 0, result.output
+    trained = {line.split("--backbone ")[1].split()[0] for line in result.output.splitlines() if "--backbone " in line}
+    assert trained == {"mobilenet_v2", "resnet50"}

@@ -633,8 +633,8 @@ def import_weights_command(backbone, source, out):
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Runs directory: OUT/f<fold>/<mode>_<backbone>, OUT/f<fold>/ensemble_*, OUT/report.")
 @click.option("--folds", default="1-5", show_default=True, help="Validation folds, e.g. 1-5 or 1,3.")
-@click.option("--backbones", default=",".join(TORCHVISION_BACKBONE_NAMES), show_default=True,
-              help="Comma-separated backbones; the default is the paper's five (torchvision layout).")
+@click.option("--backbones", help="Comma-separated backbones  [default: study.backbones of the config: the paper's "
+              "five, torchvision layout].")
 @click.option("--modes", default="patch,global", show_default=True,
               help="patch (Patched FLANNEL) and/or global (original FLANNEL).")
 @click.option("--weights", help="--weights of train-patch/train-global: none (default) | imagenet (only backbones with "
@@ -663,6 +663,8 @@ def reproduce_command(data, out, folds, backbones, modes, weights, weights_dir, 
     from tfflannel import reproduce
 
     part = _parse_shard(shard)
+    if backbones is None:
+        backbones = ",".join(load_cli_config(config_path, overrides).study.backbones)
     config_args = (("--config", config_path) if config_path else ()) + tuple(a for o in overrides for a in ("--set", o))
     jobs = reproduce.build_jobs(data, out, reproduce.parse_folds(folds),
                                 reproduce.check_names(reproduce.parse_names(backbones, BACKBONE_NAMES, "--backbones")),

@@ -25,7 +25,7 @@ from typing import Annotated, Literal, Optional
 
 import yaml
 
-from tfflannel.backbone_names import BACKBONE_NAMES
+from tfflannel.backbone_names import BACKBONE_NAMES, TORCHVISION_BACKBONE_NAMES
 from tfflannel.errors import ConfigError
 
 
@@ -216,6 +216,13 @@ class DemoConfig:
 
 
 @dataclass
+class StudyConfig:
+    """`reproduce`: the base learners of the study (the paper's five, torchvision layout, by default)."""
+
+    backbones: tuple[BackboneName, ...] = TORCHVISION_BACKBONE_NAMES
+
+
+@dataclass
 class RuntimeConfig:
     """Where and how training runs."""
 
@@ -238,6 +245,7 @@ class ExperimentConfig:
     demo: DemoConfig = field(default_factory=DemoConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     patches: PatchesConfig = field(default_factory=PatchesConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)
 
 
 def _coerce(value, default, where):
