@@ -2,11 +2,13 @@
 
 import csv
 
+import pytest
 from click.testing import CliRunner
 
 from tfflannel.cli import main
 
 
+@pytest.mark.slow
 def test_reduced_demo_end_to_end(tmp_path):
     out = tmp_path / "demo"
     result = CliRunner().invoke(main, [

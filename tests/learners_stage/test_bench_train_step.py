@@ -18,6 +18,7 @@ def bench():
     return module
 
 
+@pytest.mark.slow
 def test_cli_measures_appends_a_csv_row_and_restores_the_precision_policy(bench, tmp_path, monkeypatch):
     out = tmp_path / "rates.csv"
     out.write_text(",".join(bench.CSV_FIELDS) + "\ntensorflow,cpu,earlier,32,2,float32,1.0,2.0\n")

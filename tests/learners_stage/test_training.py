@@ -100,6 +100,7 @@ MIRRORED_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_on_two_logical_cpus_with_uneven_batch(tmp_path, sample_workdir):
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
     result = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT, str(sample_workdir), str(tmp_path / "run")],
