@@ -10,6 +10,7 @@ epoch's data are drawn from (seed, epoch), never replayed.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 from pathlib import Path
@@ -116,6 +117,8 @@ def _start_run(config, section_name, out_dir, info, weights, force):
     if config.runtime.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
     dump_config(config, out_dir / "config.yaml")
+    if info.kind == "patch" and (workdir / "cache" / "cache.json").is_file():   # what serving checks against
+        info.cache_key = json.loads((workdir / "cache" / "cache.json").read_text()).get("key")
     save_run_info(out_dir, info)
     return fit
 
