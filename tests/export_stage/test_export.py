@@ -291,7 +291,8 @@ def test_predict_several_runs_without_ensemble_and_predict_base_on_an_ensemble_e
 
 
 def test_training_records_the_cache_key_and_a_copied_run_is_checked_against_it(sample_workdir, tmp_path):
-    """_start_run writes cache.json's key into run.yaml; a run folder without its work directory uses that record."""
+    """_start_run refuses a cache of other view settings and writes cache.json's key into run.yaml; a run folder
+    copied without its work directory is checked against that record."""
     from tfflannel.errors import InputError
     from tfflannel.export.saved_model import check_runs_match
     from tfflannel.film_pipeline import ViewSettings
@@ -300,6 +301,11 @@ def test_training_records_the_cache_key_and_a_copied_run_is_checked_against_it(s
 
     run = tmp_path / "work" / "run"
     shutil.copytree(sample_workdir, tmp_path / "work", ignore=shutil.ignore_patterns("*.tfrecord"))
+    raw = load_config(None, ["patched.epochs=1", "patches.input=raw"])
+    with pytest.raises(InputError, match=r"input: cache 'equalized', config 'raw'.*rerun `segment`"):
+        _start_run(raw, "patched", run, _run_info("patch", "mobilenet_v2", 1, tmp_path / "work", run, 64, 4, 0), None,
+                   False)
+    assert not (run / "run.yaml").exists(), "a training on a cache of other view settings is refused"
     config = load_config(None, ["patched.epochs=1"])
     _start_run(config, "patched", run, _run_info("patch", "mobilenet_v2", 1, tmp_path / "work", run, 64, 4, 0), None,
                False)

@@ -118,7 +118,16 @@ def _start_run(config, section_name, out_dir, info, weights, force):
         keras.mixed_precision.set_global_policy("mixed_float16")
     dump_config(config, out_dir / "config.yaml")
     if info.kind == "patch" and (workdir / "cache" / "cache.json").is_file():   # what serving checks against
+        from tfflannel.errors import InputError
+        from tfflannel.film_pipeline import ViewSettings
+
         info.cache_key = json.loads((workdir / "cache" / "cache.json").read_text()).get("key")
+        view = dataclasses.asdict(ViewSettings.from_config(config))
+        wrong = [f"{k}: cache {info.cache_key.get(k)!r}, config {v!r}" for k, v in view.items()
+                 if info.cache_key.get(k) != v]
+        if wrong:
+            raise InputError(f"{workdir / 'cache'} was built with other view settings than this config ("
+                             f"{'; '.join(wrong)}); rerun `segment` with this config, or train with the cache's")
     save_run_info(out_dir, info)
     return fit
 
