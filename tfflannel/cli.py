@@ -309,6 +309,14 @@ def segment(model_path, data, shard, config_path, overrides):
         click.echo(f"index -> {summary['cache']}/index.csv; masks at a glance -> {summary['cache']}/qc.png")
 
 
+def _served_runs(run_dirs, ensemble_dir):
+    """The `--runs` of `export` / `predict`, refused (exit 2) if several come without an `--ensemble`."""
+    runs = _run_list(run_dirs)
+    if len(runs) > 1 and not ensemble_dir:
+        raise click.UsageError("several --runs need an --ensemble that combines them")
+    return runs
+
+
 def _run_list(values):
     """`--runs a --runs b` and `--runs a,b` both name runs a and b."""
     runs = [item for value in values for item in value.split(",") if item]
@@ -480,10 +488,8 @@ def export_command(seg_path, run_dirs, ensemble_dir, out, version, config_path, 
     from tfflannel.segmentation.inference import load_segmenter
 
     config = load_cli_config(config_path, overrides, "configs/patched.yaml")
-    runs = _run_list(run_dirs)
+    runs = _served_runs(run_dirs, ensemble_dir)
     new_version_dir(out, version)                # fail before the slow build, not after it
-    if len(runs) > 1 and not ensemble_dir:
-        raise click.UsageError("several --runs need an --ensemble that combines them")
     pipeline = pipeline_from_config(config, load_segmenter(seg_path), runs, ensemble_dir)
     target = export_pipeline(pipeline, out, version)
     click.echo(f"SavedModel -> {target} (signatures: serving_default on encoded PNG/JPEG, predict_uint8)")
@@ -498,6 +504,8 @@ def export_command(seg_path, run_dirs, ensemble_dir, out, version, config_path, 
               help="Instead of --model: base-learner runs (with --ensemble for several).")
 @click.option("--ensemble", "ensemble_dir", type=click.Path(file_okay=False, exists=True),
               help="train-ensemble run for --runs.")
+@click.option("--seg", "seg_path", type=click.Path(exists=True),
+              help="With --runs: segmenter (run dir, .keras or .json)  [default: the shipped lung segmenter].")
 @click.option("--format", "output_format", type=click.Choice(["json", "csv"]), default="json", show_default=True,
               help="Output format on stdout.")
 @click.option("--batch-size", default=4, show_default=True, type=click.IntRange(min=1),
@@ -506,8 +514,8 @@ def export_command(seg_path, run_dirs, ensemble_dir, out, version, config_path, 
               help="With --runs: also write a Grad-CAM PNG per image and run here.")
 @config_options("configs/patched.yaml")
 @reports_input_errors
-def predict_command(images, model_dir, run_dirs, ensemble_dir, output_format, batch_size, explain_dir, config_path,
-                    overrides):
+def predict_command(images, model_dir, run_dirs, ensemble_dir, seg_path, output_format, batch_size, explain_dir,
+                    config_path, overrides):
     """Classify PNG, JPEG (8/16-bit) and DICOM files or folders. Research use only; not a diagnosis."""
     import csv as csv_module
     import sys
@@ -519,6 +527,9 @@ def predict_command(images, model_dir, run_dirs, ensemble_dir, output_format, ba
         raise click.UsageError("give either --model EXPORT_DIR or --runs (with --ensemble)")
     if explain_dir and not run_dirs:
         raise click.UsageError("--explain needs --runs: Grad-CAM works on the Keras models, not on an export")
+    if model_dir and (seg_path or ensemble_dir):
+        raise click.UsageError("--seg and --ensemble go with --runs; an export holds its segmenter and ensemble")
+    runs = _served_runs(run_dirs, ensemble_dir) if run_dirs else []
     if not expand_inputs(images):
         raise BadInput(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(images)}")
     config = load_cli_config(config_path, overrides, "configs/patched.yaml")
@@ -528,8 +539,7 @@ def predict_command(images, model_dir, run_dirs, ensemble_dir, output_format, ba
         from tfflannel.export.saved_model import pipeline_from_config
         from tfflannel.segmentation.inference import load_segmenter
 
-        runs = _run_list(run_dirs)
-        segmenter = load_segmenter()
+        segmenter = load_segmenter(seg_path)
         pipeline = pipeline_from_config(config, segmenter, runs, ensemble_dir)
         predict_fn = pipeline.serve_uint8
     records, failures = predict_files(predict_fn, images, batch_size)
@@ -568,9 +578,11 @@ def predict_command(images, model_dir, run_dirs, ensemble_dir, output_format, ba
               help="Class to explain  [default: the predicted one].")
 @click.option("--k", type=click.IntRange(min=1),
               help="Patches for the probabilistic Grad-CAM of patched runs  [default: inference.k].")
+@click.option("--seg", "seg_path", type=click.Path(exists=True),
+              help="Segmenter (run dir, .keras or .json)  [default: the shipped lung segmenter].")
 @config_options("configs/patched.yaml")
 @reports_input_errors
-def explain_command(image, run_dir, out, class_name, k, config_path, overrides):
+def explain_command(image, run_dir, out, class_name, k, seg_path, config_path, overrides):
     """Grad-CAM (global runs) or probabilistic patch Grad-CAM (patched runs), masked to the lungs, as a PNG.
 
     The patches are those predict-base and the export classify: same view, K and seed (inference.k, inference.seed).
@@ -578,10 +590,12 @@ def explain_command(image, run_dir, out, class_name, k, config_path, overrides):
     from tfflannel.data.io import read_image
     from tfflannel.explain.gradcam import explain_image, save_explanation
     from tfflannel.film_pipeline import ViewSettings
+    from tfflannel.segmentation.inference import load_segmenter
 
     config = load_cli_config(config_path, overrides, "configs/patched.yaml")
     result = explain_image(read_image(image)[0], run_dir, class_name, k=config.inference.k if k is None else k,
-                           seed=config.inference.seed, view=ViewSettings.from_config(config))
+                           seed=config.inference.seed, segmenter=load_segmenter(seg_path),
+                           view=ViewSettings.from_config(config))
     target = save_explanation(result, out or f"{Path(image).stem}_gradcam.png")
     click.echo(json.dumps({"file": image, "target": result["target"], "probabilities": result["probabilities"]},
                           indent=2))

@@ -44,6 +44,8 @@ class RunInfo:
         score: str. Which prediction columns an ensemble reads (`prob` or `vote`).
         fit_on: str. Which partition an ensemble was fit on (`valid` or `train`).
         manifest_sha256: str. SHA-256 of the manifest.csv the run was made from.
+        cache_key: dict. A patch run's `cache/cache.json` key when it was trained (segmenter fingerprint, view
+            size, QC bounds, patches.input); serving checks it (`export.saved_model.check_runs_match`).
     """
 
     kind: str
@@ -61,6 +63,7 @@ class RunInfo:
     score: str | None = None
     fit_on: str | None = None
     manifest_sha256: str | None = None
+    cache_key: dict | None = None
 
     def __post_init__(self):
         if self.kind not in RUN_KINDS:

@@ -152,9 +152,8 @@ def test_predict_runs_equals_predict_model_and_k_comes_from_the_config(exported,
     assert f"K={K} patches" in (exported / "1" / "assets.extra" / "README.txt").read_text()
     other = runner.invoke(main, ["predict", films[0], "--runs", ",".join(map(str, runs)), "--ensemble", str(ensemble),
                                  "--set", "inference.k=1"])
-    assert other.exit_code == 0, other.output
-    assert json.loads(other.stdout)[0]["probabilities"] != json.loads(direct.stdout)[0]["probabilities"], \
-        "inference.k reaches predict --runs"
+    assert other.exit_code == 2, "inference.k reaches predict --runs, and K=1 is not what the ensemble was fit on"
+    assert f"K={K}" in other.output and "K=1" in other.output and f"--set inference.k={K}" in other.output
 
 
 def test_explain_patches_are_predict_base_patches(tiny_runs, sample_workdir):
@@ -255,3 +254,68 @@ def test_single_learner_export_and_predict_with_runs_and_explain(tiny_runs, tmp_
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)[0]["file"] == str(film)
     assert len(list((tmp_path / "cams").glob("*.png"))) == 1
+
+
+def test_serving_refuses_a_view_segmenter_k_or_seed_other_than_evaluated(tiny_runs, sample_cls_dir, tmp_path):
+    """predict / explain / export check the runs' cache key and the ensemble's K and seed before serving."""
+    runs, ensemble = tiny_runs
+    film = str(next((sample_cls_dir / "normal").glob("*.png")))
+    runner = CliRunner()
+    both = ["--runs", ",".join(map(str, runs)), "--ensemble", str(ensemble), "--set", f"inference.k={K}"]
+    for setting, named, fix in (("patches.input=raw", "input was 'equalized'", "--set patches.input=equalized"),
+                                ("segmentation.cache_size=512", "size was 1024", "segmentation.cache_size=1024"),
+                                ("segmentation.max_lung_fraction=0.9", "max_lung_fraction was 0.65", "=0.65"),
+                                ("inference.seed=5", "patch seed 0", "--set inference.seed=0")):
+        result = runner.invoke(main, ["predict", film, *both, "--set", setting])
+        assert result.exit_code == 2, (setting, result.output)
+        assert str(runs[0] if "seed" not in setting else ensemble) in result.output
+        assert named in result.output and fix in result.output, result.output
+    shipped = load_segmenter()
+    other_seg = tmp_path / "other_seg.keras"
+    shipped.model.save(other_seg)                                  # same weights, another file: another fingerprint
+    for command in (["explain", film, "--run", str(runs[0]), "--k", "4"],
+                    ["export", *both, "--out", str(tmp_path / "x")]):
+        result = runner.invoke(main, [*command, "--seg", str(other_seg)])
+        assert result.exit_code == 2, result.output
+        assert "segmenter was" in result.output and shipped.fingerprint in result.output and "--seg" in result.output
+    assert not (tmp_path / "x").exists()
+
+
+def test_predict_several_runs_without_ensemble_and_predict_base_on_an_ensemble_exit_2(tiny_runs, sample_cls_dir):
+    runs, ensemble = tiny_runs
+    film = str(next((sample_cls_dir / "normal").glob("*.png")))
+    result = CliRunner().invoke(main, ["predict", film, "--runs", ",".join(map(str, runs))])
+    assert result.exit_code == 2 and "--ensemble" in result.output, result.output
+    result = CliRunner().invoke(main, ["predict-base", "--run", str(ensemble)])
+    assert result.exit_code == 2 and "train-ensemble run" in result.output, result.output
+
+
+def test_training_records_the_cache_key_and_a_copied_run_is_checked_against_it(sample_workdir, tmp_path):
+    """_start_run refuses a cache of other view settings and writes cache.json's key into run.yaml; a run folder
+    copied without its work directory is checked against that record."""
+    from tfflannel.errors import InputError
+    from tfflannel.export.saved_model import check_runs_match
+    from tfflannel.film_pipeline import ViewSettings
+    from tfflannel.learners.train import _run_info, _start_run
+    from tfflannel.run_info import load_run_info, save_run_info
+
+    run = tmp_path / "work" / "run"
+    shutil.copytree(sample_workdir, tmp_path / "work", ignore=shutil.ignore_patterns("*.tfrecord"))
+    raw = load_config(None, ["patched.epochs=1", "patches.input=raw"])
+    with pytest.raises(InputError, match=r"input: cache 'equalized', config 'raw'.*rerun `segment`"):
+        _start_run(raw, "patched", run, _run_info("patch", "mobilenet_v2", 1, tmp_path / "work", run, 64, 4, 0), None,
+                   False)
+    assert not (run / "run.yaml").exists(), "a training on a cache of other view settings is refused"
+    config = load_config(None, ["patched.epochs=1"])
+    _start_run(config, "patched", run, _run_info("patch", "mobilenet_v2", 1, tmp_path / "work", run, 64, 4, 0), None,
+               False)
+    info = load_run_info(run)
+    key = json.loads((sample_workdir / "cache" / "cache.json").read_text())["key"]
+    assert info.cache_key == key
+    shutil.rmtree(tmp_path / "work" / "cache")                     # a run folder copied without its work directory
+    segmenter = load_segmenter()
+    check_runs_match(segmenter, [run], [info], k=4, seed=0, view=ViewSettings())
+    info.cache_key = {**key, "input": "raw"}
+    save_run_info(run, info)
+    with pytest.raises(InputError, match=r"input was 'raw' \(per .*run.yaml\).*--set patches.input=raw"):
+        check_runs_match(segmenter, [run], [load_run_info(run)], k=4, seed=0, view=ViewSettings())

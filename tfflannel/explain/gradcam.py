@@ -65,11 +65,34 @@ def patch_gradcam(model, patches, centres, mask, class_index, layer_name):
 
 
 def explain_image(image, run_dir, class_name=None, k=32, seed=0, segmenter=None, view=None):
-    """Explain one (H, W) uint8 image with the trained run in `run_dir` (see `explain_with_run`)."""
+    """Explain one (H, W) uint8 image with the trained run in `run_dir` (see `explain_with_run`).
+
+    The segmenter and view are first checked against those the run was trained on
+    (`export.saved_model.check_runs_match`), as `predict` and `export` do.
+
+    Args:
+        image: (H, W) uint8 film.
+        run_dir: str or Path. A train-patch or train-global run.
+        class_name: str or None. Class to explain; None: the predicted one. Defaults to `None`.
+        k: int. Patches (patched runs). Defaults to `32`.
+        seed: int. Patch seed. Defaults to `0`.
+        segmenter: `segmentation.inference.Segmenter`. Defaults to the shipped one.
+        view: `film_pipeline.ViewSettings`. Defaults to `ViewSettings()`.
+
+    Returns:
+        dict, as `explain_with_run`.
+
+    Raises:
+        InputError: an ensemble run, or a segmenter or view other than the run's.
+    """
+    from tfflannel.export.saved_model import check_runs_match
     from tfflannel.learners.infer import read_run
     from tfflannel.segmentation.inference import load_segmenter
 
-    return explain_with_run(image, *read_run(run_dir), class_name, k, seed, segmenter or load_segmenter(), view)
+    model, info = read_run(run_dir)
+    segmenter = segmenter or load_segmenter()
+    check_runs_match(segmenter, [run_dir], [info], k=k, seed=seed, view=view)
+    return explain_with_run(image, model, info, class_name, k, seed, segmenter, view)
 
 
 def explain_with_run(image, model, info, class_name, k, seed, segmenter, view=None):

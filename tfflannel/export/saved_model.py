@@ -121,11 +121,123 @@ def load_learner_runs(run_dirs):
     return [read_run(run_dir) for run_dir in run_dirs]
 
 
+# Which option changes each cache-key entry, for the "how to fix" half of a mismatch message.
+_KEY_FIX = {"segmenter": "--seg (the segmenter `segment` used for that work directory)",
+            "segmenter_input": "--seg (the segmenter `segment` used for that work directory)",
+            "segmenter_classes": "--seg (the segmenter `segment` used for that work directory)",
+            "size": "--set segmentation.cache_size={}", "min_lung_fraction": "--set segmentation.min_lung_fraction={}",
+            "max_lung_fraction": "--set segmentation.max_lung_fraction={}", "input": "--set patches.input={}"}
+
+
+def recorded_cache_key(run_dir, info):
+    """The cache key a patch run was trained and evaluated on, and where it was read.
+
+    The key recorded in run.yaml at training time comes first (it travels with a copied run folder); runs
+    trained before it was recorded fall back to their work directory's `cache/cache.json`.
+
+    Args:
+        run_dir: str or Path. A patch run directory.
+        info: RunInfo. Its run.yaml.
+
+    Returns:
+        tuple: `(key, source)`: a dict (or `None` if neither is available) and a description of its origin.
+    """
+    if info.cache_key:
+        return info.cache_key, f"{Path(run_dir) / 'run.yaml'}"
+    path = info.workdir_path(run_dir) / "cache" / "cache.json"
+    if path.is_file():
+        return json.loads(path.read_text()).get("key"), str(path)
+    return None, str(path)
+
+
+def check_runs_match(segmenter, run_dirs, infos, ensemble_dir=None, k=100, seed=0, view=None):
+    """Refuse to serve runs with a segmenter, view, K or seed other than those they were evaluated with.
+
+    For each patch run, the segmenter's fingerprint and the view settings (size, QC bounds, patches.input) must
+    equal the cache key the run was trained on (`recorded_cache_key`); global runs do not read the cache and
+    are not checked. With an ensemble, K and the patch seed must equal those of the member predictions it
+    was fit on (its `resume/state.json` fingerprint, else K from its run.yaml). A run whose key is not
+    recorded anywhere (an older run copied without its work directory) is served with a warning.
+
+    Args:
+        segmenter: `segmentation.inference.Segmenter`.
+        run_dirs: list of str or Path. The base-learner runs.
+        infos: list of RunInfo. Their run.yaml, in the same order.
+        ensemble_dir: str or Path or None. The ensemble run. Defaults to `None`.
+        k: int. Patches per image to serve. Defaults to `100`.
+        seed: int. Patch seed to serve. Defaults to `0`.
+        view: ViewSettings. The view to serve. Defaults to `ViewSettings()`.
+
+    Raises:
+        InputError: a mismatch, naming the run, both values and the option that fixes it.
+    """
+    import warnings
+
+    from tfflannel.segmentation.cache import CacheSettings
+
+    expected = json.loads(json.dumps(CacheSettings(view or ViewSettings()).key(segmenter)))
+    problems = []
+    for run_dir, info in zip(run_dirs, infos, strict=True):
+        if info.kind != "patch":
+            continue
+        recorded, source = recorded_cache_key(run_dir, info)
+        if recorded is None:
+            warnings.warn(f"{run_dir}: cannot check the segmenter and view it was trained with (no cache_key in "
+                          f"run.yaml, no {source}); serving it unchecked", stacklevel=2)
+            continue
+        for name in sorted(set(recorded) | set(expected)):
+            was, now = recorded.get(name), expected.get(name)
+            if was != now:
+                fix = _KEY_FIX.get(name, "rerun `segment` and retrain the run").format(was)
+                problems.append(f"{run_dir}: {name} was {was!r} (per {source}), is {now!r} here; fix: {fix}")
+    if ensemble_dir:
+        from tfflannel.resume import STATE_FILE
+        from tfflannel.run_info import load_run_info
+
+        state = Path(ensemble_dir) / "resume" / STATE_FILE
+        members = json.loads(state.read_text()).get("fingerprint", {}) if state.is_file() else {}
+        for index, (run_dir, info) in enumerate(zip(run_dirs, infos, strict=True)):
+            if info.kind != "patch":
+                continue
+            fit_k = members.get(f"member{index}.k", load_run_info(ensemble_dir).k)
+            fit_seed = members.get(f"member{index}.seed")
+            if fit_k is not None and int(fit_k) != int(k):
+                problems.append(f"{ensemble_dir}: fit on {run_dir}'s predictions with K={fit_k}, served with "
+                                f"K={k}; fix: --set inference.k={fit_k}")
+            if fit_seed is not None and int(fit_seed) != int(seed):
+                problems.append(f"{ensemble_dir}: fit on {run_dir}'s predictions with patch seed {fit_seed}, served "
+                                f"with seed {seed}; fix: --set inference.seed={fit_seed}")
+    if problems:
+        raise InputError("what would be served differs from what was evaluated:\n  " + "\n  ".join(problems))
+
+
 def build_pipeline(segmenter, run_dirs, ensemble_dir=None, k=100, seed=0, view=None):
-    """An InferencePipeline from run directories (an ensemble's own learner order is enforced)."""
+    """An InferencePipeline from run directories, checked against what the runs were evaluated with.
+
+    An ensemble's own learner order is enforced, and `check_runs_match` refuses a segmenter, view, K or seed
+    other than those the runs were trained and evaluated with.
+
+    Args:
+        segmenter: `segmentation.inference.Segmenter`.
+        run_dirs: list of str or Path. Base-learner runs (the ensemble's order).
+        ensemble_dir: str or Path or None. A train-ensemble run. Defaults to `None`.
+        k: int. Patches per image. Defaults to `100`.
+        seed: int. Patch seed. Defaults to `0`.
+        view: ViewSettings. Defaults to `ViewSettings()`.
+
+    Returns:
+        InferencePipeline.
+
+    Raises:
+        InputError: runs not in the ensemble's order, an ensemble run among the learners, or a mismatch.
+    """
     import tfflannel.models.ensemble  # noqa: F401  (registers the ensemble layers for loading)
     from tfflannel.run_info import load_run_info
 
+    infos = [load_run_info(r) for r in run_dirs]
+    for run_dir, info in zip(run_dirs, infos, strict=True):
+        if info.kind == "ensemble":
+            raise InputError(f"{run_dir} is a train-ensemble run; pass it as --ensemble and its learners as --runs")
     ensemble, score = None, "prob"
     if ensemble_dir:
         info = load_run_info(ensemble_dir)
@@ -133,6 +245,8 @@ def build_pipeline(segmenter, run_dirs, ensemble_dir=None, k=100, seed=0, view=N
         given = [str(Path(r).resolve()) for r in run_dirs]
         if given != expected:
             raise InputError(f"{ensemble_dir} was trained on runs {expected} in this order; received {given}")
+    check_runs_match(segmenter, run_dirs, infos, ensemble_dir, k, seed, view)
+    if ensemble_dir:
         ensemble = keras.saving.load_model(Path(ensemble_dir) / "model.keras", compile=False)
         score = info.score or "prob"
     return InferencePipeline(segmenter, load_learner_runs(run_dirs), ensemble, k=k, seed=seed, score=score, view=view)

@@ -75,11 +75,15 @@ def read_run(run_dir):
 
     Raises:
         FileNotFoundError: no run.yaml or no model.keras (the run never finished an epoch).
+        InputError: `run_dir` is a train-ensemble run, not a base learner.
     """
     import tfflannel.models.classifier  # noqa: F401  (registers GrayToImageNet and the backbone layers)
 
     run_dir = Path(run_dir)
     info = load_run_info(run_dir)
+    if info.kind == "ensemble":
+        raise InputError(f"{run_dir} is a train-ensemble run; give a train-patch or train-global run (one of its "
+                         f"learners: {', '.join(str(p) for p in info.run_paths(run_dir))})")
     if not (run_dir / "model.keras").is_file():
         raise FileNotFoundError(f"{run_dir}: no model.keras; train the run first (rerun its train command)")
     return keras.saving.load_model(run_dir / "model.keras", compile=False), info

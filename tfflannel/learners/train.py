@@ -9,6 +9,8 @@ epoch's data are drawn from (seed, epoch), never replayed.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import math
 from pathlib import Path
@@ -113,6 +115,16 @@ def _start_run(config, section_name, out_dir, info, weights, force):
     # Both ways: in one process (reproduce, tests) an earlier mixed-precision run must not leak into this one.
     keras.mixed_precision.set_global_policy("mixed_float16" if config.runtime.mixed_precision else "float32")
     dump_config(config, out_dir / "config.yaml")
+    if info.kind == "patch" and (workdir / "cache" / "cache.json").is_file():   # what serving checks against
+        from tfflannel.film_pipeline import ViewSettings
+
+        info.cache_key = json.loads((workdir / "cache" / "cache.json").read_text()).get("key")
+        view = dataclasses.asdict(ViewSettings.from_config(config))
+        wrong = [f"{k}: cache {info.cache_key.get(k)!r}, config {v!r}" for k, v in view.items()
+                 if info.cache_key.get(k) != v]
+        if wrong:
+            raise InputError(f"{workdir / 'cache'} was built with other view settings than this config ("
+                             f"{'; '.join(wrong)}); rerun `segment` with this config, or train with the cache's")
     save_run_info(out_dir, info)
     return fit
 
