@@ -106,6 +106,7 @@ def test_export_masks_and_views_are_the_cache_records(tiny_runs, sample_workdir)
         np.testing.assert_array_equal(images.numpy()[0], record["image"])
 
 
+@pytest.mark.slow
 def test_export_layout_and_outputs_match_python_pipeline(exported, tiny_runs, sample_cls_dir):
     runs, ensemble = tiny_runs
     assert (exported / "1" / "saved_model.pb").is_file() and (exported / "1" / "variables").is_dir()
@@ -124,6 +125,7 @@ def test_export_layout_and_outputs_match_python_pipeline(exported, tiny_runs, sa
         np.testing.assert_allclose(got["probabilities"].numpy().sum(), 1.0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_rest_request_body_round_trip(exported, sample_cls_dir):
     """The body TF Serving's REST API takes: {"instances": [{"b64": ...}]} for the serving_default signature."""
     paths = sorted(sample_cls_dir.glob("normal/*.png"))[:2]
@@ -138,6 +140,7 @@ def test_rest_request_body_round_trip(exported, sample_cls_dir):
                                    atol=1e-5)
 
 
+@pytest.mark.slow
 def test_predict_runs_equals_predict_model_and_k_comes_from_the_config(exported, tiny_runs, sample_cls_dir):
     runs, ensemble = tiny_runs
     films = [str(p) for p in sorted(sample_cls_dir.glob("*/*.png"))[::11]]
@@ -174,6 +177,7 @@ def test_explain_patches_are_predict_base_patches(tiny_runs, sample_workdir):
         np.testing.assert_array_equal(again.numpy(), patches.numpy())
 
 
+@pytest.mark.slow
 def test_saved_model_cli_lists_signatures(exported):
     cli = Path(sys.executable).with_name("saved_model_cli")
     if not cli.exists():
