@@ -70,6 +70,24 @@ def test_predict_base_matches_direct_computation(patch_run, sample_workdir):
         assert (patch_run / "predictions" / f"{role}.csv").is_file()
 
 
+def test_predict_base_refuses_a_cache_rebuilt_since_training(patch_run, tmp_path, sample_workdir):
+    import shutil
+
+    import yaml
+
+    from tfflannel.errors import InputError
+
+    copy = tmp_path / "run"
+    shutil.copytree(patch_run, copy)
+    info = yaml.safe_load((copy / "run.yaml").read_text())
+    assert info["cache_key"]["input"] == "equalized"        # recorded at training time
+    info["cache_key"]["input"] = "raw"      # as if trained on a raw cache that was then rebuilt equalised
+    (copy / "run.yaml").write_text(yaml.safe_dump(info))
+    with pytest.raises(InputError, match=r"input: 'raw' -> 'equalized'") as error:
+        predict_base(copy, sample_workdir, k=2, progress=False)
+    assert "rerun `segment`" in str(error.value)
+
+
 def test_train_global_and_predict_base_k1(tmp_path, sample_workdir):
     out = tmp_path / "global"
     result = CliRunner().invoke(main, ["train-global", "--backbone", "mobilenet_v2", "--fold", "2", "--data",

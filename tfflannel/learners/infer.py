@@ -15,6 +15,7 @@ missing partitions, and a change recomputes everything, naming what changed.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -99,6 +100,23 @@ def prediction_identity(run_dir, info, workdir, k, seed, images_per_batch):
             "k": int(k), "seed": int(seed), "images_per_batch": int(images_per_batch)}
 
 
+def _check_cache_is_the_trained_one(run_dir, info, workdir):
+    """A patch run is evaluated on a cache built like the one it was trained on (its recorded `cache_key`).
+
+    Raises:
+        InputError: the work directory's cache was rebuilt with another segmenter or view since training.
+    """
+    cache_json = Path(workdir) / "cache" / "cache.json"
+    if info.kind != "patch" or not info.cache_key or not cache_json.is_file():
+        return
+    current = json.loads(cache_json.read_text()).get("key") or {}
+    changed = [f"{name}: {info.cache_key.get(name)!r} -> {current.get(name)!r}"
+               for name in sorted(set(info.cache_key) | set(current)) if info.cache_key.get(name) != current.get(name)]
+    if changed:
+        raise InputError(f"{cache_json.parent} was rebuilt since {run_dir} was trained on it ({'; '.join(changed)}); "
+                         "rerun `segment` with the run's settings (its config.yaml), or retrain the run")
+
+
 def predict_base(run_dir, workdir=None, k=100, images_per_batch=4, seed=0, roles=ROLES, progress=True, force=False,
                  echo=print):
     """Write RUNDIR/predictions/{train,valid,test}.csv and provenance.json.
@@ -131,6 +149,7 @@ def predict_base(run_dir, workdir=None, k=100, images_per_batch=4, seed=0, roles
     model, info = read_run(run_dir)
     workdir = Path(workdir) if workdir else info.workdir_path(run_dir)
     k = 1 if info.kind == "global" else int(k)
+    _check_cache_is_the_trained_one(run_dir, info, workdir)
     identity = prediction_identity(run_dir, info, workdir, k, seed, images_per_batch)
     recorded = read_provenance(run_dir)
     done = set(recorded.get("done", [])) if recorded.get("identity") == identity and not force else set()
