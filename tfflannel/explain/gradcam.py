@@ -116,7 +116,7 @@ def explain_with_run(image, model, info, class_name, k, seed, segmenter, view=No
         lungs), `probabilities` (dict), `target` (class explained), `centres` ((K, 2) patch centres, patched runs).
     """
     from tfflannel.export.saved_model import InferencePipeline
-    from tfflannel.film_pipeline import crop_patches, evaluation_centres, global_view, letterbox
+    from tfflannel.film_pipeline import crop_patches, evaluation_centres, film_mask, global_view, letterbox
     from tfflannel.models.backbones import backbone_config
 
     size = int(info["input_size"])
@@ -130,7 +130,7 @@ def explain_with_run(image, model, info, class_name, k, seed, segmenter, view=No
         resize = int(info["resize"])
         offset = (resize - size) // 2
         view_image = global_view(film, resize, size).numpy()
-        lung = letterbox(tf.cast(film_lung(mask, image.shape, pipeline.view.size), tf.uint8)[..., None], resize,
+        lung = letterbox(film_mask(mask, image.shape[0], image.shape[1])[..., None], resize,
                          "nearest").numpy()[offset:offset + size, offset:offset + size, 0]
         probabilities = np.asarray(model(view_image[None], training=False))[0]
         target = CLASS_NAMES.index(class_name) if class_name else int(np.argmax(probabilities))
@@ -147,14 +147,6 @@ def explain_with_run(image, model, info, class_name, k, seed, segmenter, view=No
         shown, shown_mask = masked, mask
     return {"image": shown, "mask": shown_mask, "heatmap": heatmap, "target": CLASS_NAMES[target], "centres": centres,
             "probabilities": {c: float(p) for c, p in zip(CLASS_NAMES, probabilities, strict=True)}}
-
-
-def film_lung(view_mask, shape, size):
-    """The view's (size, size) mask back on the film's (H, W) grid (nearest), for the global learner's crop."""
-    height, width = shape
-    side = max(height, width)
-    full = tf.image.resize(tf.constant(view_mask)[..., None], [side, side], method="nearest")
-    return full[:height, :width, 0]
 
 
 def save_explanation(result, path):
