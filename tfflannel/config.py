@@ -99,7 +99,7 @@ class DataConfig:
 class SegmentationConfig:
     """FC-DenseNet lung segmenter: architecture, recipe and mask quality control."""
 
-    model: Literal["fcdn103", "fcdn67", "fcdn56", "fcdn_small"] = "fcdn103"
+    model: Literal["fcdn103", "fcdn67", "fcdn56", "fcdn_medium", "fcdn_small"] = "fcdn103"
     input_size: Annotated[int, Range(32)] = 256
     classes: Literal["lung", "jsrt"] = "lung"
     epochs: PositiveInt = 100
@@ -107,6 +107,7 @@ class SegmentationConfig:
     learning_rate: PositiveFloat = 1e-4
     weight_decay: NonNegativeFloat = 1e-6
     background_weight: NonNegativeFloat = 0.5
+    loss: Literal["weighted_ce", "dice_weighted_ce"] = "weighted_ce"
     lr_schedule: Literal["milestones", "plateau"] = "milestones"
     lr_milestones: tuple = (0.7, 0.8, 0.9)
     plateau_patience: NonNegativeInt = 10
@@ -117,6 +118,7 @@ class SegmentationConfig:
     precise_bn_batch: PositiveInt = 8
     eval_every: PositiveInt = 1
     augment: bool = True
+    augment_strength: Literal["standard", "strong"] = "standard"
     validation_share: Share = 0.2
     seed: NonNegativeInt = 0
     cache_size: PositiveInt = 1024
@@ -141,6 +143,7 @@ class PatchedConfig:
     bn_momentum: Momentum = 0.9
     dropout: Share = 0.0
     augment: bool = True
+    augment_strength: Literal["standard", "strong"] = "standard"
     val_patches: PositiveInt = 8
     precise_bn_batches: NonNegativeInt = 8  # recompute BN statistics over this many training batches first
     early_stopping_patience: NonNegativeInt = 20

@@ -212,16 +212,32 @@ def clean_lung_mask(mask, components=2):
     return fill_holes(keep_largest_components(mask, components))
 
 
-def lung_masks(probabilities, lung_classes):
+def flip_average(probabilities, flipped_probabilities):
+    """Horizontal-flip test-time augmentation: the mean of the segmenter's output on a batch and on its mirror.
+
+    Args:
+        probabilities: (B, S, S, C) float tensor, the output on the inputs.
+        flipped_probabilities: (B, S, S, C) float tensor, the output on the inputs mirrored left-right
+            (not yet mirrored back).
+
+    Returns:
+        (B, S, S, C) float tensor.
+    """
+    return (tf.convert_to_tensor(probabilities) + tf.reverse(flipped_probabilities, axis=[2])) / 2.0
+
+
+def lung_masks(probabilities, lung_classes, clean=True):
     """Segmenter output (B, S, S, C) -> cleaned (B, S, S) bool lung masks (union of the lung classes).
 
     Args:
         probabilities: (B, S, S, C) float tensor.
         lung_classes: sequence of int. Class indices that are lung.
+        clean: bool. Keep the two largest components and fill holes (`clean_lung_mask`), as every stage does;
+            `False` only to measure what the clean-up changes. Defaults to `True`.
     """
     predicted = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
     lung = tf.reduce_any(tf.equal(predicted[..., None], tf.constant(list(lung_classes), tf.int32)), axis=-1)
-    return clean_lung_mask(lung)
+    return clean_lung_mask(lung) if clean else lung
 
 
 def lung_mask(probabilities, lung_classes):

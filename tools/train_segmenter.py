@@ -1,5 +1,11 @@
 """Train the shipped lung segmenter: measure on held-out patients, then retrain on all pairs.
 
+With `--cv K` the recipe is measured by patient-grouped K-fold cross-validation instead of one
+split: `--pairs` may be given several times (sources are de-duplicated by image sha256, patients
+linked across duplicates); --out then holds fold-1..K/, cv.json (JI and Dice per fold, mean (std),
+with and without clean-up and flip TTA), cv.md and cv_worst.png (the 8 worst held-out masks).
+`--table DIR [DIR ...]` prints the CV figures of several such --out folders as one Markdown table.
+
 Backend-agnostic (plain Keras): on a GPU host without TensorFlow run it with
 `KERAS_BACKEND=jax`. Writes, under --out:
   measure/  train-seg run on 80 % of the patients + eval.json (post-processed masks
@@ -46,7 +52,9 @@ def write_pairs_csv(pairs, path):
 def main():
     """Parse the options, run the `measure` and/or `final` stages under --out and print a JSON summary."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pairs", required=True, help="folder or CSV of image/mask pairs")
+    parser.add_argument("--pairs", action="append", help="folder or CSV of image/mask pairs (repeatable)")
+    parser.add_argument("--cv", type=int, default=0, metavar="K", help="patient-grouped K-fold cross-validation")
+    parser.add_argument("--table", nargs="+", metavar="DIR", help="print the CV table of these --out folders")
     parser.add_argument("--model", default="fcdn67")
     parser.add_argument("--epochs", type=int, default=150)
     parser.add_argument("--batch-size", type=int, default=4)
@@ -55,15 +63,31 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--stage", choices=["measure", "final", "both"], default="both")
     parser.add_argument("--max-minutes", type=float, default=None, help="stop each training run after this long")
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--out")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="extra config overrides")
     args = parser.parse_args()
+    if args.table:
+        from tfflannel.segmentation.cross_validation import format_cv_table
+
+        print(format_cv_table([(Path(d).name, json.loads((Path(d) / "cv.json").read_text())) for d in args.table]))
+        return
+    if not args.pairs or not args.out:
+        parser.error("--pairs and --out are required")
 
     overrides = [f"segmentation.model={args.model}", f"segmentation.epochs={args.epochs}",
                  f"segmentation.batch_size={args.batch_size}", f"segmentation.learning_rate={args.learning_rate}",
                  f"segmentation.input_size={args.input_size}", f"segmentation.seed={args.seed}", *args.overrides]
-    pairs = read_pairs(args.pairs)
+    pairs = [pair for source in args.pairs for pair in read_pairs(source)]
     out = Path(args.out)
+    if args.cv:
+        from tfflannel.segmentation.cross_validation import cross_validate, format_cv_table
+
+        config = load_config(overrides=overrides)
+        result = cross_validate(config, pairs, out, folds=args.cv)
+        table = format_cv_table([(out.name, result)])
+        (out / "cv.md").write_text(table + "\n")
+        print(table)
+        return
     limit = args.max_minutes * 60 if args.max_minutes else None
     summary = {"pairs": len(pairs), "model": args.model, "epochs": args.epochs, "learning_rate": args.learning_rate,
                "batch_size": args.batch_size}

@@ -24,6 +24,7 @@ from tfflannel.film_pipeline import (
     aggregate_scores,
     crop_patches,
     evaluation_centres,
+    flip_average,
     global_view,
     lung_masks,
     masked_view,
@@ -51,6 +52,7 @@ class InferencePipeline(tf.Module):
         self.segmenter = segmenter.model
         self.seg_size = int(segmenter.input_size)
         self.lung_classes = segmenter.lung_classes
+        self.flip_tta = bool(segmenter.flip_tta)
         self.learners = [model for model, _ in learners]
         self.learner_info = [info for _, info in learners]
         self.ensemble = ensemble
@@ -62,7 +64,11 @@ class InferencePipeline(tf.Module):
         """Masked views of `count` films (`film_fn(i)` -> (H, W) uint8): images, masks (B, S, S) uint8, fraction, ok."""
         inputs = tf.map_fn(lambda i: segmenter_input(film_fn(i), self.seg_size), tf.range(count),
                            fn_output_signature=tf.float32)
-        masks = lung_masks(tf.cast(self.segmenter(inputs, training=False), tf.float32), self.lung_classes)
+        probabilities = tf.cast(self.segmenter(inputs, training=False), tf.float32)
+        if self.flip_tta:
+            mirrored = tf.cast(self.segmenter(tf.reverse(inputs, axis=[2]), training=False), tf.float32)
+            probabilities = flip_average(probabilities, mirrored)
+        masks = lung_masks(probabilities, self.lung_classes)
 
         def finish(i):
             view = masked_view(film_fn(i), masks[i], self.view)

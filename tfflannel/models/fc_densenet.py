@@ -18,6 +18,9 @@ FC_DENSENET_PRESETS = {
                     up_blocks=(12, 10, 7, 5, 4)),
     "fcdn67": dict(first_filters=48, growth_rate=16, down_blocks=(5,) * 5, bottleneck_layers=5, up_blocks=(5,) * 5),
     "fcdn56": dict(first_filters=48, growth_rate=12, down_blocks=(4,) * 5, bottleneck_layers=4, up_blocks=(4,) * 5),
+    # Between fcdn_small and fcdn56: trains on 2 CPU cores at 128 px in about 6 min per 50 images x 60 epochs.
+    "fcdn_medium": dict(first_filters=24, growth_rate=12, down_blocks=(4,) * 5, bottleneck_layers=4,
+                        up_blocks=(4,) * 5),
     # Small member for CPU training and tests (trains in minutes on 2 cores).
     "fcdn_small": dict(first_filters=16, growth_rate=8, down_blocks=(3,) * 5, bottleneck_layers=3, up_blocks=(3,) * 5),
 }

@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
 
-from tfflannel.film_pipeline import equalize_gamma_tf, film_mask, lung_masks, segmenter_input
+from tfflannel.film_pipeline import equalize_gamma_tf, film_mask, flip_average, lung_masks, segmenter_input
 from tfflannel.models.fc_densenet import SEGMENTATION_CLASSES, build_fc_densenet, lung_class_indices
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
@@ -42,6 +42,8 @@ class Segmenter:
         classes: str. `lung` or `jsrt` (see `models.fc_densenet.SEGMENTATION_CLASSES`). Defaults to `"lung"`.
         description: str. Where it came from. Defaults to `""`.
         fingerprint: str. sha256 of its weights file(s), recorded by the cache. Defaults to `""`.
+        flip_tta: bool. Average the output on each film and on its left-right mirror (the descriptor's
+            `flip_tta`). Defaults to `False`.
     """
 
     model: keras.Model
@@ -49,6 +51,7 @@ class Segmenter:
     classes: str = "lung"
     description: str = ""
     fingerprint: str = ""
+    flip_tta: bool = False
 
     @property
     def lung_classes(self):
@@ -60,21 +63,33 @@ class Segmenter:
         return segmenter_input(film, self.input_size), equalize_gamma_tf(film)
 
     def probabilities(self, batch):
-        """(B, S, S, 1) segmenter inputs -> (B, S, S, classes) float32, inference mode."""
-        return tf.cast(tf.constant(self.model.predict_on_batch(batch)), tf.float32)
+        """(B, S, S, 1) segmenter inputs -> (B, S, S, classes) float32, inference mode (flip-averaged if `flip_tta`)."""
+        probabilities = tf.cast(tf.constant(self.model.predict_on_batch(batch)), tf.float32)
+        if self.flip_tta:
+            mirrored = tf.cast(tf.constant(self.model.predict_on_batch(tf.reverse(batch, axis=[2]))), tf.float32)
+            probabilities = flip_average(probabilities, mirrored)
+        return probabilities
 
-    def predict(self, images, batch_size=8):
-        """(H, W) integer films -> cleaned (H, W) uint8 lung masks at each film's own size (film pipeline)."""
+    def predict(self, images, batch_size=8, clean=True):
+        """(H, W) integer films -> (H, W) uint8 lung masks at each film's own size (film pipeline).
+
+        Args:
+            images: sequence of (H, W) integer arrays.
+            batch_size: int. Films per segmenter call. Defaults to `8`.
+            clean: bool. The film pipeline's clean-up (two largest components, holes filled); `False` only to
+                measure its effect. Defaults to `True`.
+        """
         if not hasattr(self, "_prepare"):
             self._prepare = tf.function(lambda film: segmenter_input(film, self.input_size),
                                         input_signature=[tf.TensorSpec([None, None], tf.uint8)])
-            self._masks = tf.function(lambda probs: lung_masks(probs, self.lung_classes), reduce_retracing=True)
+            self._masks = {flag: tf.function(lambda probs, f=flag: lung_masks(probs, self.lung_classes, clean=f),
+                                             reduce_retracing=True) for flag in (True, False)}
             self._film_mask = tf.function(film_mask, reduce_retracing=True)
         masks = []
         for start in range(0, len(images), batch_size):
             chunk = images[start:start + batch_size]
             batch = tf.stack([self._prepare(tf.constant(image)) for image in chunk])
-            for image, mask in zip(chunk, self._masks(self.probabilities(batch)), strict=True):
+            for image, mask in zip(chunk, self._masks[bool(clean)](self.probabilities(batch)), strict=True):
                 masks.append(self._film_mask(mask, tf.constant(image.shape[0]), tf.constant(image.shape[1])).numpy())
         return masks
 
@@ -109,11 +124,23 @@ def load_segmenter(source=None):
                               input_shape=(size, size, 1), **descriptor.get("architecture", {}))
     model.load_weights(path.parent / descriptor["weights"])
     return Segmenter(model, size, classes, descriptor.get("description", str(path)),
-                     file_fingerprint(path, path.parent / descriptor["weights"]))
+                     file_fingerprint(path, path.parent / descriptor["weights"]),
+                     flip_tta=bool(descriptor.get("flip_tta", False)))
 
 
-def evaluate_segmenter(segmenter, pairs, batch_size=8, progress=True):
-    """Jaccard and Dice of post-processed lung masks against ground truth at the mask's own resolution."""
+def evaluate_segmenter(segmenter, pairs, batch_size=8, progress=True, clean=True):
+    """Jaccard and Dice of post-processed lung masks against ground truth at the mask's own resolution.
+
+    Args:
+        segmenter: Segmenter.
+        pairs: sequence of SegPair.
+        batch_size: int. Defaults to `8`.
+        progress: bool. Defaults to `True`.
+        clean: bool. Score the cleaned masks every stage uses; `False` scores the raw argmax. Defaults to `True`.
+
+    Returns:
+        dict: jaccard_mean, dice_mean, images, per_image (image, jaccard, dice).
+    """
     from tfflannel.segmentation.metrics import dice_coefficient, jaccard_index
     from tfflannel.segmentation.readers import load_pair
 
@@ -121,7 +148,7 @@ def evaluate_segmenter(segmenter, pairs, batch_size=8, progress=True):
     for start in tqdm(range(0, len(pairs), batch_size), desc="evaluating", unit="batch", disable=not progress):
         chunk = pairs[start:start + batch_size]
         loaded = [load_pair(pair, "lung") for pair in chunk]
-        masks = segmenter.predict([image for image, _ in loaded], batch_size)
+        masks = segmenter.predict([image for image, _ in loaded], batch_size, clean=clean)
         for pair, (_, truth), mask in zip(chunk, loaded, masks, strict=True):
             per_image.append({"image": pair.image, "jaccard": jaccard_index(mask, truth),
                               "dice": dice_coefficient(mask, truth)})

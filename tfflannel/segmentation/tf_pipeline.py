@@ -11,11 +11,12 @@ import tensorflow as tf
 from tfflannel.segmentation.augment import augment_pair
 
 
-def make_training_dataset(images, labels, batch_size, seed=0, augment=True, flip=True, first_epoch=0, epochs=1):
+def make_training_dataset(images, labels, batch_size, seed=0, augment=True, flip=True, first_epoch=0, epochs=1,
+                          strength="standard"):
     """Shuffled, augmented, batched tf.data pipeline over in-memory arrays for epochs `first_epoch`..`epochs - 1`.
 
     Epoch e's order and augmentation derive from `epoch_seed(seed, e)` (the same after a resume); an
-    epoch has `ceil(len(images) / batch_size)` batches.
+    epoch has `ceil(len(images) / batch_size)` batches; `strength` is `augment_pair`'s.
     """
     from tfflannel.resume import epoch_seed
     from tfflannel.tf_epochs import chain_epochs
@@ -25,7 +26,7 @@ def make_training_dataset(images, labels, batch_size, seed=0, augment=True, flip
 
     def augment_numpy(index, image, label, key):
         rng = np.random.default_rng([int(key), int(index)])
-        return augment_pair(image, label, rng, flip=flip)
+        return augment_pair(image, label, rng, flip=flip, strength=strength)
 
     def finish(image, label):
         image = tf.ensure_shape(image, (size, size, 1))

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from tfflannel.config import dump_config
 from tfflannel.models.fc_densenet import SEGMENTATION_CLASSES, build_fc_densenet, lung_class_indices
-from tfflannel.models.losses import PixelWeightedCrossentropy
+from tfflannel.models.losses import segmentation_loss
 from tfflannel.models.precise_bn import recompute_batchnorm_statistics
 from tfflannel.resume import ResumableFit, config_fingerprint, save_model_without_optimizer
 from tfflannel.schedules import scale_milestones, step_decay
@@ -51,10 +51,12 @@ def load_training_arrays(pairs, size=256, classes="lung", progress=True):
 class AugmentedBatches(keras.utils.PyDataset):
     """Shuffled, augmented batches for backends without tf.data; epoch e seeded by (seed, e), from `first_epoch`."""
 
-    def __init__(self, images, labels, batch_size, seed=0, augment=True, flip=True, first_epoch=0, **kwargs):
+    def __init__(self, images, labels, batch_size, seed=0, augment=True, flip=True, first_epoch=0, strength="standard",
+                 **kwargs):
         super().__init__(**kwargs)
         self.images, self.labels = images, labels
         self.batch_size, self.seed, self.augment, self.flip = batch_size, seed, augment, flip
+        self.strength = strength
         self.epoch = first_epoch
         self.order = np.random.default_rng([seed, first_epoch]).permutation(len(images))
 
@@ -73,7 +75,7 @@ class AugmentedBatches(keras.utils.PyDataset):
         for row in rows:
             image, label = self.images[row], self.labels[row]
             if self.augment:
-                image, label = augment_pair(image, label, rng, flip=self.flip)
+                image, label = augment_pair(image, label, rng, flip=self.flip, strength=self.strength)
             images.append(image)
             labels.append(label)
         return np.stack(images), np.stack(labels).astype(np.int32)
@@ -233,13 +235,13 @@ def train_segmenter(config, pairs, out_dir, progress=True, extra_callbacks=(), t
     model = build_segmenter(config)
     weights = [seg.background_weight] + [1.0] * (model.output_shape[-1] - 1)
     model.compile(optimizer=keras.optimizers.AdamW(learning_rate=seg.learning_rate, weight_decay=seg.weight_decay),
-                  loss=PixelWeightedCrossentropy(weights))
+                  loss=segmentation_loss(seg.loss, weights, lung_class_indices(seg.classes)))
     flip = seg.classes == "lung"
     if keras.backend.backend() == "tensorflow":
         from tfflannel.segmentation.tf_pipeline import MaskImageLogger, make_training_dataset
 
         batches = make_training_dataset(train_x, train_y, seg.batch_size, seed=seg.seed, augment=seg.augment, flip=flip,
-                                        first_epoch=fit.initial_epoch, epochs=seg.epochs)
+                                        first_epoch=fit.initial_epoch, epochs=seg.epochs, strength=seg.augment_strength)
         fit_kwargs = {"steps_per_epoch": int(np.ceil(len(train_x) / seg.batch_size))}
         tf_callbacks = [keras.callbacks.TensorBoard(log_dir=str(out_dir / "logs"))]
         if has_val:
@@ -247,7 +249,7 @@ def train_segmenter(config, pairs, out_dir, progress=True, extra_callbacks=(), t
                                                 predict_lung_masks))
     else:
         batches = AugmentedBatches(train_x, train_y, seg.batch_size, seed=seg.seed, augment=seg.augment, flip=flip,
-                                   first_epoch=fit.initial_epoch)
+                                   first_epoch=fit.initial_epoch, strength=seg.augment_strength)
         fit_kwargs, tf_callbacks = {}, []
 
     callbacks = [InferenceJaccard(train_x, val_x, val_y, seg.classes, seg.precise_bn_batch, seg.precise_bn,
