@@ -36,3 +36,25 @@ def test_precise_bn_sets_moving_stats_to_batch_average():
     np.testing.assert_allclose(np.asarray(bn.moving_mean), features.mean(axis=(0, 1, 2)), atol=1e-4)
     assert bn.momentum == pytest.approx(0.9), "momentum restored"
     assert model.get_layer("down1_layer1_drop").rate == pytest.approx(0.2), "dropout restored"
+
+
+@pytest.mark.parametrize("lung_classes", [[1], [2, 3]])
+def test_dice_weighted_crossentropy_matches_numpy(lung_classes):
+    from tfflannel.models.losses import segmentation_loss
+
+    rng = np.random.default_rng(2)
+    logits = rng.normal(size=(2, 5, 6, 4))
+    probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    labels = rng.integers(0, 4, size=(2, 5, 6))
+    weights = np.array([0.5, 1.0, 1.0, 1.0])
+    picked = np.take_along_axis(probs, labels[..., None], -1)[..., 0]
+    crossentropy = np.sum(weights[labels] * -np.log(picked)) / np.sum(weights[labels])
+    truth, predicted = np.isin(labels, lung_classes), probs[..., lung_classes].sum(-1)
+    dice = 1.0 - 2.0 * np.sum(truth * predicted) / (truth.sum() + predicted.sum())
+    loss = segmentation_loss("dice_weighted_ce", weights, lung_classes)
+    assert float(loss(labels, probs.astype(np.float32))) == pytest.approx(dice + crossentropy, rel=1e-5)
+    clone = keras.losses.deserialize(keras.losses.serialize(loss))
+    assert clone.lung_classes == lung_classes and float(clone(labels, probs.astype(np.float32))) == pytest.approx(
+        dice + crossentropy, rel=1e-5)
+    with pytest.raises(ValueError, match="segmentation.loss"):
+        segmentation_loss("focal", weights, lung_classes)

@@ -93,26 +93,36 @@ def _sha256(path):
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def score_fold(segmenter, pairs, progress=False):
+def score_fold(segmenter, pairs, batch_size=8):
     """Per-image Jaccard and Dice of the held-out pairs for each of `VARIANTS`.
 
+    The model runs once on each film and once on its mirror; the four variants are derived from
+    those two outputs with the code every stage uses (`Segmenter.film_masks`, `flip_average`).
+
     Args:
-        segmenter: Segmenter. Its `flip_tta` is overridden per variant.
+        segmenter: Segmenter.
         pairs: sequence of SegPair.
-        progress: bool. Defaults to `False`.
+        batch_size: int. Defaults to `8`.
 
     Returns:
         dict variant -> list of {image, mask, patient_id, jaccard, dice}.
     """
-    from tfflannel.segmentation.inference import evaluate_segmenter
+    from tfflannel.film_pipeline import flip_average
+    from tfflannel.segmentation.metrics import dice_coefficient, jaccard_index
+    from tfflannel.segmentation.readers import load_pair
 
-    scores = {}
-    for name, (clean, flip) in VARIANTS.items():
-        variant = dataclasses.replace(segmenter, flip_tta=flip)
-        result = evaluate_segmenter(variant, list(pairs), progress=progress, clean=clean)
-        by_image = {pair.image: pair for pair in pairs}
-        scores[name] = [dict(row, patient_id=by_image[row["image"]].patient_id,
-                             mask=by_image[row["image"]].masks["lung"]) for row in result["per_image"]]
+    scores = {name: [] for name in VARIANTS}
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start:start + batch_size]
+        loaded = [load_pair(pair, "lung") for pair in chunk]
+        films = [image for image, _ in loaded]
+        plain, mirrored = segmenter.outputs(segmenter.inputs(films))
+        averaged = flip_average(plain, mirrored)
+        for name, (clean, flip) in VARIANTS.items():
+            masks = segmenter.film_masks(averaged if flip else plain, films, clean)
+            for pair, (_, truth), mask in zip(chunk, loaded, masks, strict=True):
+                scores[name].append({"image": pair.image, "mask": pair.masks["lung"], "patient_id": pair.patient_id,
+                                     "jaccard": jaccard_index(mask, truth), "dice": dice_coefficient(mask, truth)})
     return scores
 
 

@@ -62,13 +62,51 @@ class Segmenter:
         """(H, W) film -> ((S, S, 1) segmenter input, (H, W) float32 equalised film)."""
         return segmenter_input(film, self.input_size), equalize_gamma_tf(film)
 
+    def outputs(self, batch, mirrored=True):
+        """The model's (B, S, S, classes) float32 output on a batch and, if `mirrored`, on its mirror (unflipped).
+
+        Args:
+            batch: (B, S, S, 1) segmenter inputs.
+            mirrored: bool. Also run the left-right mirrored batch. Defaults to `True`.
+
+        Returns:
+            (plain, mirrored output or None).
+        """
+        plain = tf.cast(tf.constant(self.model.predict_on_batch(batch)), tf.float32)
+        if not mirrored:
+            return plain, None
+        return plain, tf.cast(tf.constant(self.model.predict_on_batch(tf.reverse(batch, axis=[2]))), tf.float32)
+
     def probabilities(self, batch):
         """(B, S, S, 1) segmenter inputs -> (B, S, S, classes) float32, inference mode (flip-averaged if `flip_tta`)."""
-        probabilities = tf.cast(tf.constant(self.model.predict_on_batch(batch)), tf.float32)
-        if self.flip_tta:
-            mirrored = tf.cast(tf.constant(self.model.predict_on_batch(tf.reverse(batch, axis=[2]))), tf.float32)
-            probabilities = flip_average(probabilities, mirrored)
-        return probabilities
+        plain, mirrored = self.outputs(batch, mirrored=self.flip_tta)
+        return plain if mirrored is None else flip_average(plain, mirrored)
+
+    def inputs(self, images):
+        """(H, W) integer films -> (B, S, S, 1) float32 segmenter inputs (film pipeline's letterbox)."""
+        if not hasattr(self, "_prepare"):
+            self._prepare = tf.function(lambda film: segmenter_input(film, self.input_size),
+                                        input_signature=[tf.TensorSpec([None, None], tf.uint8)])
+        return tf.stack([self._prepare(tf.constant(image)) for image in images])
+
+    def film_masks(self, probabilities, images, clean=True):
+        """Segmenter output on `images` -> (H, W) uint8 lung masks at each film's own size.
+
+        Args:
+            probabilities: (B, S, S, classes) output on `self.inputs(images)`.
+            images: sequence of the B (H, W) films.
+            clean: bool. The film pipeline's clean-up (two largest components, holes filled); `False` only to
+                measure its effect. Defaults to `True`.
+
+        Returns:
+            list of (H, W) uint8 arrays.
+        """
+        if not hasattr(self, "_masks"):
+            self._masks = {flag: tf.function(lambda probs, f=flag: lung_masks(probs, self.lung_classes, clean=f),
+                                             reduce_retracing=True) for flag in (True, False)}
+            self._film_mask = tf.function(film_mask, reduce_retracing=True)
+        return [self._film_mask(mask, tf.constant(image.shape[0]), tf.constant(image.shape[1])).numpy()
+                for image, mask in zip(images, self._masks[bool(clean)](probabilities), strict=True)]
 
     def predict(self, images, batch_size=8, clean=True):
         """(H, W) integer films -> (H, W) uint8 lung masks at each film's own size (film pipeline).
@@ -76,21 +114,12 @@ class Segmenter:
         Args:
             images: sequence of (H, W) integer arrays.
             batch_size: int. Films per segmenter call. Defaults to `8`.
-            clean: bool. The film pipeline's clean-up (two largest components, holes filled); `False` only to
-                measure its effect. Defaults to `True`.
+            clean: bool. As in `film_masks`. Defaults to `True`.
         """
-        if not hasattr(self, "_prepare"):
-            self._prepare = tf.function(lambda film: segmenter_input(film, self.input_size),
-                                        input_signature=[tf.TensorSpec([None, None], tf.uint8)])
-            self._masks = {flag: tf.function(lambda probs, f=flag: lung_masks(probs, self.lung_classes, clean=f),
-                                             reduce_retracing=True) for flag in (True, False)}
-            self._film_mask = tf.function(film_mask, reduce_retracing=True)
         masks = []
         for start in range(0, len(images), batch_size):
             chunk = images[start:start + batch_size]
-            batch = tf.stack([self._prepare(tf.constant(image)) for image in chunk])
-            for image, mask in zip(chunk, self._masks[bool(clean)](self.probabilities(batch)), strict=True):
-                masks.append(self._film_mask(mask, tf.constant(image.shape[0]), tf.constant(image.shape[1])).numpy())
+            masks += self.film_masks(self.probabilities(self.inputs(chunk)), chunk, clean)
         return masks
 
 

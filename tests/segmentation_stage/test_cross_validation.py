@@ -1,0 +1,134 @@
+"""Segmenter cross-validation: de-duplication, patient folds, scores against NumPy, resume; augmentation; flip TTA."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfflannel.config import load_config
+from tfflannel.segmentation.augment import augment_pair, elastic_fields
+from tfflannel.segmentation.cross_validation import VARIANTS, cross_validate, deduplicate_pairs, patient_folds
+from tfflannel.segmentation.readers import SegPair, read_pairs
+
+
+def _copy_sample(sample_seg_dir, tmp_path, count):
+    pairs = read_pairs(sample_seg_dir)[:count]
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    copied = []
+    for index, pair in enumerate(pairs):
+        image, mask = tmp_path / "images" / f"{index}.png", tmp_path / "masks" / f"{index}.png"
+        shutil.copy(pair.image, image)
+        shutil.copy(pair.masks["lung"], mask)
+        copied.append(SegPair(str(image), {"lung": str(mask)}, patient_id=f"p{index}"))
+    return copied
+
+
+def test_duplicates_are_dropped_and_their_patients_linked(sample_seg_dir, tmp_path):
+    first = _copy_sample(sample_seg_dir, tmp_path, 4)
+    again = tmp_path / "images" / "again.png"
+    shutil.copy(first[0].image, again)                   # the same film under another patient id
+    pairs = [*first, SegPair(str(again), first[0].masks, patient_id="other-id"),
+             SegPair(first[2].image, first[2].masks, patient_id="p1")]   # p2's film also filed under p1
+    kept, dropped = deduplicate_pairs(pairs)
+    assert dropped == 2 and [p.image for p in kept] == [p.image for p in first]
+    groups = [p.patient_id for p in kept]
+    assert groups[1] == groups[2] and len(set(groups)) == 3
+
+
+def test_patient_folds_keep_patients_together_balanced_and_seeded():
+    pairs = [SegPair(f"{i}.png", patient_id=f"p{i // 3 if i < 9 else i}") for i in range(30)]
+    folds = patient_folds(pairs, 5, seed=0)
+    by_patient = {}
+    for pair, fold in zip(pairs, folds, strict=True):
+        by_patient.setdefault(pair.patient_id, set()).add(fold)
+    assert all(len(f) == 1 for f in by_patient.values())
+    counts = np.bincount(folds, minlength=5)
+    assert counts.max() - counts.min() <= 3                 # at most one patient's films (3) apart
+    assert folds == patient_folds(pairs, 5, seed=0) and folds != patient_folds(pairs, 5, seed=1)
+    with pytest.raises(ValueError, match="patients"):
+        patient_folds(pairs[:3], 5)
+
+
+def test_strong_augmentation_is_seeded_keeps_labels_and_elastic_zero_is_identity():
+    rng = np.random.default_rng(0)
+    image = rng.random((64, 64, 1), dtype=np.float32)
+    labels = (rng.random((64, 64)) > 0.5).astype(np.uint8)
+    a = augment_pair(image, labels, np.random.default_rng(5), strength="strong")
+    b = augment_pair(image, labels, np.random.default_rng(5), strength="strong")
+    standard = augment_pair(image, labels, np.random.default_rng(5))
+    np.testing.assert_array_equal(a[0], b[0])
+    assert a[0].shape == image.shape and a[0].dtype == np.float32 and 0.0 <= a[0].min() and a[0].max() <= 1.0
+    assert set(np.unique(a[1])) <= {0, 1} and not np.array_equal(a[0], standard[0])
+    map_x, map_y = elastic_fields(np.random.default_rng(0), 64, alpha=0.0)
+    import cv2
+
+    np.testing.assert_array_equal(cv2.remap(labels, map_x, map_y, cv2.INTER_NEAREST), labels)
+    with pytest.raises(ValueError, match="strength"):
+        augment_pair(image, labels, rng, strength="extreme")
+
+
+@pytest.fixture(scope="module")
+def random_segmenter():
+    import keras
+
+    from tfflannel.models.fc_densenet import build_fc_densenet
+    from tfflannel.segmentation.inference import Segmenter
+
+    keras.utils.set_random_seed(3)
+    return Segmenter(build_fc_densenet("fcdn_small", input_shape=(64, 64, 1)), 64, "lung", flip_tta=True)
+
+
+def test_flip_tta_averages_the_mirrored_output_and_export_masks_equal_the_cache(random_segmenter, sample_cls_dir):
+    from tfflannel.data.io import read_image
+    from tfflannel.export.saved_model import InferencePipeline
+    from tfflannel.film_pipeline import ViewSettings
+    from tfflannel.segmentation.cache import ViewMaker
+
+    batch = np.random.default_rng(0).random((2, 64, 64, 1), dtype=np.float32)
+    plain = random_segmenter.model.predict_on_batch(batch)
+    mirrored = random_segmenter.model.predict_on_batch(batch[:, :, ::-1])
+    expected = (plain + mirrored[:, :, ::-1]) / 2
+    np.testing.assert_allclose(random_segmenter.probabilities(batch).numpy(), expected, atol=1e-6)
+    assert np.abs(expected - plain).max() > 1e-3              # the mirror changes something: the test can fail
+
+    films = [read_image(path)[0] for path in sorted(sample_cls_dir.rglob("*.png"))[:3]]
+    view = ViewSettings(size=128)
+    cached = ViewMaker(random_segmenter, view).views(films, batch_size=4)
+    pipeline = InferencePipeline(random_segmenter, [], view=view)
+    for film, record in zip(films, cached, strict=True):
+        images, masks, _, _ = pipeline.views(lambda i, f=tf.constant(film): f, 1)
+        np.testing.assert_array_equal(masks.numpy()[0], record["mask"])
+
+
+@pytest.mark.slow
+def test_cross_validation_scores_resume_and_report(sample_seg_dir, tmp_path):
+    """Two folds of a tiny recipe: fold scores are NumPy means of the held-out films, a rerun reuses every fold."""
+    from tfflannel.segmentation.inference import evaluate_segmenter, load_segmenter
+
+    pairs = read_pairs(sample_seg_dir)[:8]
+    config = load_config(None, ["segmentation.model=fcdn_small", "segmentation.input_size=32",
+                                "segmentation.epochs=1", "segmentation.batch_size=4", "segmentation.augment=false"])
+    out = tmp_path / "cv"
+    result = cross_validate(config, pairs + pairs[:2], out, folds=2, progress=False, echo=lambda line: None)
+    assert result["pairs"] == 8 and result["duplicates_dropped"] == 2 and set(result["summary"]) == set(VARIANTS)
+    held = {fold: [p for p in pairs if result["fold_of"][p.image] == fold] for fold in (1, 2)}
+    assert {p.patient_id for p in held[1]}.isdisjoint({p.patient_id for p in held[2]})
+    per_fold = []
+    for fold in (1, 2):
+        run = out / f"fold-{fold}"
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert metrics["train_pairs"] == 8 - len(held[fold]) and metrics["validation_pairs"] == 0
+        scored = evaluate_segmenter(load_segmenter(run), held[fold], progress=False)
+        per_fold.append(np.mean([r["jaccard"] for r in scored["per_image"]]))
+    clean = result["summary"]["clean"]
+    np.testing.assert_allclose(clean["per_fold_jaccard"], per_fold, rtol=1e-6)
+    assert clean["jaccard_mean"] == pytest.approx(np.mean(per_fold))
+    assert clean["jaccard_std"] == pytest.approx(np.std(per_fold, ddof=1))
+    assert len(result["worst"]) == 8 and (out / "cv_worst.png").is_file()
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.name in ("model.keras", "scores.json")}
+    again = cross_validate(config, pairs, out, folds=2, progress=False, echo=lambda line: None)
+    assert again["summary"] == result["summary"]
+    assert stamps == {p: p.stat().st_mtime_ns for p in stamps}, "a finished fold is neither retrained nor rescored"
