@@ -21,6 +21,7 @@ commits repeats at most the interrupted epoch, which gives the same numbers agai
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -282,7 +283,9 @@ class ResumableFit:
                          if any(hasattr(c, a) for a in _STATEFUL_ATTRS)}
         if self.state.checkpoint:
             if model.optimizer is not None and not model.optimizer.built:
-                model.optimizer.build(model.trainable_variables)
+                strategy = getattr(model, "distribute_strategy", None)     # TensorFlow: where the model was built
+                with strategy.scope() if strategy is not None else contextlib.nullcontext():
+                    model.optimizer.build(model.trainable_variables)
             model.load_weights(self.resume_dir / self.state.checkpoint)
             log.warning("%s: resuming after epoch %d of %d", self.run_dir, self.initial_epoch, self.epochs)
         if self.initial_epoch < self.epochs:

@@ -25,6 +25,7 @@ from tfflannel.config import dump_config
 from tfflannel.data.manifest import load_manifest, validation_folds
 from tfflannel.errors import InputError
 from tfflannel.learners.infer import predict_image_scores
+from tfflannel.learners.multi_worker import AverageBatchNormStatistics, in_multi_worker_mode, shard_by_data
 from tfflannel.learners.strategy import chief_writes, make_strategy, replica_batch_size
 from tfflannel.models.backbones import backbone_config
 from tfflannel.models.classifier import build_classifier, inference_model
@@ -157,6 +158,9 @@ def _compiled_classifier(cfg, backbone, size, weights, l1=0.0):
 
 def _fit(fit, model, train, steps, out_dir, callbacks, progress):
     callbacks = [*callbacks, keras.callbacks.TensorBoard(log_dir=str(out_dir / "logs"))]
+    if in_multi_worker_mode(model.distribute_strategy):
+        callbacks = [AverageBatchNormStatistics(), *callbacks]     # first: validation and checkpoint see them
+        train = shard_by_data(train)
     fit.fit(model, train, steps_per_epoch=steps, callbacks=callbacks, verbose=2 if progress else 0)
     return fit
 
