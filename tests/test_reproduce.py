@@ -278,53 +278,85 @@ def test_a_stale_run_is_reported_with_the_command_that_starts_it_over(sample_wor
     assert (run / "history.csv").read_text() == "epoch\n0\n"
 
 
-TINY = ["--set", "global_learner.epochs=1", "--set", "global_learner.crop_size=32", "--set", "global_learner.resize=36",
-        "--set", "global_learner.batch_size=8", "--set", "ensemble.epochs=2"]
+# The issue's grid, made cheap: 1 epoch, 32 px inputs, one batch per epoch, no precise-BN pass, K=1, a 256 px cache.
+TINY = [a for kv in ("global_learner.epochs=1", "global_learner.crop_size=32", "global_learner.resize=36",
+                     "global_learner.batch_size=16", "global_learner.precise_bn_batches=0",
+                     "patched.epochs=1", "patched.patch_size=32", "patched.batch_size=16", "patched.val_patches=1",
+                     "patched.images_per_batch=16", "patched.precise_bn_batches=0", "segmentation.cache_size=256",
+                     "inference.k=1", "inference.images_per_batch=16", "ensemble.epochs=1")
+        for a in ("--set", kv)]
+LEARNERS = [f"{mode}_{backbone}" for mode in ("patch", "global") for backbone in ("mobilenet_v2", "resnet50")]
 
 
 def _reproduce(work, out, *extra):
-    return [sys.executable, str(REPO / "cli.py"), "reproduce", "--data", str(work), "--out", str(out), "--folds", "1",
-            "--modes", "global", "--backbones", "mobilenet_v2,resnet50", "--wait", "600", *TINY, *extra]
+    return [sys.executable, str(REPO / "cli.py"), "reproduce", "--data", str(work), "--out", str(out), "--folds", "1-2",
+            "--modes", "patch,global", "--backbones", "mobilenet_v2,resnet50", "--wait", "900", *TINY, *extra]
+
+
+def _state_of(output, job):
+    """The state `reproduce` printed for `job` (`[i/n] STATE seconds name`)."""
+    return next(line.split()[1] for line in output.splitlines() if line.endswith(f"s  {job}"))
 
 
 @pytest.mark.slow
 def test_shards_and_an_interrupted_run_give_the_same_table(tmp_path, sample_cls_dir):
-    """Two shards run concurrently == one process killed (kill -9) in its second learner and rerun.
+    """Issue 15's grid (2 folds x 2 tiny backbones x patch and global, 1 epoch) three ways, one table.
 
-    Kept to one fold and the global mode (no segmentation) so that it fits the CI budget on 2 cores;
-    the fold's ensemble on shard 1 waits for the learner that shard 2 trains.
+    `--shard 1/2` and `--shard 2/2` run concurrently on one work directory, and shard 2 is killed (kill -9)
+    inside its second learner and rerun; one uninterrupted process runs the whole grid at the same time on
+    a second work directory with the same manifest (its own segmentation, too). Both give the same
+    table3.csv and the same predictions of every learner and ensemble. So one comparison covers both
+    properties: sharding == one process, and interrupted + resumed == uninterrupted.
     """
+    import shutil
+
     from tfflannel.data.manifest import prepare_manifest
 
-    work = tmp_path / "work"
-    prepare_manifest(work, folders=[sample_cls_dir], folds=2, progress=False)
+    prepare_manifest(tmp_path / "work", folders=[sample_cls_dir], folds=2, progress=False)
+    (tmp_path / "work1").mkdir()
+    shutil.copy(tmp_path / "work" / "manifest.csv", tmp_path / "work1" / "manifest.csv")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    shards = [subprocess.Popen(_reproduce(work, tmp_path / "sharded", "--shard", f"{i}/2"), env=env, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for i in (1, 2)]
-    outputs = [p.communicate(timeout=900)[0] for p in shards]
-    assert [p.returncode for p in shards] == [0, 0], outputs
-    assert "train-ensemble f1 global" in outputs[0] and "train-global f1 resnet50" in outputs[1]
 
-    single = subprocess.Popen(_reproduce(work, tmp_path / "single"), env=env, text=True, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, start_new_session=True)
-    lines = []
-    for line in single.stdout:
-        lines.append(line)
+    def start(work, out, *extra):
+        return subprocess.Popen(_reproduce(tmp_path / work, tmp_path / out, *extra), env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+
+    single = start("work1", "single")
+    shards = [start("work", "sharded", "--shard", f"{i}/2") for i in (1, 2)]
+    killed = []
+    for line in shards[1].stdout:                # shard 2: its first global learner, then the second one
+        killed.append(line)
         if "predict-base f1 global mobilenet_v2" in line:
-            time.sleep(3)                       # inside the second learner's training
-            os.killpg(single.pid, signal.SIGKILL)
+            time.sleep(3)                        # inside train-global f1 resnet50
+            os.killpg(shards[1].pid, signal.SIGKILL)
             break
-    single.wait(timeout=60)
-    assert single.returncode == -signal.SIGKILL and not (tmp_path / "single" / "report").exists(), lines
-    resumed = subprocess.run(_reproduce(work, tmp_path / "single"), env=env, text=True, capture_output=True,
-                             timeout=900)
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert "complete" in resumed.stdout.split("train-global f1 mobilenet_v2")[0].splitlines()[-1]
+    shards[1].wait(timeout=60)
+    assert shards[1].returncode == -signal.SIGKILL, "".join(killed)
+    resumed = start("work", "sharded", "--shard", "2/2")
+    outputs = [p.communicate(timeout=1200)[0] for p in (single, shards[0], resumed)]
+    assert [p.returncode for p in (single, shards[0], resumed)] == [0, 0, 0], outputs
+    single_out, shard1_out, resumed_out = outputs
+    # the rerun skipped what the killed process had finished and redid the learner it was killed in
+    assert _state_of(resumed_out, "train-global f1 mobilenet_v2") == "complete", resumed_out
+    assert _state_of(resumed_out, "train-global f1 resnet50") == "done", resumed_out
+    # each shard ran its own share: shard 1 the patch learners (and evaluate), shard 2 the global ones
+    assert _state_of(shard1_out, "train-patch f2 resnet50") == "done" and "train-global" not in shard1_out
+    assert _state_of(resumed_out, "train-ensemble f1 patch") == "done" and "train-patch" not in resumed_out
+    assert _state_of(shard1_out, "evaluate") == "done" and "evaluate" not in resumed_out
+    assert _state_of(single_out, "segment") == "done" and "all 22 jobs complete" in single_out
+
     table = (tmp_path / "sharded" / "report" / "table3.csv").read_text()
-    assert table == (tmp_path / "single" / "report" / "table3.csv").read_text() and "ensemble" in table
-    for run in ("global_mobilenet_v2", "global_resnet50", "ensemble_global"):
-        assert ((tmp_path / "sharded" / "f1" / run / "predictions" / "test.csv").read_text()
-                == (tmp_path / "single" / "f1" / run / "predictions" / "test.csv").read_text()), run
+    assert table == (tmp_path / "single" / "report" / "table3.csv").read_text()
+    rows = table.splitlines()
+    for run in ("patch:mobilenet_v2", "patch:resnet50", "global:mobilenet_v2", "global:resnet50",
+                "ensemble:genet(patch:mobilenet_v2+patch:resnet50)",
+                "ensemble:genet(global:mobilenet_v2+global:resnet50)"):
+        assert f"{run},macro," in table and all(r.endswith(",2") for r in rows if r.startswith(f"{run},")), run
+    for fold in ("f1", "f2"):
+        for run in (*LEARNERS, "ensemble_patched", "ensemble_global"):
+            for role in (("test",) if run.startswith("ensemble") else ("train", "valid", "test")):
+                path = Path(fold) / run / "predictions" / f"{role}.csv"
+                assert (tmp_path / "sharded" / path).read_text() == (tmp_path / "single" / path).read_text(), path
 
 
 def test_the_torchvision_preset_names_the_five_and_reproduce_reads_backbones_from_the_config(sample_work, tmp_path):

@@ -301,17 +301,21 @@ def job_lock(path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def reset_global_state():
+def reset_global_state(free_memory=True):
     """Give the next in-process job the global state a fresh process has.
 
     Clears Keras' session, sets the dtype policy back to `float32` (a `mixed_precision` job sets
     `mixed_float16`) and turns TensorFlow's op determinism off again (a `runtime.deterministic` job turns it
     on; TensorFlow's public API can only enable it, so this uses `disable_op_determinism` from
     `tensorflow.python.framework.config`, present since TF 2.9). Each job sets what its config says itself.
+
+    Args:
+        free_memory: bool. Also run Python's garbage collection (frees the last job's models and graphs; a full
+            collection costs up to seconds in a process that has run jobs). Defaults to `True`.
     """
     import keras
 
-    keras.backend.clear_session()
+    keras.backend.clear_session(free_memory=free_memory)
     keras.mixed_precision.set_global_policy("float32")
     from tensorflow.python.framework import config as tf_framework_config
 
@@ -337,7 +341,7 @@ def run_cli_job(job, log_path):
     from tfflannel.cli import main
     from tfflannel.resume import StaleRunError
 
-    reset_global_state()
+    reset_global_state(free_memory=False)   # the previous job's own reset already collected its garbage
     with open(log_path, "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         print(f"$ {job.command_line()}", flush=True)
         try:
