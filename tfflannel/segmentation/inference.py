@@ -62,6 +62,15 @@ class Segmenter:
         """(H, W) film -> ((S, S, 1) segmenter input, (H, W) float32 equalised film)."""
         return segmenter_input(film, self.input_size), equalize_gamma_tf(film)
 
+    def flip_outputs(self, batch):
+        """(B, S, S, 1) inputs -> (output on them, output on their left-right mirror, not mirrored back), float32.
+
+        The two passes `film_pipeline.segment_quality` takes (masks, confidence and flip disagreement).
+        """
+        outputs = tf.cast(tf.constant(self.model.predict_on_batch(batch)), tf.float32)
+        mirrored = tf.cast(tf.constant(self.model.predict_on_batch(tf.reverse(batch, axis=[2]))), tf.float32)
+        return outputs, mirrored
+
     def probabilities(self, batch):
         """(B, S, S, 1) segmenter inputs -> (B, S, S, classes) float32, inference mode (flip-averaged if `flip_tta`)."""
         probabilities = tf.cast(tf.constant(self.model.predict_on_batch(batch)), tf.float32)
