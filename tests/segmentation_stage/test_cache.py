@@ -21,7 +21,7 @@ from tfflannel.data.manifest import load_manifest, prepare_manifest
 from tfflannel.film_pipeline import ViewSettings, equalize_gamma_tf, letterbox, to_uint8
 from tfflannel.segmentation.cache import CacheSettings, build_cache, qc_order, qc_tile, read_cache_records
 from tfflannel.segmentation.inference import load_segmenter
-from tfflannel.utils import read_csv
+from tfflannel.utils import read_csv, write_csv_atomic
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -116,6 +116,15 @@ def test_min_mask_confidence_fails_doubtful_masks_changes_the_key_and_export_agr
     segmenter = load_segmenter()
     build_cache(work, segmenter, CacheSettings(shard_size=12), progress=False)
     before = _records(work)
+    # A cache written before the numbers were recorded: its shard is rewritten (same name and views), not reused.
+    (part,) = (work / "cache" / "parts").glob("shard-*[0-9a-f].csv")
+    old_columns = ("image_id", "sha256", "shard", "mask_ok", "lung_fraction")
+    write_csv_atomic(part, read_csv(part), old_columns)
+    assert build_cache(work, segmenter, CacheSettings(shard_size=12), progress=False)["written"] == 1
+    assert list(read_csv(work / "cache" / "index.csv")[0])[-2:] == ["mask_confidence", "flip_disagreement"]
+    for image_id, record in _records(work).items():
+        for name in ("image", "mask", "mask_confidence", "flip_disagreement", "raw"):
+            np.testing.assert_array_equal(record[name], before[image_id][name])
     key_before = json.loads((work / "cache" / "cache.json").read_text())["key"]
     shards_before = {r["shard"] for r in read_csv(work / "cache" / "index.csv")}
     confidences = sorted(r["mask_confidence"] for r in before.values())
