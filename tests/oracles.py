@@ -86,8 +86,8 @@ def segment_quality(probabilities, flipped, lung_classes, flip_tta):
     """NumPy + SciPy oracle of `film_pipeline.segment_quality` on (B, S, S, C) outputs (mirror pass not flipped back).
 
     Returns:
-        (masks (B, S, S) bool, mean max-probability inside each mask (0 if empty), 1 - Jaccard of the cleaned
-        masks of the two passes (0 if both empty)).
+        (masks (B, S, S) bool, mean max-probability inside each mask (0 if empty), 1 - Jaccard of the argmax
+        lung masks of the two passes before the clean-up (0 if both empty)).
     """
     back = flipped[:, :, ::-1]
     used = (probabilities + back) / 2 if flip_tta else probabilities
@@ -95,7 +95,8 @@ def segment_quality(probabilities, flipped, lung_classes, flip_tta):
     def clean(outputs):
         return np.array([clean_lung_mask(np.isin(x.argmax(-1), lung_classes)).astype(bool) for x in outputs])
 
-    masks, film, mirror = clean(used), clean(probabilities), clean(back)
+    masks = clean(used)
+    film, mirror = (np.isin(p.argmax(-1), lung_classes) for p in (probabilities, back))   # before the clean-up
     confidence = np.array([x.max(-1)[m].mean() if m.any() else 0.0 for x, m in zip(used, masks, strict=True)])
     disagreement = np.array([(a ^ b).sum() / (a | b).sum() if (a | b).any() else 0.0
                              for a, b in zip(film, mirror, strict=True)])

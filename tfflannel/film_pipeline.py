@@ -303,11 +303,12 @@ def segment_quality(probabilities, flipped_probabilities, lung_classes, flip_tta
     `probabilities`. Per film:
 
     - `mask_confidence`: `mask_confidence` of that output inside that mask (at the segmenter's resolution).
-    - `flip_disagreement`: `flip_disagreement` of the cleaned mask of `probabilities` and the cleaned mask of
-      `flipped_probabilities` mirrored back: 1 - Jaccard of what the segmenter sees in a film and in its mirror.
+    - `flip_disagreement`: `flip_disagreement` of the argmax lung mask of `probabilities` and that of
+      `flipped_probabilities` mirrored back, both before the clean-up: 1 - Jaccard of what the segmenter sees in
+      a film and in its mirror (stray blobs count: they are its doubt too, and cleaning two more masks per film
+      would cost more than the segmenter itself).
 
-    The two passes are those flip TTA needs, so with `flip_tta` the disagreement costs no extra model call.
-    All masks are cleaned in one batched `lung_masks` call.
+    The two passes are those flip TTA needs, so with `flip_tta` the numbers cost no extra model call.
 
     Args:
         probabilities: (B, S, S, C) float tensor, the segmenter's output on the inputs.
@@ -321,16 +322,10 @@ def segment_quality(probabilities, flipped_probabilities, lung_classes, flip_tta
     """
     probabilities = tf.cast(probabilities, tf.float32)
     flipped_probabilities = tf.cast(flipped_probabilities, tf.float32)
-    mirrored_back = tf.reverse(flipped_probabilities, axis=[2])
-    count = tf.shape(probabilities)[0]
-    if flip_tta:
-        used = flip_average(probabilities, flipped_probabilities)
-        cleaned = lung_masks(tf.concat([used, probabilities, mirrored_back], axis=0), lung_classes)
-        masks, film, mirror = cleaned[:count], cleaned[count:2 * count], cleaned[2 * count:]
-    else:
-        used = probabilities
-        cleaned = lung_masks(tf.concat([probabilities, mirrored_back], axis=0), lung_classes)
-        masks, film, mirror = cleaned[:count], cleaned[:count], cleaned[count:]
+    used = flip_average(probabilities, flipped_probabilities) if flip_tta else probabilities
+    masks = lung_masks(used, lung_classes)
+    film = lung_masks(probabilities, lung_classes, clean=False)
+    mirror = lung_masks(tf.reverse(flipped_probabilities, axis=[2]), lung_classes, clean=False)
     return {"masks": masks, "mask_confidence": mask_confidence(used, masks),
             "flip_disagreement": flip_disagreement(film, mirror)}
 
