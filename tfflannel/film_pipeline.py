@@ -10,8 +10,8 @@ evaluated. The chain, per film:
    (8-connected components by label propagation -> the two largest -> holes filled); `segment_quality`
    also gives each mask its confidence and flip disagreement from the output on the film and on its mirror.
 4. `masked_view`: lung-fraction (and, if set, mask-confidence) QC (a failing film keeps its whole image) ->
-   the letterboxed 1024x1024
-   image (from the equalised film by default, `patches.input`) times the mask, both uint8.
+   the letterboxed 1024x1024 image (from the equalised film by default, `patches.input`) times the mask,
+   both uint8.
 5. `evaluation_centres` + `crop_patches`: K lung-centred patches at fixed, seeded positions.
 6. `aggregate_scores`: per-learner vote fractions and mean probabilities; the ensemble takes them.
 
