@@ -4,7 +4,7 @@ For each setting of the segmenter's `flip_tta` (off, on), two mask stages on the
 
 - `masks only`: what `segment` ran before the numbers existed: `Segmenter.probabilities` (one pass, or two
   with flip TTA) then `film_pipeline.lung_masks`, XLA-compiled as in `ViewMaker`.
-- `with quality`: what it runs now: `Segmenter.flip_outputs` (always two passes) then
+- `with quality`: what it runs now: `Segmenter.outputs` (always two passes) then
   `film_pipeline.segment_quality` (all masks cleaned in one batched call), XLA-compiled.
 
 Then one whole `build_cache` (equalisation, both passes, clean-up, QC, 1024 views, PNG shards) for scale,
@@ -64,7 +64,7 @@ def main():
 
         def with_quality(quality=quality):
             for batch in batches:
-                quality(*segmenter.flip_outputs(batch))["masks"].numpy()
+                quality(*segmenter.outputs(batch))["masks"].numpy()
 
         times = {masks_only: [], with_quality: []}
         for stage in times:

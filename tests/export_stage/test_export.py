@@ -97,7 +97,7 @@ def test_export_masks_and_views_are_the_cache_records(tiny_runs, sample_workdir)
     """The pipeline the export saves builds, per film, exactly the cached masked view and mask (IoU 1)."""
     runs, ensemble = tiny_runs
     pipeline = build_pipeline(load_segmenter(), runs, ensemble, k=K)
-    views = tf.function(lambda images: pipeline.views(lambda i: images[i, ..., 0], tf.shape(images)[0]),
+    views = tf.function(lambda images: pipeline.views_and_quality(lambda i: images[i, ..., 0], tf.shape(images)[0]),
                         input_signature=[tf.TensorSpec([None, None, None, 1], tf.uint8)])
     rows = {r["image_id"]: r for r in load_manifest(sample_workdir)}
     records = read_cache_records(sample_workdir / "cache")

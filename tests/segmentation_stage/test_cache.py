@@ -67,7 +67,7 @@ def test_cache_records_are_the_equalised_film_times_the_cleaned_mask(sample_work
         y0, x0, y1, x1 = record["lung_bbox"]
         assert record["mask"][y0:y1, x0:x1].sum() == record["mask"].sum()
         # Mask confidence and flip disagreement: the NumPy oracle on the segmenter's two passes.
-        outputs, mirrored = (x.numpy() for x in segmenter.flip_outputs(segmenter.prepare(tf.constant(film))[0][None]))
+        outputs, mirrored = (x.numpy() for x in segmenter.outputs(segmenter.prepare(tf.constant(film))[0][None]))
         _, confidence, disagreement = oracles.segment_quality(outputs, mirrored, segmenter.lung_classes,
                                                               segmenter.flip_tta)
         assert record["mask_confidence"] == pytest.approx(confidence[0], abs=1e-5)
@@ -148,7 +148,7 @@ def test_min_mask_confidence_fails_doubtful_masks_changes_the_key_and_export_agr
     assert flipped >= 1, "the threshold fails at least one film that passed (a test that could fail)"
     # The export's pipeline with the same view settings: the same masks, QC and numbers.
     pipeline = InferencePipeline(segmenter, [], view=settings.view)
-    views = tf.function(lambda images: pipeline.views(lambda i: images[i, ..., 0], tf.shape(images)[0]),
+    views = tf.function(lambda images: pipeline.views_and_quality(lambda i: images[i, ..., 0], tf.shape(images)[0]),
                         input_signature=[tf.TensorSpec([None, None, None, 1], tf.uint8)])
     paths = {r["image_id"]: r["path"] for r in load_manifest(work)}
     ranked = sorted(after, key=lambda i: after[i]["mask_confidence"])

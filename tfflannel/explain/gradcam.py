@@ -123,7 +123,7 @@ def explain_with_run(image, model, info, class_name, k, seed, segmenter, view=No
     layer = backbone_config(info["backbone"]).last_conv
     film = tf.constant(image)
     pipeline = InferencePipeline(segmenter, [(model, info)], k=k, seed=seed, view=view)
-    images, masks, _, ok = pipeline.views(lambda index: film, 1)[:4]
+    images, masks, _, ok = pipeline.views(lambda index: film, 1)
     masked, mask = images[0].numpy(), masks[0].numpy()
     centres = None
     if info["kind"] == "global":

@@ -61,7 +61,11 @@ class InferencePipeline(tf.Module):
         self.class_names = tf.constant(CLASS_NAMES)
 
     def views(self, film_fn, count):
-        """Masked views of `count` films (`film_fn(i)` -> (H, W) uint8), as `segment` makes them.
+        """Masked views of `count` films (`film_fn(i)` -> (H, W) uint8): images, masks (B, S, S) uint8, fraction, ok."""
+        return self.views_and_quality(film_fn, count)[:4]
+
+    def views_and_quality(self, film_fn, count):
+        """Masked views of `count` films (`film_fn(i)` -> (H, W) uint8) and their masks' quality, as `segment` does.
 
         The segmenter runs on the films and on their mirrors (`film_pipeline.segment_quality`: the masks, flip
         TTA if the segmenter has it, the mask confidence and the flip disagreement).
@@ -104,7 +108,7 @@ class InferencePipeline(tf.Module):
         return tf.stack(scores, axis=1)        # (B, L, 2, C): vote fractions and mean probabilities
 
     def _batch(self, film_fn, count):
-        images, masks, fraction, ok, confidence, disagreement = self.views(film_fn, count)
+        images, masks, fraction, ok, confidence, disagreement = self.views_and_quality(film_fn, count)
         scores = self._learner_scores(film_fn, count, images, masks)
         chosen = scores[:, :, 0] if self.score == "vote" else scores[:, :, 1]
         if self.ensemble is not None:

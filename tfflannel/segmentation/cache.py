@@ -122,7 +122,7 @@ class ViewMaker:
         """(H, W) uint8 films -> list of dicts of NumPy values.
 
         Keys: image, mask, lung_bbox, lung_fraction, mask_ok, mask_confidence, flip_disagreement. The segmenter
-        runs on each batch and on its mirror (`Segmenter.flip_outputs`): the passes flip TTA needs anyway.
+        runs on each batch and on its mirror (`Segmenter.outputs`): the passes flip TTA needs anyway.
         """
         out = []
         for start in range(0, len(films), batch_size):
@@ -130,7 +130,7 @@ class ViewMaker:
             prepared = [self._prepare(tf.constant(film)) for film in chunk]
             inputs = tf.stack([p[0] for p in prepared])
             inputs = tf.pad(inputs, [[0, batch_size - len(chunk)], [0, 0], [0, 0], [0, 0]])   # one compiled shape
-            quality = self._quality(*self.segmenter.flip_outputs(inputs))
+            quality = self._quality(*self.segmenter.outputs(inputs))
             for i, (film, (_, equalized)) in enumerate(zip(chunk, prepared, strict=True)):
                 view = self._view(tf.constant(film), equalized, quality["masks"][i], quality["mask_confidence"][i],
                                   quality["flip_disagreement"][i])

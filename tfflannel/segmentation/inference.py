@@ -62,22 +62,25 @@ class Segmenter:
         """(H, W) film -> ((S, S, 1) segmenter input, (H, W) float32 equalised film)."""
         return segmenter_input(film, self.input_size), equalize_gamma_tf(film)
 
-    def flip_outputs(self, batch):
-        """(B, S, S, 1) inputs -> (output on them, output on their left-right mirror, not mirrored back), float32.
+    def outputs(self, batch, mirrored=True):
+        """The model's (B, S, S, classes) float32 output on a batch and, if `mirrored`, on its mirror (unflipped).
 
-        The two passes `film_pipeline.segment_quality` takes (masks, confidence and flip disagreement).
+        Args:
+            batch: (B, S, S, 1) segmenter inputs.
+            mirrored: bool. Also run the left-right mirrored batch. Defaults to `True`.
+
+        Returns:
+            (plain, mirrored output or None).
         """
-        outputs = tf.cast(tf.constant(self.model.predict_on_batch(batch)), tf.float32)
-        mirrored = tf.cast(tf.constant(self.model.predict_on_batch(tf.reverse(batch, axis=[2]))), tf.float32)
-        return outputs, mirrored
+        plain = tf.cast(tf.constant(self.model.predict_on_batch(batch)), tf.float32)
+        if not mirrored:
+            return plain, None
+        return plain, tf.cast(tf.constant(self.model.predict_on_batch(tf.reverse(batch, axis=[2]))), tf.float32)
 
     def probabilities(self, batch):
         """(B, S, S, 1) segmenter inputs -> (B, S, S, classes) float32, inference mode (flip-averaged if `flip_tta`)."""
-        probabilities = tf.cast(tf.constant(self.model.predict_on_batch(batch)), tf.float32)
-        if self.flip_tta:
-            mirrored = tf.cast(tf.constant(self.model.predict_on_batch(tf.reverse(batch, axis=[2]))), tf.float32)
-            probabilities = flip_average(probabilities, mirrored)
-        return probabilities
+        plain, mirrored = self.outputs(batch, mirrored=self.flip_tta)
+        return plain if mirrored is None else flip_average(plain, mirrored)
 
     def predict(self, images, batch_size=8, clean=True):
         """(H, W) integer films -> (H, W) uint8 lung masks at each film's own size (film pipeline).
