@@ -80,3 +80,24 @@ def aggregate_patch_scores(probabilities):
     classes = probabilities.shape[-1]
     votes = np.eye(classes)[np.argmax(probabilities, axis=-1)].mean(axis=1)
     return votes, probabilities.mean(axis=1)
+
+
+def segment_quality(probabilities, flipped, lung_classes, flip_tta):
+    """NumPy + SciPy oracle of `film_pipeline.segment_quality` on (B, S, S, C) outputs (mirror pass not flipped back).
+
+    Returns:
+        (masks (B, S, S) bool, mean max-probability inside each mask (0 if empty), 1 - Jaccard of the argmax
+        lung masks of the two passes before the clean-up (0 if both empty)).
+    """
+    back = flipped[:, :, ::-1]
+    used = (probabilities + back) / 2 if flip_tta else probabilities
+
+    def clean(outputs):
+        return np.array([clean_lung_mask(np.isin(x.argmax(-1), lung_classes)).astype(bool) for x in outputs])
+
+    masks = clean(used)
+    film, mirror = (np.isin(p.argmax(-1), lung_classes) for p in (probabilities, back))   # before the clean-up
+    confidence = np.array([x.max(-1)[m].mean() if m.any() else 0.0 for x, m in zip(used, masks, strict=True)])
+    disagreement = np.array([(a ^ b).sum() / (a | b).sum() if (a | b).any() else 0.0
+                             for a, b in zip(film, mirror, strict=True)])
+    return masks, confidence, disagreement

@@ -547,10 +547,12 @@ def predict_command(images, model_dir, run_dirs, ensemble_dir, seg_path, output_
         click.echo(json.dumps(records, indent=2))
     else:
         writer = csv_module.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(["file", *[f"prob_{c}" for c in CLASS_NAMES], "label", "lung_fraction", "mask_ok"])
+        writer.writerow(["file", *[f"prob_{c}" for c in CLASS_NAMES], "label", "lung_fraction", "mask_ok",
+                         "mask_confidence", "flip_disagreement"])
         for record in records:
             writer.writerow([record["file"], *[record["probabilities"][c] for c in CLASS_NAMES], record["label"],
-                             record["lung_fraction"], int(record["mask_ok"])])
+                             record["lung_fraction"], int(record["mask_ok"]), record.get("mask_confidence", ""),
+                             record.get("flip_disagreement", "")])
     if explain_dir:
         from tfflannel.data.io import read_image
         from tfflannel.explain.gradcam import explain_with_run, save_explanation

@@ -125,6 +125,8 @@ class SegmentationConfig:
     keep_aspect: bool = True
     min_lung_fraction: Probability = 0.08
     max_lung_fraction: Probability = 0.65
+    min_mask_confidence: Probability = 0.0     # QC: mean max-probability inside the mask; 0: off
+    max_flip_disagreement: Probability = 1.0   # QC: 1 - Jaccard(mask, mask of the mirror); 1: off
     shard_size: PositiveInt = 64
     inference_batch: PositiveInt = 8
 

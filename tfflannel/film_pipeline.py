@@ -7,9 +7,11 @@ evaluated. The chain, per film:
 1. `equalize_gamma_tf`: histogram equalisation + gamma 0.5 (the original's pre-processing).
 2. `segmenter_input`: letterbox (pad bottom/right to a square, then resize) to the segmenter's size.
 3. the segmenter; `lung_mask`: argmax -> lung classes -> `clean_lung_mask` at the segmenter's resolution
-   (8-connected components by label propagation -> the two largest -> holes filled).
-4. `masked_view`: lung-fraction QC (a failing film keeps its whole image) -> the letterboxed 1024x1024
-   image (from the equalised film by default, `patches.input`) times the mask, both uint8.
+   (8-connected components by label propagation -> the two largest -> holes filled); `segment_quality`
+   also gives each mask its confidence and flip disagreement from the output on the film and on its mirror.
+4. `masked_view`: lung-fraction (and, if set, mask-confidence) QC (a failing film keeps its whole image) ->
+   the letterboxed 1024x1024 image (from the equalised film by default, `patches.input`) times the mask,
+   both uint8.
 5. `evaluation_centres` + `crop_patches`: K lung-centred patches at fixed, seeded positions.
 6. `aggregate_scores`: per-learner vote fractions and mean probabilities; the ensemble takes them.
 
@@ -18,13 +20,15 @@ TensorFlow-specific by design; `models/` stays plain Keras.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import tensorflow as tf
 
 from tfflannel.errors import InputError
 
 PATCH_INPUTS = ("equalized", "raw")
+# Mask-confidence QC bounds at which they check nothing: off by default, and then not part of a cache key.
+CONFIDENCE_QC_OFF = {"min_mask_confidence": 0.0, "max_flip_disagreement": 1.0}
 
 
 @dataclass(frozen=True)
@@ -37,22 +41,41 @@ class ViewSettings:
         max_lung_fraction: float. QC upper bound. Defaults to `0.65`.
         input: str. `equalized` (histogram equalisation + gamma, as the original fed its learners) or `raw`
             (the grey film). Defaults to `"equalized"`.
+        min_mask_confidence: float. QC lower bound on the mask confidence (`mask_confidence`); `0` checks
+            nothing. Defaults to `0.0`.
+        max_flip_disagreement: float. QC upper bound on the flip disagreement (`flip_disagreement`); `1` checks
+            nothing. Defaults to `1.0`.
     """
 
     size: int = 1024
     min_lung_fraction: float = 0.08
     max_lung_fraction: float = 0.65
     input: str = "equalized"
+    min_mask_confidence: float = 0.0
+    max_flip_disagreement: float = 1.0
 
     def __post_init__(self):
         if self.input not in PATCH_INPUTS:
             raise InputError(f"patches.input must be one of {list(PATCH_INPUTS)}. Received: {self.input!r}.")
+        for name in CONFIDENCE_QC_OFF:
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise InputError(f"segmentation.{name} must be in [0, 1]. Received: {getattr(self, name)!r}.")
 
     @classmethod
     def from_config(cls, config):
         """From an `ExperimentConfig` (segmentation.cache_size, the QC bounds and patches.input)."""
         seg = config.segmentation
-        return cls(seg.cache_size, seg.min_lung_fraction, seg.max_lung_fraction, config.patches.input)
+        return cls(seg.cache_size, seg.min_lung_fraction, seg.max_lung_fraction, config.patches.input,
+                   seg.min_mask_confidence, seg.max_flip_disagreement)
+
+    def key(self):
+        """The settings as a dict for a cache key: the mask-confidence bounds only where they check something.
+
+        So caches and runs made before those bounds existed, or with them off, keep their key.
+        """
+        fields = asdict(self)
+        return {name: value for name, value in fields.items()
+                if CONFIDENCE_QC_OFF.get(name, object()) != value}
 
 
 def equalize_gamma_tf(image, gamma=0.5):
@@ -240,6 +263,73 @@ def lung_masks(probabilities, lung_classes, clean=True):
     return clean_lung_mask(lung) if clean else lung
 
 
+def mask_confidence(probabilities, masks):
+    """Mean max-probability of the segmenter's output inside each mask (0 for an empty mask).
+
+    Args:
+        probabilities: (B, S, S, C) float tensor, the output the masks were made from.
+        masks: (B, S, S) bool or {0, 1} tensor.
+
+    Returns:
+        (B,) float32: the mean over the mask's pixels of max_c probabilities[..., c].
+    """
+    top = tf.reduce_max(tf.cast(probabilities, tf.float32), axis=-1)
+    inside = tf.cast(tf.cast(masks, tf.bool), tf.float32)
+    count = tf.reduce_sum(inside, axis=[1, 2])
+    return tf.where(count > 0, tf.reduce_sum(top * inside, axis=[1, 2]) / tf.maximum(count, 1.0), 0.0)
+
+
+def flip_disagreement(masks, other_masks):
+    """Share of the union of two masks where they differ: |A xor B| / |A or B| = 1 - Jaccard(A, B); 0 if both empty.
+
+    Args:
+        masks: (B, S, S) bool or {0, 1} tensor.
+        other_masks: (B, S, S) bool or {0, 1} tensor.
+
+    Returns:
+        (B,) float32 in [0, 1].
+    """
+    a, b = tf.cast(masks, tf.bool), tf.cast(other_masks, tf.bool)
+    union = tf.reduce_sum(tf.cast(a | b, tf.float32), axis=[1, 2])
+    differ = tf.reduce_sum(tf.cast(tf.math.logical_xor(a, b), tf.float32), axis=[1, 2])
+    return tf.where(union > 0, differ / tf.maximum(union, 1.0), 0.0)
+
+
+def segment_quality(probabilities, flipped_probabilities, lung_classes, flip_tta=False):
+    """Lung masks and how sure the segmenter is of them, from its output on the films and on their mirrors.
+
+    The one implementation `segment` (the cache) and the SavedModel export call. The masks are those every
+    stage uses: `lung_masks` of the flip-averaged output (`flip_average`) with `flip_tta`, else of
+    `probabilities`. Per film:
+
+    - `mask_confidence`: `mask_confidence` of that output inside that mask (at the segmenter's resolution).
+    - `flip_disagreement`: `flip_disagreement` of the argmax lung mask of `probabilities` and that of
+      `flipped_probabilities` mirrored back, both before the clean-up: 1 - Jaccard of what the segmenter sees in
+      a film and in its mirror (stray blobs count: they are its doubt too, and cleaning two more masks per film
+      would cost more than the segmenter itself).
+
+    The two passes are those flip TTA needs, so with `flip_tta` the numbers cost no extra model call.
+
+    Args:
+        probabilities: (B, S, S, C) float tensor, the segmenter's output on the inputs.
+        flipped_probabilities: (B, S, S, C) float tensor, its output on the inputs mirrored left-right (not
+            mirrored back).
+        lung_classes: sequence of int. Class indices that are lung.
+        flip_tta: bool. Masks from the flip-averaged output. Defaults to `False`.
+
+    Returns:
+        dict: `masks` (B, S, S) bool, `mask_confidence` (B,) float32, `flip_disagreement` (B,) float32.
+    """
+    probabilities = tf.cast(probabilities, tf.float32)
+    flipped_probabilities = tf.cast(flipped_probabilities, tf.float32)
+    used = flip_average(probabilities, flipped_probabilities) if flip_tta else probabilities
+    masks = lung_masks(used, lung_classes)
+    film = lung_masks(probabilities, lung_classes, clean=False)
+    mirror = lung_masks(tf.reverse(flipped_probabilities, axis=[2]), lung_classes, clean=False)
+    return {"masks": masks, "mask_confidence": mask_confidence(used, masks),
+            "flip_disagreement": flip_disagreement(film, mirror)}
+
+
 def lung_mask(probabilities, lung_classes):
     """One film's segmenter output (S, S, C) -> cleaned (S, S) bool lung mask (`lung_masks` of a batch of one)."""
     return lung_masks(probabilities[None], lung_classes)[0]
@@ -260,21 +350,28 @@ def upsample_nearest(mask, size):
                    lambda: tf.image.resize(mask[..., None], [size, size], method="nearest")[..., 0])
 
 
-def masked_view(film, square_mask, settings, equalized=None):
+def masked_view(film, square_mask, settings, equalized=None, confidence=None, disagreement=None):
     """QC the lung mask and build the masked, letterboxed view the learners see.
 
     The lung fraction is measured on the segmenter's square (the mask's own resolution) over the film's
-    part of it; a film outside the QC bounds keeps its whole image (mask = the film's area).
+    part of it; a film outside the QC bounds keeps its whole image (mask = the film's area). Where
+    `settings` sets them, the mask confidence must also be >= `min_mask_confidence` and the flip
+    disagreement <= `max_flip_disagreement` (`segment_quality`).
 
     Args:
         film: (H, W) integer tensor, the decoded film.
         square_mask: (S, S) bool, the cleaned mask on the segmenter's letterboxed square.
         settings: ViewSettings.
         equalized: optional (H, W) float32 `equalize_gamma_tf(film)`, when already computed.
+        confidence: optional float32 scalar, the mask's `mask_confidence`. Needed if the settings bound it.
+        disagreement: optional float32 scalar, the mask's `flip_disagreement`. Needed if the settings bound it.
 
     Returns:
         dict: `image` (size, size) uint8 masked view, `mask` (size, size) uint8 in {0, 1}, `lung_fraction`
         float32, `mask_ok` bool.
+
+    Raises:
+        ValueError: the settings bound the confidence or disagreement and it was not given.
     """
     height, width = tf.shape(film)[0], tf.shape(film)[1]
     side = tf.cast(tf.maximum(height, width), tf.float32)
@@ -285,6 +382,14 @@ def masked_view(film, square_mask, settings, equalized=None):
     lung = tf.cast(square_mask, tf.bool) & content
     fraction = tf.reduce_sum(tf.cast(lung, tf.float32)) / tf.cast(tf.maximum(content_h * content_w, 1), tf.float32)
     ok = (fraction >= settings.min_lung_fraction) & (fraction <= settings.max_lung_fraction)
+    for value, name in ((confidence, "min_mask_confidence"), (disagreement, "max_flip_disagreement")):
+        bound = getattr(settings, name)
+        if bound == CONFIDENCE_QC_OFF[name]:
+            continue
+        if value is None:
+            raise ValueError(f"masked_view: settings.{name}={bound} needs the mask's {name[4:]}; pass it")
+        value = tf.cast(value, tf.float32)
+        ok = ok & (value >= bound if name.startswith("min") else value <= bound)
     small = tf.cast(tf.where(ok, lung, content), tf.uint8)
     mask = upsample_nearest(small, settings.size)
     if settings.input == "equalized":

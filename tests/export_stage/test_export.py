@@ -89,21 +89,25 @@ def test_export_serves_what_segment_predict_base_and_the_ensemble_computed(expor
         expected_fraction = cache[row["image_id"]]["lung_fraction"]
         assert float(got["lung_fraction"].numpy()[0]) == pytest.approx(expected_fraction, abs=1e-7)
         assert bool(got["mask_ok"].numpy()[0]) == bool(cache[row["image_id"]]["mask_ok"])
+        for name in ("mask_confidence", "flip_disagreement"):       # segment's numbers, served
+            assert float(got[name].numpy()[0]) == pytest.approx(cache[row["image_id"]][name], abs=1e-6)
 
 
 def test_export_masks_and_views_are_the_cache_records(tiny_runs, sample_workdir):
     """The pipeline the export saves builds, per film, exactly the cached masked view and mask (IoU 1)."""
     runs, ensemble = tiny_runs
     pipeline = build_pipeline(load_segmenter(), runs, ensemble, k=K)
-    views = tf.function(lambda images: pipeline.views(lambda i: images[i, ..., 0], tf.shape(images)[0]),
+    views = tf.function(lambda images: pipeline.views_and_quality(lambda i: images[i, ..., 0], tf.shape(images)[0]),
                         input_signature=[tf.TensorSpec([None, None, None, 1], tf.uint8)])
     rows = {r["image_id"]: r for r in load_manifest(sample_workdir)}
     records = read_cache_records(sample_workdir / "cache")
     for record in records[::5]:
         film = read_image(rows[record["image_id"]]["path"])[0]
-        images, masks, fraction, ok = views(tf.constant(film[None, ..., None]))
+        images, masks, fraction, ok, confidence, disagreement = views(tf.constant(film[None, ..., None]))
         np.testing.assert_array_equal(masks.numpy()[0], record["mask"])
         np.testing.assert_array_equal(images.numpy()[0], record["image"])
+        assert float(confidence.numpy()[0]) == pytest.approx(record["mask_confidence"], abs=1e-6)
+        assert float(disagreement.numpy()[0]) == pytest.approx(record["flip_disagreement"], abs=1e-6)
 
 
 @pytest.mark.slow
@@ -185,7 +189,8 @@ def test_saved_model_cli_lists_signatures(exported):
     result = subprocess.run([str(cli), "show", "--dir", str(exported / "1"), "--all"], capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    for name in ("serving_default", "predict_uint8", "probabilities", "lung_fraction", "mask_ok", "learner_scores"):
+    for name in ("serving_default", "predict_uint8", "probabilities", "lung_fraction", "mask_ok", "learner_scores",
+                 "mask_confidence", "flip_disagreement"):
         assert name in result.stdout
 
 
@@ -202,13 +207,16 @@ def test_predict_json_csv_dicom_and_failures(exported, tmp_path, sample_cls_dir)
     records = json.loads(result.stdout)
     assert len(records) == 11 and any(r["file"].endswith("film.dcm") for r in records)
     for record in records:
-        assert set(record) == {"file", "probabilities", "label", "lung_fraction", "mask_ok"}
+        assert set(record) == {"file", "probabilities", "label", "lung_fraction", "mask_ok", "mask_confidence",
+                               "flip_disagreement"}
+        assert 0 <= record["mask_confidence"] <= 1 and 0 <= record["flip_disagreement"] <= 1
         assert abs(sum(record["probabilities"].values()) - 1) < 1e-4
     assert "broken.png" in result.stderr and "RESEARCH USE ONLY" in result.stderr
     good = CliRunner().invoke(main, ["predict", str(next(sample_cls_dir.glob("covid19/*.png"))), "--model",
                                      str(exported), "--format", "csv"])
     assert good.exit_code == 0, good.output
     assert good.stdout.startswith("file,prob_covid19")
+    assert good.stdout.splitlines()[0].endswith(",lung_fraction,mask_ok,mask_confidence,flip_disagreement")
 
 
 @pytest.mark.parametrize("kind", ["patch", "global"])
@@ -269,6 +277,8 @@ def test_serving_refuses_a_view_segmenter_k_or_seed_other_than_evaluated(tiny_ru
     for setting, named, fix in (("patches.input=raw", "input was 'equalized'", "--set patches.input=equalized"),
                                 ("segmentation.cache_size=512", "size was 1024", "segmentation.cache_size=1024"),
                                 ("segmentation.max_lung_fraction=0.9", "max_lung_fraction was 0.65", "=0.65"),
+                                ("segmentation.min_mask_confidence=0.9", "min_mask_confidence was None",
+                                 "--set segmentation.min_mask_confidence=0.0"),
                                 ("inference.seed=5", "patch seed 0", "--set inference.seed=0")):
         result = runner.invoke(main, ["predict", film, *both, "--set", setting])
         assert result.exit_code == 2, (setting, result.output)
@@ -309,6 +319,10 @@ def test_training_records_the_cache_key_and_a_copied_run_is_checked_against_it(s
     with pytest.raises(InputError, match=r"input: cache 'equalized', config 'raw'.*rerun `segment`"):
         _start_run(raw, "patched", run, _run_info("patch", "mobilenet_v2", 1, tmp_path / "work", run, 64, 4, 0), None,
                    False)
+    strict = load_config(None, ["patched.epochs=1", "segmentation.min_mask_confidence=0.9"])
+    with pytest.raises(InputError, match=r"min_mask_confidence: cache 0.0, config 0.9"):
+        _start_run(strict, "patched", run, _run_info("patch", "mobilenet_v2", 1, tmp_path / "work", run, 64, 4, 0),
+                   None, False)
     assert not (run / "run.yaml").exists(), "a training on a cache of other view settings is refused"
     config = load_config(None, ["patched.epochs=1"])
     _start_run(config, "patched", run, _run_info("patch", "mobilenet_v2", 1, tmp_path / "work", run, 64, 4, 0), None,

@@ -13,14 +13,15 @@ import pytest
 import tensorflow as tf
 from click.testing import CliRunner
 
+from tests import oracles
 from tests.oracles import clean_lung_mask, letterbox_geometry
 from tfflannel.cli import main
 from tfflannel.data.io import read_image
 from tfflannel.data.manifest import load_manifest, prepare_manifest
 from tfflannel.film_pipeline import ViewSettings, equalize_gamma_tf, letterbox, to_uint8
-from tfflannel.segmentation.cache import CacheSettings, build_cache, read_cache_records
+from tfflannel.segmentation.cache import CacheSettings, build_cache, qc_order, qc_tile, read_cache_records
 from tfflannel.segmentation.inference import load_segmenter
-from tfflannel.utils import read_csv
+from tfflannel.utils import read_csv, write_csv_atomic
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -65,13 +66,100 @@ def test_cache_records_are_the_equalised_film_times_the_cleaned_mask(sample_work
             assert record["lung_fraction"] == pytest.approx(expected.sum() / (content_h * content_w), abs=1e-6)
         y0, x0, y1, x1 = record["lung_bbox"]
         assert record["mask"][y0:y1, x0:x1].sum() == record["mask"].sum()
+        # Mask confidence and flip disagreement: the NumPy oracle on the segmenter's two passes.
+        outputs, mirrored = (x.numpy() for x in segmenter.outputs(segmenter.prepare(tf.constant(film))[0][None]))
+        _, confidence, disagreement = oracles.segment_quality(outputs, mirrored, segmenter.lung_classes,
+                                                              segmenter.flip_tta)
+        assert record["mask_confidence"] == pytest.approx(confidence[0], abs=1e-5)
+        assert record["flip_disagreement"] == pytest.approx(disagreement[0], abs=1e-5)
     index = read_csv(sample_workdir / "cache" / "index.csv")
-    assert len(index) == len(rows) and set(index[0]) == {"image_id", "sha256", "shard", "mask_ok", "lung_fraction"}
+    assert len(index) == len(rows) and set(index[0]) == {"image_id", "sha256", "shard", "mask_ok", "lung_fraction",
+                                                         "mask_confidence", "flip_disagreement"}
+    for row in index:
+        assert float(row["mask_confidence"]) == pytest.approx(records[row["image_id"]]["mask_confidence"], abs=5e-5)
+        assert float(row["flip_disagreement"]) == pytest.approx(records[row["image_id"]]["flip_disagreement"],
+                                                                abs=5e-5)
     ok = [r for r in index if r["mask_ok"] == "1"]
     assert len(ok) >= 0.8 * len(index), "the shipped segmenter should pass QC on most sample films"
     assert (sample_workdir / "cache" / "qc.png").stat().st_size > 10_000
     key = json.loads((sample_workdir / "cache" / "cache.json").read_text())["key"]
     assert key["segmenter"] == load_segmenter().fingerprint and key["input"] == "equalized"
+
+
+def test_qc_grid_shows_the_least_confident_masks_first_with_their_numbers(sample_workdir):
+    import cv2
+
+    cache = sample_workdir / "cache"
+    index = read_csv(cache / "index.csv")
+    records = _records(sample_workdir)
+    confidences = [float(r["mask_confidence"]) for r in index]
+    assert len(set(confidences)) > len(index) // 2, "confidences vary between films (a test that could fail)"
+    order = qc_order(index)
+    failed = [r for r in order if r["mask_ok"] == "0"]
+    assert order[:len(failed)] == failed, "films that failed QC come first"
+    passed = order[len(failed):]
+    assert [float(r["mask_confidence"]) for r in passed] == sorted(float(r["mask_confidence"]) for r in passed)
+    grid = cv2.imread(str(cache / "qc.png"))
+    thumb = 192
+    assert grid.shape[1] == 6 * thumb
+    for position in (0, 1, 7, min(23, len(index) - 1)):
+        row, column = divmod(position, 6)
+        tile = grid[row * thumb:(row + 1) * thumb, column * thumb:(column + 1) * thumb]
+        np.testing.assert_array_equal(tile, qc_tile(records[order[position]["image_id"]], thumb))
+    assert (tile[:14] == (0, 255, 255)).all(axis=-1).any(), "the numbers are printed in yellow on the tile"
+
+
+def test_min_mask_confidence_fails_doubtful_masks_changes_the_key_and_export_agrees(tmp_path, sample_cls_dir):
+    from tfflannel.export.saved_model import InferencePipeline
+
+    work, _ = _small_workdir(tmp_path, sample_cls_dir)
+    segmenter = load_segmenter()
+    build_cache(work, segmenter, CacheSettings(shard_size=12), progress=False)
+    before = _records(work)
+    # A cache written before the numbers were recorded: its shard is rewritten (same name and views), not reused.
+    (part,) = (work / "cache" / "parts").glob("shard-*[0-9a-f].csv")
+    old_columns = ("image_id", "sha256", "shard", "mask_ok", "lung_fraction")
+    write_csv_atomic(part, read_csv(part), old_columns)
+    assert build_cache(work, segmenter, CacheSettings(shard_size=12), progress=False)["written"] == 1
+    assert list(read_csv(work / "cache" / "index.csv")[0])[-2:] == ["mask_confidence", "flip_disagreement"]
+    for image_id, record in _records(work).items():
+        for name in ("image", "mask", "mask_confidence", "flip_disagreement", "raw"):
+            np.testing.assert_array_equal(record[name], before[image_id][name])
+    key_before = json.loads((work / "cache" / "cache.json").read_text())["key"]
+    shards_before = {r["shard"] for r in read_csv(work / "cache" / "index.csv")}
+    confidences = sorted(r["mask_confidence"] for r in before.values())
+    threshold = (confidences[2] + confidences[3]) / 2                   # between the 3rd and 4th lowest of 12
+    settings = CacheSettings(ViewSettings(min_mask_confidence=threshold), shard_size=12)
+    build_cache(work, segmenter, settings, progress=False)
+    after = _records(work)
+    key = json.loads((work / "cache" / "cache.json").read_text())["key"]
+    assert key["min_mask_confidence"] == threshold and "min_mask_confidence" not in key_before
+    assert "max_flip_disagreement" not in key, "a bound that is off stays out of the key"
+    index = read_csv(work / "cache" / "index.csv")
+    assert {p.name for p in (work / "cache").glob("*.tfrecord")} == {r["shard"] for r in index}
+    assert not {r["shard"] for r in index} & set(shards_before), "a new key: new shards, the old ones removed"
+    flipped = 0
+    for image_id, record in after.items():
+        expected_ok = before[image_id]["mask_ok"] and record["mask_confidence"] >= threshold
+        assert record["mask_ok"] == int(expected_ok)
+        flipped += before[image_id]["mask_ok"] != record["mask_ok"]
+        if not expected_ok:
+            assert record["mask"].sum() > before[image_id]["mask"].sum(), "the QC fallback keeps the whole film"
+    assert flipped >= 1, "the threshold fails at least one film that passed (a test that could fail)"
+    # The export's pipeline with the same view settings: the same masks, QC and numbers.
+    pipeline = InferencePipeline(segmenter, [], view=settings.view)
+    views = tf.function(lambda images: pipeline.views_and_quality(lambda i: images[i, ..., 0], tf.shape(images)[0]),
+                        input_signature=[tf.TensorSpec([None, None, None, 1], tf.uint8)])
+    paths = {r["image_id"]: r["path"] for r in load_manifest(work)}
+    ranked = sorted(after, key=lambda i: after[i]["mask_confidence"])
+    for image_id in (ranked[2], ranked[3]):             # both sides of the threshold
+        record = after[image_id]
+        film = read_image(paths[image_id])[0]
+        _, mask, fraction, ok, confidence, disagreement = views(tf.constant(film[None, ..., None]))
+        np.testing.assert_array_equal(mask.numpy()[0], record["mask"])
+        assert int(ok.numpy()[0]) == record["mask_ok"]
+        assert float(confidence.numpy()[0]) == pytest.approx(record["mask_confidence"], abs=1e-6)
+        assert float(disagreement.numpy()[0]) == pytest.approx(record["flip_disagreement"], abs=1e-6)
 
 
 def test_resume_sharding_and_nothing_changed_does_nothing(tmp_path, sample_cls_dir):

@@ -17,6 +17,8 @@ from tqdm.auto import tqdm
 from tfflannel import CLASS_NAMES
 from tfflannel.data.io import IMAGE_SUFFIXES, ImageReadError, read_image
 
+QUALITY_OUTPUTS = ("mask_confidence", "flip_disagreement")
+
 
 def latest_version(export_dir):
     """EXPORT_DIR itself if it holds saved_model.pb, else its highest numeric version folder."""
@@ -51,6 +53,9 @@ def expand_inputs(paths):
 def predict_files(predict_fn, paths, batch_size=4, progress=True):
     """Returns (records, failures): records in input order with file, probabilities, label, lung_fraction, mask_ok.
 
+    Also `mask_confidence` and `flip_disagreement` where the pipeline outputs them (an export made before
+    they existed does not).
+
     Images are read one by one and held only until a batch of their size is full, so a large folder is never
     all in memory at once.
     """
@@ -70,6 +75,7 @@ def predict_files(predict_fn, paths, batch_size=4, progress=True):
                 "label": CLASS_NAMES[int(np.argmax(probabilities))],
                 "lung_fraction": round(float(outputs["lung_fraction"][index]), 4),
                 "mask_ok": bool(outputs["mask_ok"][index]),
+                **{name: round(float(outputs[name][index]), 4) for name in QUALITY_OUTPUTS if name in outputs},
             }
         bar.update(len(chunk))
 

@@ -20,14 +20,14 @@ import tensorflow as tf
 from tfflannel import CLASS_NAMES, DISCLAIMER
 from tfflannel.errors import InputError
 from tfflannel.film_pipeline import (
+    CONFIDENCE_QC_OFF,
     ViewSettings,
     aggregate_scores,
     crop_patches,
     evaluation_centres,
-    flip_average,
     global_view,
-    lung_masks,
     masked_view,
+    segment_quality,
     segmenter_input,
 )
 
@@ -62,19 +62,32 @@ class InferencePipeline(tf.Module):
 
     def views(self, film_fn, count):
         """Masked views of `count` films (`film_fn(i)` -> (H, W) uint8): images, masks (B, S, S) uint8, fraction, ok."""
+        return self.views_and_quality(film_fn, count)[:4]
+
+    def views_and_quality(self, film_fn, count):
+        """Masked views of `count` films (`film_fn(i)` -> (H, W) uint8) and their masks' quality, as `segment` does.
+
+        The segmenter runs on the films and on their mirrors (`film_pipeline.segment_quality`: the masks, flip
+        TTA if the segmenter has it, the mask confidence and the flip disagreement).
+
+        Returns:
+            tuple: images (B, size, size) uint8, masks (B, size, size) uint8, lung fraction (B,) float32,
+            mask_ok (B,) bool, mask confidence (B,) float32, flip disagreement (B,) float32.
+        """
         inputs = tf.map_fn(lambda i: segmenter_input(film_fn(i), self.seg_size), tf.range(count),
                            fn_output_signature=tf.float32)
-        probabilities = tf.cast(self.segmenter(inputs, training=False), tf.float32)
-        if self.flip_tta:
-            mirrored = tf.cast(self.segmenter(tf.reverse(inputs, axis=[2]), training=False), tf.float32)
-            probabilities = flip_average(probabilities, mirrored)
-        masks = lung_masks(probabilities, self.lung_classes)
+        outputs = self.segmenter(inputs, training=False)
+        mirrored = self.segmenter(tf.reverse(inputs, axis=[2]), training=False)
+        quality = segment_quality(outputs, mirrored, self.lung_classes, self.flip_tta)
+        confidence, disagreement = quality["mask_confidence"], quality["flip_disagreement"]
 
         def finish(i):
-            view = masked_view(film_fn(i), masks[i], self.view)
+            view = masked_view(film_fn(i), quality["masks"][i], self.view, None, confidence[i], disagreement[i])
             return view["image"], view["mask"], view["lung_fraction"], view["mask_ok"]
 
-        return tf.map_fn(finish, tf.range(count), fn_output_signature=(tf.uint8, tf.uint8, tf.float32, tf.bool))
+        images, masks, fraction, ok = tf.map_fn(finish, tf.range(count),
+                                                fn_output_signature=(tf.uint8, tf.uint8, tf.float32, tf.bool))
+        return images, masks, fraction, ok, confidence, disagreement
 
     def _learner_scores(self, film_fn, count, images, masks):
         centres = tf.map_fn(lambda m: evaluation_centres(m, self.k, self.seed), masks, fn_output_signature=tf.int32)
@@ -95,7 +108,7 @@ class InferencePipeline(tf.Module):
         return tf.stack(scores, axis=1)        # (B, L, 2, C): vote fractions and mean probabilities
 
     def _batch(self, film_fn, count):
-        images, masks, fraction, ok = self.views(film_fn, count)
+        images, masks, fraction, ok, confidence, disagreement = self.views_and_quality(film_fn, count)
         scores = self._learner_scores(film_fn, count, images, masks)
         chosen = scores[:, :, 0] if self.score == "vote" else scores[:, :, 1]
         if self.ensemble is not None:
@@ -105,7 +118,8 @@ class InferencePipeline(tf.Module):
             probabilities = tf.reduce_mean(scores[:, :, 1], axis=1)
         return {"probabilities": probabilities,
                 "label": tf.gather(self.class_names, tf.argmax(probabilities, axis=-1)),
-                "learner_scores": chosen, "lung_fraction": fraction, "mask_ok": ok}
+                "learner_scores": chosen, "lung_fraction": fraction, "mask_ok": ok,
+                "mask_confidence": confidence, "flip_disagreement": disagreement}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
     def serve_encoded(self, images):
@@ -132,7 +146,9 @@ _KEY_FIX = {"segmenter": "--seg (the segmenter `segment` used for that work dire
             "segmenter_input": "--seg (the segmenter `segment` used for that work directory)",
             "segmenter_classes": "--seg (the segmenter `segment` used for that work directory)",
             "size": "--set segmentation.cache_size={}", "min_lung_fraction": "--set segmentation.min_lung_fraction={}",
-            "max_lung_fraction": "--set segmentation.max_lung_fraction={}", "input": "--set patches.input={}"}
+            "max_lung_fraction": "--set segmentation.max_lung_fraction={}", "input": "--set patches.input={}",
+            "min_mask_confidence": "--set segmentation.min_mask_confidence={}",
+            "max_flip_disagreement": "--set segmentation.max_flip_disagreement={}"}
 
 
 def recorded_cache_key(run_dir, info):
@@ -194,7 +210,8 @@ def check_runs_match(segmenter, run_dirs, infos, ensemble_dir=None, k=100, seed=
         for name in sorted(set(recorded) | set(expected)):
             was, now = recorded.get(name), expected.get(name)
             if was != now:
-                fix = _KEY_FIX.get(name, "rerun `segment` and retrain the run").format(was)
+                fix = _KEY_FIX.get(name, "rerun `segment` and retrain the run").format(
+                    CONFIDENCE_QC_OFF[name] if was is None and name in CONFIDENCE_QC_OFF else was)
                 problems.append(f"{run_dir}: {name} was {was!r} (per {source}), is {now!r} here; fix: {fix}")
     if ensemble_dir:
         from tfflannel.resume import STATE_FILE

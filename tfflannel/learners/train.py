@@ -9,7 +9,6 @@ epoch's data are drawn from (seed, epoch), never replayed.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -117,12 +116,14 @@ def _start_run(config, section_name, out_dir, info, weights, force):
     keras.mixed_precision.set_global_policy("mixed_float16" if config.runtime.mixed_precision else "float32")
     dump_config(config, out_dir / "config.yaml")
     if info.kind == "patch" and (workdir / "cache" / "cache.json").is_file():   # what serving checks against
-        from tfflannel.film_pipeline import ViewSettings
+        from tfflannel.film_pipeline import CONFIDENCE_QC_OFF, ViewSettings
 
         info.cache_key = json.loads((workdir / "cache" / "cache.json").read_text()).get("key")
-        view = dataclasses.asdict(ViewSettings.from_config(config))
-        wrong = [f"{k}: cache {info.cache_key.get(k)!r}, config {v!r}" for k, v in view.items()
-                 if info.cache_key.get(k) != v]
+        view = ViewSettings.from_config(config).key()    # the confidence QC bounds only where set
+        names = list(view) + [k for k in CONFIDENCE_QC_OFF if k in info.cache_key and k not in view]
+        wrong = [f"{k}: cache {info.cache_key.get(k, CONFIDENCE_QC_OFF.get(k))!r}, "
+                 f"config {view.get(k, CONFIDENCE_QC_OFF.get(k))!r}" for k in names
+                 if info.cache_key.get(k) != view.get(k)]
         if wrong:
             raise InputError(f"{workdir / 'cache'} was built with other view settings than this config ("
                              f"{'; '.join(wrong)}); rerun `segment` with this config, or train with the cache's")

@@ -1,7 +1,8 @@
 """`segment`: manifest -> lung-masked 1024x1024 views in TFRecord shards (TensorFlow-specific).
 
 Each record holds the PNG-encoded masked view and mask (uint8), the image id, the
-lung bounding box, lung fraction and the mask-quality flag, all made by
+lung bounding box, lung fraction, the mask's confidence and flip disagreement
+(`film_pipeline.segment_quality`) and the mask-quality flag, all made by
 `tfflannel.film_pipeline`, the code the export runs too. The cache holds no
 label, split or fold: they belong to the manifest, and readers take them from it.
 
@@ -20,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,12 +31,12 @@ from tqdm.auto import tqdm
 from tfflannel.data.io import ImageReadError, read_image
 from tfflannel.data.manifest import load_manifest
 from tfflannel.errors import InputError
-from tfflannel.film_pipeline import ViewSettings, lung_bbox, lung_masks, masked_view
+from tfflannel.film_pipeline import ViewSettings, lung_bbox, masked_view, segment_quality
 from tfflannel.utils import atomic_path, read_csv, write_csv_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = 2
-INDEX_COLUMNS = ("image_id", "sha256", "shard", "mask_ok", "lung_fraction")
+INDEX_COLUMNS = ("image_id", "sha256", "shard", "mask_ok", "lung_fraction", "mask_confidence", "flip_disagreement")
 ERROR_COLUMNS = ("image_id", "path", "reason")
 
 
@@ -62,7 +63,7 @@ class CacheSettings:
     def key(self, segmenter):
         """Everything that changes a record (not the shard size or batch size): a dict."""
         return {"format": CACHE_FORMAT, "segmenter": segmenter.fingerprint, "segmenter_input": segmenter.input_size,
-                "segmenter_classes": segmenter.classes, **asdict(self.view)}
+                "segmenter_classes": segmenter.classes, **self.view.key()}
 
 
 def _digest(*parts):
@@ -88,6 +89,9 @@ FEATURE_SPEC = {
     "lung_bbox": tf.io.FixedLenFeature([4], tf.int64),
     "lung_fraction": tf.io.FixedLenFeature([], tf.float32),
     "mask_ok": tf.io.FixedLenFeature([], tf.int64),
+    # -1: a record written before these were recorded (the next `segment` rewrites its shard).
+    "mask_confidence": tf.io.FixedLenFeature([], tf.float32, default_value=-1.0),
+    "flip_disagreement": tf.io.FixedLenFeature([], tf.float32, default_value=-1.0),
 }
 
 
@@ -99,28 +103,38 @@ class ViewMaker:
         # One trace with unknown film sizes, as in the export's signatures: a graph specialised to one film's shape
         # may be rewritten differently by Grappler (e.g. a division by a folded constant) and differ by an ulp.
         film, grey, square = (tf.TensorSpec([None, None], dtype) for dtype in (tf.uint8, tf.float32, tf.bool))
+        scalar = tf.TensorSpec([], tf.float32)
         self._prepare = tf.function(segmenter.prepare, input_signature=[film])
-        # XLA fuses the clean-up's integer/max loops (3x faster on a CPU); its results are exact, so identical
+        # XLA fuses the clean-up's integer/max loops (3x faster on a CPU); its masks are exact, so identical
         # to the export's un-compiled graph (tested).
-        self._masks = tf.function(lambda probs: lung_masks(probs, segmenter.lung_classes), jit_compile=True)
-        self._view = tf.function(self._view_one, input_signature=[film, grey, square])
+        self._quality = tf.function(
+            lambda probs, flipped: segment_quality(probs, flipped, segmenter.lung_classes, segmenter.flip_tta),
+            jit_compile=True)
+        self._view = tf.function(self._view_one, input_signature=[film, grey, square, scalar, scalar])
 
-    def _view_one(self, film, equalized, square_mask):
-        view = masked_view(film, square_mask, self.settings, equalized)
+    def _view_one(self, film, equalized, square_mask, confidence, disagreement):
+        view = masked_view(film, square_mask, self.settings, equalized, confidence, disagreement)
         view["lung_bbox"] = lung_bbox(view["mask"])
+        view["mask_confidence"], view["flip_disagreement"] = confidence, disagreement
         return view
 
     def views(self, films, batch_size=8):
-        """(H, W) uint8 films -> list of dicts of NumPy values (image, mask, lung_bbox, lung_fraction, mask_ok)."""
+        """(H, W) uint8 films -> list of dicts of NumPy values.
+
+        Keys: image, mask, lung_bbox, lung_fraction, mask_ok, mask_confidence, flip_disagreement. The segmenter
+        runs on each batch and on its mirror (`Segmenter.outputs`): the passes flip TTA needs anyway.
+        """
         out = []
         for start in range(0, len(films), batch_size):
             chunk = films[start:start + batch_size]
             prepared = [self._prepare(tf.constant(film)) for film in chunk]
             inputs = tf.stack([p[0] for p in prepared])
             inputs = tf.pad(inputs, [[0, batch_size - len(chunk)], [0, 0], [0, 0], [0, 0]])   # one compiled shape
-            masks = self._masks(self.segmenter.probabilities(inputs))
-            for film, (_, equalized), mask in zip(chunk, prepared, masks[:len(chunk)], strict=True):
-                out.append({k: v.numpy() for k, v in self._view(tf.constant(film), equalized, mask).items()})
+            quality = self._quality(*self.segmenter.outputs(inputs))
+            for i, (film, (_, equalized)) in enumerate(zip(chunk, prepared, strict=True)):
+                view = self._view(tf.constant(film), equalized, quality["masks"][i], quality["mask_confidence"][i],
+                                  quality["flip_disagreement"][i])
+                out.append({k: v.numpy() for k, v in view.items()})
         return out
 
 
@@ -143,6 +157,8 @@ def encode_record(image_id, view):
         "lung_bbox": _int(int(v) for v in view["lung_bbox"]),
         "lung_fraction": _float(float(view["lung_fraction"])),
         "mask_ok": _int([int(view["mask_ok"])]),
+        "mask_confidence": _float(float(view["mask_confidence"])),
+        "flip_disagreement": _float(float(view["flip_disagreement"])),
     }
     return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString(deterministic=True)
 
@@ -169,6 +185,19 @@ def _parts(cache, name):
     return cache / "parts" / f"{stem}.csv", cache / "parts" / f"{stem}.errors.csv"
 
 
+def _finished(cache, name):
+    """Whether shard `name` is complete and of this version: its file and its index part with today's columns.
+
+    A shard written before `mask_confidence` / `flip_disagreement` were recorded is rewritten (same views, the
+    cache key is unchanged) so that the index always has them.
+    """
+    index_part = _parts(cache, name)[0]
+    if not ((cache / name).exists() and index_part.exists()):
+        return False
+    with open(index_part, encoding="utf-8") as handle:
+        return handle.readline().strip().split(",") == list(INDEX_COLUMNS)
+
+
 def _write_shard(maker, rows, path, settings):
     films, kept, errors = [], [], []
     for row in rows:
@@ -186,7 +215,9 @@ def _write_shard(maker, rows, path, settings):
                 writer.write(encode_record(row["image_id"], view))
                 index_rows.append({"image_id": row["image_id"], "sha256": row["sha256"], "shard": path.name,
                                    "mask_ok": int(view["mask_ok"]),
-                                   "lung_fraction": f"{float(view['lung_fraction']):.4f}"})
+                                   "lung_fraction": f"{float(view['lung_fraction']):.4f}",
+                                   "mask_confidence": f"{float(view['mask_confidence']):.4f}",
+                                   "flip_disagreement": f"{float(view['flip_disagreement']):.4f}"})
     index_path, errors_path = _parts(path.parent, path.name)
     write_csv_atomic(errors_path, errors, ERROR_COLUMNS)
     write_csv_atomic(index_path, index_rows, INDEX_COLUMNS)   # last: its presence marks the shard finished
@@ -237,7 +268,7 @@ def build_cache(workdir, segmenter, settings=None, shard=(1, 1), progress=True):
     for name, chunk in plan:
         if name not in mine:
             continue
-        if (cache / name).exists() and _parts(cache, name)[0].exists():
+        if _finished(cache, name):
             skipped += 1
         else:
             todo.append((name, chunk))
@@ -247,7 +278,7 @@ def build_cache(workdir, segmenter, settings=None, shard=(1, 1), progress=True):
         _write_shard(maker, chunk, cache / name, settings)
         bar.update(len(chunk))
     bar.close()
-    complete = all((cache / name).exists() and _parts(cache, name)[0].exists() for name, _ in plan)
+    complete = all(_finished(cache, name) for name, _ in plan)
     removed = 0
     errors = [e for name, _ in plan if _parts(cache, name)[1].exists() for e in read_csv(_parts(cache, name)[1])]
     state = {"key": key, "shard_size": settings.shard_size, "shards": [name for name, _ in plan]}
@@ -315,32 +346,93 @@ def read_cache_records(cache_dir, limit=None):
             "lung_bbox": example["lung_bbox"].numpy().tolist(),
             "lung_fraction": float(example["lung_fraction"]),
             "mask_ok": int(example["mask_ok"]),
+            "mask_confidence": float(example["mask_confidence"]),
+            "flip_disagreement": float(example["flip_disagreement"]),
             "raw": raw.numpy(),
         })
     return records
 
 
-def write_qc_grid(cache_dir, limit=24, thumb=192):
-    """cache/qc.png: the first `limit` images with the lung outline (green), a red frame where QC failed."""
+def _number(row, name, missing):
+    return float(row[name]) if row.get(name) not in (None, "") else missing
+
+
+def qc_order(index_rows):
+    """`index.csv` rows, the most doubtful mask first: the order of `qc.png`.
+
+    Films that failed QC (`mask_ok=0`) come first, then ascending mask confidence, then descending flip
+    disagreement; ties keep index order. Rows without the numbers (a cache written before they were recorded)
+    come last among their QC group.
+
+    Args:
+        index_rows: list of dict. `read_csv(cache / "index.csv")`.
+
+    Returns:
+        list of dict, the same rows reordered.
+    """
+    return sorted(index_rows, key=lambda r: (r["mask_ok"] == "1", _number(r, "mask_confidence", 2.0),
+                                             -_number(r, "flip_disagreement", -1.0)))
+
+
+def qc_tile(record, thumb=192):
+    """One `qc.png` tile: a cached view with its lung outline and numbers.
+
+    The view thumbnail, the mask's outline (green), a red frame where QC failed, and `c` (mask confidence),
+    `d` (flip disagreement) and `f` (lung fraction) printed at the top.
+
+    Args:
+        record: dict with image, mask, mask_ok, lung_fraction, mask_confidence, flip_disagreement.
+        thumb: int. Tile side. Defaults to `192`.
+
+    Returns:
+        (thumb, thumb, 3) uint8 BGR.
+    """
     import cv2
 
-    tiles = []
-    for record in read_cache_records(cache_dir, limit):
-        image = cv2.cvtColor(cv2.resize(record["image"], (thumb, thumb), interpolation=cv2.INTER_AREA),
-                             cv2.COLOR_GRAY2BGR)
-        mask = cv2.resize(record["mask"], (thumb, thumb), interpolation=cv2.INTER_NEAREST)
-        contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        cv2.drawContours(image, contours, -1, (0, 255, 0), 1)
-        if not record["mask_ok"]:
-            cv2.rectangle(image, (0, 0), (thumb - 1, thumb - 1), (0, 0, 255), 3)
-        tiles.append(image)
+    image = cv2.cvtColor(cv2.resize(record["image"], (thumb, thumb), interpolation=cv2.INTER_AREA),
+                         cv2.COLOR_GRAY2BGR)
+    mask = cv2.resize(record["mask"], (thumb, thumb), interpolation=cv2.INTER_NEAREST)
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    cv2.drawContours(image, contours, -1, (0, 255, 0), 1)
+    if not record["mask_ok"]:
+        cv2.rectangle(image, (0, 0), (thumb - 1, thumb - 1), (0, 0, 255), 3)
+    text = (f"c {record['mask_confidence']:.3f} d {record['flip_disagreement']:.3f} "
+            f"f {record['lung_fraction']:.2f}")
+    cv2.rectangle(image, (0, 0), (thumb - 1, 14), (0, 0, 0), -1)
+    cv2.putText(image, text, (3, 11), cv2.FONT_HERSHEY_SIMPLEX, 0.33, (0, 255, 255), 1, cv2.LINE_AA)
+    return image
+
+
+def write_qc_grid(cache_dir, limit=24, thumb=192):
+    """cache/qc.png: the `limit` most doubtful masks first (`qc_order`), each a `qc_tile`, 6 per row.
+
+    Returns:
+        Path of the PNG, or `None` for an empty cache.
+    """
+    import cv2
+
+    cache = Path(cache_dir)
+    chosen = qc_order(read_csv(cache / "index.csv"))[:limit]
+    wanted = {r["image_id"] for r in chosen}
+    shards = dict.fromkeys(r["shard"] for r in chosen)
+    found = {}
+    for raw in tf.data.TFRecordDataset([str(cache / name) for name in shards]):
+        example = tf.io.parse_single_example(raw, FEATURE_SPEC)
+        image_id = example["image_id"].numpy().decode()
+        if image_id in wanted:
+            found[image_id] = {
+                "image": tf.io.decode_png(example["image_png"], channels=1).numpy()[..., 0],
+                "mask": (tf.io.decode_png(example["mask_png"], channels=1).numpy()[..., 0] > 0).astype(np.uint8),
+                **{name: float(example[name]) for name in ("lung_fraction", "mask_confidence", "flip_disagreement")},
+                "mask_ok": int(example["mask_ok"])}
+    tiles = [qc_tile(found[r["image_id"]], thumb) for r in chosen]
     if not tiles:
         return None
     columns = min(6, len(tiles))
     while len(tiles) % columns:
         tiles.append(np.zeros_like(tiles[0]))
     grid = np.vstack([np.hstack(tiles[i:i + columns]) for i in range(0, len(tiles), columns)])
-    path = Path(cache_dir) / "qc.png"
+    path = cache / "qc.png"
     with atomic_path(path) as tmp:
         cv2.imwrite(tmp + ".png", grid)
         Path(tmp + ".png").replace(tmp)
