@@ -90,3 +90,30 @@ def read_csv(path):
     """
     with open(path, newline="", encoding="utf-8") as handle:
         return list(csv.DictReader(handle))
+
+
+def write_image_grid(tiles, path, columns):
+    """Write equal-sized BGR tiles as one PNG grid (row by row, blank tiles fill the last row), atomically.
+
+    Args:
+        tiles: list of (H, W, 3) uint8 arrays of one shape.
+        path: str or Path of the PNG.
+        columns: int. Tiles per row at most.
+
+    Returns:
+        Path, or None when there are no tiles (nothing written).
+    """
+    import cv2
+    import numpy as np
+
+    if not tiles:
+        return None
+    tiles = list(tiles)
+    columns = min(columns, len(tiles))
+    while len(tiles) % columns:
+        tiles.append(np.zeros_like(tiles[0]))
+    grid = np.vstack([np.hstack(tiles[i:i + columns]) for i in range(0, len(tiles), columns)])
+    with atomic_path(path) as tmp:
+        cv2.imwrite(tmp + ".png", grid)
+        Path(tmp + ".png").replace(tmp)
+    return Path(path)

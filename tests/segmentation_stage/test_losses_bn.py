@@ -9,14 +9,19 @@ from tfflannel.models.losses import PixelWeightedCrossentropy
 from tfflannel.models.precise_bn import recompute_batchnorm_statistics
 
 
-def test_pixel_weighted_crossentropy_matches_numpy():
-    rng = np.random.default_rng(0)
+def _batch_and_crossentropy(seed):
+    """Random 4-class probabilities and labels, class weights and the weighted cross-entropy by NumPy."""
+    rng = np.random.default_rng(seed)
     logits = rng.normal(size=(2, 5, 6, 4))
     probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
     labels = rng.integers(0, 4, size=(2, 5, 6))
     weights = np.array([0.5, 1.0, 1.0, 1.0])
     picked = np.take_along_axis(probs, labels[..., None], -1)[..., 0]
-    expected = np.sum(weights[labels] * -np.log(picked)) / np.sum(weights[labels])
+    return probs, labels, weights, np.sum(weights[labels] * -np.log(picked)) / np.sum(weights[labels])
+
+
+def test_pixel_weighted_crossentropy_matches_numpy():
+    probs, labels, weights, expected = _batch_and_crossentropy(0)
     loss = PixelWeightedCrossentropy(weights)(labels, probs.astype(np.float32))
     assert float(loss) == pytest.approx(expected, rel=1e-5)
 
@@ -42,13 +47,7 @@ def test_precise_bn_sets_moving_stats_to_batch_average():
 def test_dice_weighted_crossentropy_matches_numpy(lung_classes):
     from tfflannel.models.losses import segmentation_loss
 
-    rng = np.random.default_rng(2)
-    logits = rng.normal(size=(2, 5, 6, 4))
-    probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
-    labels = rng.integers(0, 4, size=(2, 5, 6))
-    weights = np.array([0.5, 1.0, 1.0, 1.0])
-    picked = np.take_along_axis(probs, labels[..., None], -1)[..., 0]
-    crossentropy = np.sum(weights[labels] * -np.log(picked)) / np.sum(weights[labels])
+    probs, labels, weights, crossentropy = _batch_and_crossentropy(2)
     truth, predicted = np.isin(labels, lung_classes), probs[..., lung_classes].sum(-1)
     dice = 1.0 - 2.0 * np.sum(truth * predicted) / (truth.sum() + predicted.sum())
     loss = segmentation_loss("dice_weighted_ce", weights, lung_classes)

@@ -32,7 +32,7 @@ from tfflannel.data.io import ImageReadError, read_image
 from tfflannel.data.manifest import load_manifest
 from tfflannel.errors import InputError
 from tfflannel.film_pipeline import ViewSettings, lung_bbox, masked_view, segment_quality
-from tfflannel.utils import atomic_path, read_csv, write_csv_atomic, write_text_atomic
+from tfflannel.utils import atomic_path, read_csv, write_csv_atomic, write_image_grid, write_text_atomic
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = 2
@@ -409,8 +409,6 @@ def write_qc_grid(cache_dir, limit=24, thumb=192):
     Returns:
         Path of the PNG, or `None` for an empty cache.
     """
-    import cv2
-
     cache = Path(cache_dir)
     chosen = qc_order(read_csv(cache / "index.csv"))[:limit]
     wanted = {r["image_id"] for r in chosen}
@@ -426,14 +424,4 @@ def write_qc_grid(cache_dir, limit=24, thumb=192):
                 **{name: float(example[name]) for name in ("lung_fraction", "mask_confidence", "flip_disagreement")},
                 "mask_ok": int(example["mask_ok"])}
     tiles = [qc_tile(found[r["image_id"]], thumb) for r in chosen]
-    if not tiles:
-        return None
-    columns = min(6, len(tiles))
-    while len(tiles) % columns:
-        tiles.append(np.zeros_like(tiles[0]))
-    grid = np.vstack([np.hstack(tiles[i:i + columns]) for i in range(0, len(tiles), columns)])
-    path = cache / "qc.png"
-    with atomic_path(path) as tmp:
-        cv2.imwrite(tmp + ".png", grid)
-        Path(tmp + ".png").replace(tmp)
-    return path
+    return write_image_grid(tiles, cache / "qc.png", columns=6)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from tfflannel.segmentation.readers import SegPair
-from tfflannel.utils import write_text_atomic
+from tfflannel.utils import write_image_grid, write_text_atomic
 
 VARIANTS = {"raw": (False, False), "clean": (True, False), "raw+flip": (False, True), "clean+flip": (True, True)}
 """Scored variants: name -> (clean-up, flip TTA). `clean` is what every stage used before TTA existed."""
@@ -226,7 +226,6 @@ def write_worst_grid(worst, path, segmenters, fold_of, flip_tta, clean, thumb=25
 
     from tfflannel.segmentation.inference import load_segmenter
     from tfflannel.segmentation.readers import load_pair
-    from tfflannel.utils import atomic_path
 
     loaded, tiles = {}, []
     for row in worst:
@@ -242,16 +241,7 @@ def write_worst_grid(worst, path, segmenters, fold_of, flip_tta, clean, thumb=25
             cv2.drawContours(tile, contours, -1, colour, 2)
         cv2.putText(tile, f"JI {row['jaccard']:.3f}", (6, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 255, 255), 2)
         tiles.append(tile)
-    if not tiles:
-        return None
-    columns = min(4, len(tiles))
-    while len(tiles) % columns:
-        tiles.append(np.zeros_like(tiles[0]))
-    grid = np.vstack([np.hstack(tiles[i:i + columns]) for i in range(0, len(tiles), columns)])
-    with atomic_path(path) as tmp:
-        cv2.imwrite(tmp + ".png", grid)
-        Path(tmp + ".png").replace(tmp)
-    return path
+    return write_image_grid(tiles, path, columns=4)
 
 
 def format_cv_table(results):
