@@ -382,14 +382,19 @@ class Runner:
         self.mine = [j for j in jobs if j.shard is None or j.shard == shard[0] - 1]
         self.states = {}
 
+    def _slug(self, job):
+        """The job's lock, marker and log name: each shard's part of the segment job is a job of its own."""
+        part, parts = self.shard
+        return f"{job.slug}-{part}of{parts}" if job.kind == "segment" and parts > 1 else job.slug
+
     def _marker(self, job):
-        return self.out / ".jobs" / f"{job.slug}.failed"
+        return self.out / ".jobs" / f"{self._slug(job)}.failed"
 
     def _failed_elsewhere(self, job):
         """The job failed in another process, and nobody is running it again now."""
         if not self._marker(job).exists():
             return False
-        with job_lock(self.out / ".jobs" / f"{job.slug}.lock") as free:
+        with job_lock(self.out / ".jobs" / f"{self._slug(job)}.lock") as free:
             return free
 
     def _wait_for(self, names):
@@ -428,17 +433,17 @@ class Runner:
         reason = self._wait_for([n for n in job.needs if job.kind != "segment"])
         if reason:
             return ("blocked" if reason.startswith("input failed") else "missing"), reason
-        with job_lock(self.out / ".jobs" / f"{job.slug}.lock") as mine:
+        with job_lock(self.out / ".jobs" / f"{self._slug(job)}.lock") as mine:
             if not mine:
                 return "busy", "another process runs it"
             was_complete = is_complete(job) and job.shard is not None
-            error = self.execute(job, self.out / "logs" / f"{job.slug}.log")
+            error = self.execute(job, self.out / "logs" / f"{self._slug(job)}.log")
             marker = self._marker(job)
             if error:
                 marker.write_text(error + "\n")
                 last = error.splitlines()[-1]
                 last = last if last.startswith(STALE) else last[:200]     # the command to rerun is never cut
-                return "failed", f"{last}; log: {self.out / 'logs' / (job.slug + '.log')}"
+                return "failed", f"{last}; log: {self.out / 'logs' / (self._slug(job) + '.log')}"
             marker.unlink(missing_ok=True)
         if job.kind == "segment":
             reason = self._wait_for(["segment"])      # the other shards' parts of the cache
