@@ -116,19 +116,21 @@ def test_cross_validation_scores_resume_and_report(sample_seg_dir, tmp_path):
     assert result["pairs"] == 8 and result["duplicates_dropped"] == 2 and set(result["summary"]) == set(VARIANTS)
     held = {fold: [p for p in pairs if result["fold_of"][p.image] == fold] for fold in (1, 2)}
     assert {p.patient_id for p in held[1]}.isdisjoint({p.patient_id for p in held[2]})
-    per_fold = []
     for fold in (1, 2):
-        run = out / f"fold-{fold}"
-        metrics = json.loads((run / "metrics.json").read_text())
+        metrics = json.loads((out / f"fold-{fold}" / "metrics.json").read_text())
         assert metrics["train_pairs"] == 8 - len(held[fold]) and metrics["validation_pairs"] == 0
-        scored = evaluate_segmenter(load_segmenter(run), held[fold], progress=False)
-        per_fold.append(np.mean([r["jaccard"] for r in scored["per_image"]]))
+    # fold 1's score against evaluate-seg's own path; each fold's mean against its per-image scores
+    scored = evaluate_segmenter(load_segmenter(out / "fold-1"), held[1], progress=False)
     clean = result["summary"]["clean"]
+    assert clean["per_fold_jaccard"][0] == pytest.approx(np.mean([r["jaccard"] for r in scored["per_image"]]))
+    per_fold = [np.mean([r["jaccard"] for r in json.loads((out / f"fold-{fold}" / "scores.json").read_text())
+                         ["scores"]["clean"]]) for fold in (1, 2)]
     np.testing.assert_allclose(clean["per_fold_jaccard"], per_fold, rtol=1e-6)
     assert clean["jaccard_mean"] == pytest.approx(np.mean(per_fold))
     assert clean["jaccard_std"] == pytest.approx(np.std(per_fold, ddof=1))
     assert len(result["worst"]) == 8 and (out / "cv_worst.png").is_file()
-    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.name in ("model.keras", "scores.json")}
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.name in ("model.keras", "scores.json",
+                                                                           "cv_worst.png")}
     again = cross_validate(config, pairs, out, folds=2, progress=False, echo=lambda line: None)
     assert again["summary"] == result["summary"]
-    assert stamps == {p: p.stat().st_mtime_ns for p in stamps}, "a finished fold is neither retrained nor rescored"
+    assert stamps == {p: p.stat().st_mtime_ns for p in stamps}, "nothing finished is redone"

@@ -203,9 +203,11 @@ def cross_validate(config, pairs, out_dir, folds=5, progress=True, echo=print):
         "summary": summary, "best_variant": best, "worst": worst,
         "fold_of": {pair.image: fold + 1 for pair, fold in zip(pairs, assignment, strict=True)},
     }
-    write_worst_grid(worst, out_dir / "cv_worst.png", segmenters={
-        fold + 1: out_dir / f"fold-{fold + 1}" for fold in range(folds)}, fold_of=result["fold_of"],
-        flip_tta=VARIANTS[best][1], clean=VARIANTS[best][0])
+    previous = json.loads((out_dir / "cv.json").read_text()) if (out_dir / "cv.json").is_file() else {}
+    if previous.get("worst") != json.loads(json.dumps(worst)) or not (out_dir / "cv_worst.png").is_file():
+        write_worst_grid(worst, out_dir / "cv_worst.png", segmenters={
+            fold + 1: out_dir / f"fold-{fold + 1}" for fold in range(folds)}, fold_of=result["fold_of"],
+            flip_tta=VARIANTS[best][1], clean=VARIANTS[best][0])
     write_text_atomic(out_dir / "cv.json", json.dumps(result, indent=2) + "\n")
     return result
 
