@@ -22,12 +22,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tfflannel.config import load_config  # noqa: E402
-from tfflannel.segmentation.cross_validation import cross_validate, deduplicate_pairs, format_cv_table  # noqa: E402
+from tfflannel.segmentation.cross_validation import (  # noqa: E402
+    RECIPE_KEYS,
+    cross_validate,
+    deduplicate_pairs,
+    format_cv_table,
+)
 from tfflannel.segmentation.readers import read_pairs  # noqa: E402
 from tfflannel.segmentation.train import build_segmenter, train_segmenter  # noqa: E402
-
-RECIPE_KEYS = ("model", "input_size", "epochs", "batch_size", "learning_rate", "weight_decay", "loss",
-               "background_weight", "augment", "augment_strength", "dropout", "seed")
 
 
 def train_final(config, pairs, out, cross_validation=None, time_limit_s=None):

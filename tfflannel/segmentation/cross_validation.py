@@ -19,6 +19,10 @@ import numpy as np
 from tfflannel.segmentation.readers import SegPair
 from tfflannel.utils import write_image_grid, write_text_atomic
 
+RECIPE_KEYS = ("model", "input_size", "epochs", "batch_size", "learning_rate", "weight_decay", "loss",
+               "background_weight", "augment", "augment_strength", "dropout", "seed")
+"""The `segmentation` settings that make a recipe, recorded in `cv.json` and the shipped descriptor."""
+
 VARIANTS = {"raw": (False, False), "clean": (True, False), "raw+flip": (False, True), "clean+flip": (True, True)}
 """Scored variants: name -> (clean-up, flip TTA). `clean` is what every stage used before TTA existed."""
 
@@ -197,9 +201,7 @@ def cross_validate(config, pairs, out_dir, folds=5, progress=True, echo=print):
     result = {
         "folds": folds, "pairs": len(pairs), "duplicates_dropped": dropped,
         "patients": len({pair.patient_id for pair in pairs}), "seed": config.segmentation.seed,
-        "recipe": {k: v for k, v in dataclasses.asdict(config.segmentation).items()
-                   if k in ("model", "input_size", "epochs", "batch_size", "learning_rate", "loss", "augment",
-                            "augment_strength", "background_weight", "dropout", "seed")},
+        "recipe": {k: getattr(config.segmentation, k) for k in RECIPE_KEYS},
         "summary": summary, "best_variant": best, "worst": worst,
         "fold_of": {pair.image: fold + 1 for pair, fold in zip(pairs, assignment, strict=True)},
     }
