@@ -250,19 +250,26 @@ def test_explain_cli_writes_png(tiny_runs, sample_cls_dir, tmp_path):
 def test_single_learner_export_and_predict_with_runs_and_explain(tiny_runs, tmp_path, sample_cls_dir):
     runs, _ = tiny_runs
     runner = CliRunner()
+    for setting, named in ((f"inference.k={K - 2}", f"K {K}, served with K {K - 2}; fix: --set inference.k={K}"),
+                           ("inference.seed=3", "patch seed 0, served with patch seed 3; fix: --set inference.seed=0")):
+        refused = runner.invoke(main, ["export", "--runs", str(runs[0]), "--out", str(tmp_path / "single"),
+                                       "--set", f"inference.k={K}", "--set", setting])
+        assert refused.exit_code == 2 and named in refused.output and str(runs[0]) in refused.output, refused.output
+    assert not (tmp_path / "single").exists(), "a single learner is served with the K and seed of its scores"
     result = runner.invoke(main, ["export", "--runs", str(runs[0]), "--out", str(tmp_path / "single"),
-                                  "--version", "3", "--set", "inference.k=4"])
+                                  "--version", "3", "--set", f"inference.k={K}"])
     assert result.exit_code == 0, result.output
     loaded = tf.saved_model.load(str(tmp_path / "single" / "3"))
     image = read_image(next((sample_cls_dir / "viral_pneumonia").glob("*.png")))[0][None, ..., None]
     out = loaded.signatures["predict_uint8"](images=tf.constant(image))
     assert out["learner_scores"].shape == (1, 1, 4)
     np.testing.assert_allclose(out["probabilities"].numpy(), out["learner_scores"].numpy()[:, 0], atol=1e-6)
-    again = runner.invoke(main, ["export", "--runs", str(runs[0]), "--out", str(tmp_path / "single"), "--version", "3"])
+    again = runner.invoke(main, ["export", "--runs", str(runs[0]), "--out", str(tmp_path / "single"), "--version", "3",
+                                 "--set", f"inference.k={K}"])
     assert again.exit_code == 2 and "exists" in again.output
     film = next((sample_cls_dir / "normal").glob("*.png"))
     result = runner.invoke(main, ["predict", str(film), "--runs", str(runs[0]), "--explain", str(tmp_path / "cams"),
-                                  "--set", "inference.k=4"])
+                                  "--set", f"inference.k={K}"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)[0]["file"] == str(film)
     assert len(list((tmp_path / "cams").glob("*.png"))) == 1

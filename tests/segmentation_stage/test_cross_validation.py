@@ -1,7 +1,12 @@
-"""Segmenter cross-validation: de-duplication, patient folds, scores against NumPy, resume; augmentation; flip TTA."""
+"""Segmenter cross-validation: de-duplication, patient folds, NumPy scores, kill -9 resume; augmentation; flip TTA."""
 
 import json
 import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +16,8 @@ from tfflannel.config import load_config
 from tfflannel.segmentation.augment import augment_pair, elastic_fields
 from tfflannel.segmentation.cross_validation import VARIANTS, cross_validate, deduplicate_pairs, patient_folds
 from tfflannel.segmentation.readers import SegPair, read_pairs
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _copy_sample(sample_seg_dir, tmp_path, count):
@@ -104,15 +111,40 @@ def test_flip_tta_averages_the_mirrored_output_and_export_masks_equal_the_cache(
 
 
 @pytest.mark.slow
-def test_cross_validation_scores_resume_and_report(sample_seg_dir, tmp_path):
-    """Two folds of a tiny recipe: fold scores are NumPy means of the held-out films, a rerun reuses every fold."""
+def test_cross_validation_killed_resumes_and_scores_against_numpy(sample_seg_dir, tmp_path):
+    """`tools/train_segmenter.py --stage cv`, 2 folds of a tiny recipe, is killed (SIGKILL) as fold 2 starts.
+
+    The rerun keeps fold 1 as it was and trains fold 2; fold scores are NumPy means of the held-out films,
+    fold 1's equals `evaluate-seg`'s; a further rerun redoes nothing.
+    """
     from tfflannel.segmentation.inference import evaluate_segmenter, load_segmenter
 
     pairs = read_pairs(sample_seg_dir)[:8]
-    config = load_config(None, ["segmentation.model=fcdn_small", "segmentation.input_size=32",
-                                "segmentation.epochs=1", "segmentation.batch_size=4", "segmentation.augment=false"])
-    out = tmp_path / "cv"
+    listing = tmp_path / "pairs.csv"                      # 8 films, the first two listed twice
+    listing.write_text("image,mask,patient_id\n" + "".join(
+        f"{p.image},{p.masks['lung']},{p.patient_id}\n" for p in pairs + pairs[:2]))
+    recipe = {"model": "fcdn_small", "input_size": 32, "epochs": 1, "batch_size": 4, "learning_rate": 1e-3,
+              "seed": 0, "augment": False}
+    out = tmp_path / "run"
+    command = [sys.executable, str(REPO / "tools" / "train_segmenter.py"), "--stage", "cv", "--cv", "2",
+               "--pairs", str(listing), "--out", str(out), "--model", "fcdn_small", "--input-size", "32",
+               "--epochs", "1", "--batch-size", "4", "--learning-rate", "1e-3", "--seed", "0",
+               "--set", "segmentation.augment=false"]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while not (out / "cv" / "fold-1" / "scores.json").is_file() and time.time() < deadline:
+        assert process.poll() is None, process.stderr.read().decode()[-2000:]
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    process.stderr.close()
+    assert not (out / "cv" / "fold-2" / "scores.json").exists() and not (out / "cv" / "cv.json").exists()
+    done = {p: p.read_bytes() for p in (out / "cv" / "fold-1" / "model.keras", out / "cv" / "fold-1" / "scores.json")}
+
+    config = load_config(None, [f"segmentation.{key}={value}" for key, value in recipe.items()])
+    out = out / "cv"
     result = cross_validate(config, pairs + pairs[:2], out, folds=2, progress=False, echo=lambda line: None)
+    assert done == {p: p.read_bytes() for p in done}, "the finished fold is kept as it was"
     assert result["pairs"] == 8 and result["duplicates_dropped"] == 2 and set(result["summary"]) == set(VARIANTS)
     held = {fold: [p for p in pairs if result["fold_of"][p.image] == fold] for fold in (1, 2)}
     assert {p.patient_id for p in held[1]}.isdisjoint({p.patient_id for p in held[2]})

@@ -68,7 +68,8 @@ def explain_image(image, run_dir, class_name=None, k=32, seed=0, segmenter=None,
     """Explain one (H, W) uint8 image with the trained run in `run_dir` (see `explain_with_run`).
 
     The segmenter and view are first checked against those the run was trained on
-    (`export.saved_model.check_runs_match`), as `predict` and `export` do.
+    (`export.saved_model.check_runs_match`), as `predict` and `export` do; K and the seed may differ from
+    `predict-base`'s (the map shows the patches drawn here).
 
     Args:
         image: (H, W) uint8 film.
@@ -91,7 +92,7 @@ def explain_image(image, run_dir, class_name=None, k=32, seed=0, segmenter=None,
 
     model, info = read_run(run_dir)
     segmenter = segmenter or load_segmenter()
-    check_runs_match(segmenter, [run_dir], [info], k=k, seed=seed, view=view)
+    check_runs_match(segmenter, [run_dir], [info], k=k, seed=seed, view=view, scores=False)
     return explain_with_run(image, model, info, class_name, k, seed, segmenter, view)
 
 

@@ -172,14 +172,16 @@ def recorded_cache_key(run_dir, info):
     return None, str(path)
 
 
-def check_runs_match(segmenter, run_dirs, infos, ensemble_dir=None, k=100, seed=0, view=None):
+def check_runs_match(segmenter, run_dirs, infos, ensemble_dir=None, k=100, seed=0, view=None, scores=True):
     """Refuse to serve runs with a segmenter, view, K or seed other than those they were evaluated with.
 
     For each patch run, the segmenter's fingerprint and the view settings (size, QC bounds, patches.input) must
     equal the cache key the run was trained on (`recorded_cache_key`); global runs do not read the cache and
     are not checked. With an ensemble, K and the patch seed must equal those of the member predictions it
-    was fit on (its `resume/state.json` fingerprint, else K from its run.yaml). A run whose key is not
-    recorded anywhere (an older run copied without its work directory) is served with a warning.
+    was fit on (its `resume/state.json` fingerprint, else K from its run.yaml); without one, a patch run's K and
+    seed must equal those of its own `predict-base` scores (`predictions/provenance.json`), when it has any. A
+    run whose key is not recorded anywhere (an older run copied without its work directory) is served with a
+    warning.
 
     Args:
         segmenter: `segmentation.inference.Segmenter`.
@@ -189,6 +191,8 @@ def check_runs_match(segmenter, run_dirs, infos, ensemble_dir=None, k=100, seed=
         k: int. Patches per image to serve. Defaults to `100`.
         seed: int. Patch seed to serve. Defaults to `0`.
         view: ViewSettings. The view to serve. Defaults to `ViewSettings()`.
+        scores: bool. Also check K and the seed (serving); `explain`, which draws patches but serves no
+            scores, passes `False`. Defaults to `True`.
 
     Raises:
         InputError: a mismatch, naming the run, both values and the option that fixes it.
@@ -213,7 +217,19 @@ def check_runs_match(segmenter, run_dirs, infos, ensemble_dir=None, k=100, seed=
                 fix = _KEY_FIX.get(name, "rerun `segment` and retrain the run").format(
                     CONFIDENCE_QC_OFF[name] if was is None and name in CONFIDENCE_QC_OFF else was)
                 problems.append(f"{run_dir}: {name} was {was!r} (per {source}), is {now!r} here; fix: {fix}")
-    if ensemble_dir:
+    if scores and not ensemble_dir:
+        from tfflannel.predictions import read_provenance
+
+        for run_dir, info in zip(run_dirs, infos, strict=True):
+            evaluated = read_provenance(run_dir).get("identity") or {}
+            if info.kind != "patch" or not evaluated:
+                continue
+            for name, served, option in (("K", k, "inference.k"), ("patch seed", seed, "inference.seed")):
+                was = evaluated["k" if name == "K" else "seed"]
+                if int(was) != int(served):
+                    problems.append(f"{run_dir}: its predict-base scores (predictions/provenance.json) used {name} "
+                                    f"{was}, served with {name} {served}; fix: --set {option}={was}")
+    if scores and ensemble_dir:
         from tfflannel.resume import STATE_FILE
         from tfflannel.run_info import load_run_info
 
