@@ -83,10 +83,11 @@ def main():
     parser.add_argument("--cv", type=int, default=5, metavar="K", help="patient-grouped K-fold cross-validation")
     parser.add_argument("--table", nargs="+", metavar="DIR", help="print the CV table of these --out folders")
     parser.add_argument("--model", default="fcdn_small")
-    parser.add_argument("--epochs", type=int, default=60)
+    parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--input-size", type=int, default=128)
+    parser.add_argument("--loss", choices=["weighted_ce", "dice_weighted_ce"], default="dice_weighted_ce")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--stage", choices=["cv", "final", "both"], default="both")
     parser.add_argument("--max-minutes", type=float, default=None, help="stop each training run after this long")
@@ -103,7 +104,8 @@ def main():
 
     overrides = [f"segmentation.model={args.model}", f"segmentation.epochs={args.epochs}",
                  f"segmentation.batch_size={args.batch_size}", f"segmentation.learning_rate={args.learning_rate}",
-                 f"segmentation.input_size={args.input_size}", f"segmentation.seed={args.seed}", *args.overrides]
+                 f"segmentation.input_size={args.input_size}", f"segmentation.loss={args.loss}",
+                 f"segmentation.seed={args.seed}", *args.overrides]
     pairs, dropped = deduplicate_pairs([pair for source in args.pairs for pair in read_pairs(source)])
     print(f"{len(pairs)} pairs of {len({p.patient_id for p in pairs})} patients ({dropped} duplicates dropped)")
     out = Path(args.out)

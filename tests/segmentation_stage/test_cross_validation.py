@@ -124,12 +124,11 @@ def test_cross_validation_killed_resumes_and_scores_against_numpy(sample_seg_dir
     listing.write_text("image,mask,patient_id\n" + "".join(
         f"{p.image},{p.masks['lung']},{p.patient_id}\n" for p in pairs + pairs[:2]))
     recipe = {"model": "fcdn_small", "input_size": 32, "epochs": 1, "batch_size": 4, "learning_rate": 1e-3,
-              "seed": 0, "augment": False}
+              "loss": "dice_weighted_ce", "seed": 0}
     out = tmp_path / "run"
     command = [sys.executable, str(REPO / "tools" / "train_segmenter.py"), "--stage", "cv", "--cv", "2",
-               "--pairs", str(listing), "--out", str(out), "--model", "fcdn_small", "--input-size", "32",
-               "--epochs", "1", "--batch-size", "4", "--learning-rate", "1e-3", "--seed", "0",
-               "--set", "segmentation.augment=false"]
+               "--pairs", str(listing), "--out", str(out), "--set", "segmentation.augment=false",
+               *(item for key, value in recipe.items() for item in (f"--{key.replace('_', '-')}", str(value)))]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 300
     while not (out / "cv" / "fold-1" / "scores.json").is_file() and time.time() < deadline:
@@ -141,7 +140,7 @@ def test_cross_validation_killed_resumes_and_scores_against_numpy(sample_seg_dir
     assert not (out / "cv" / "fold-2" / "scores.json").exists() and not (out / "cv" / "cv.json").exists()
     done = {p: p.read_bytes() for p in (out / "cv" / "fold-1" / "model.keras", out / "cv" / "fold-1" / "scores.json")}
 
-    config = load_config(None, [f"segmentation.{key}={value}" for key, value in recipe.items()])
+    config = load_config(None, [f"segmentation.{key}={value}" for key, value in {**recipe, "augment": False}.items()])
     out = out / "cv"
     result = cross_validate(config, pairs + pairs[:2], out, folds=2, progress=False, echo=lambda line: None)
     assert done == {p: p.read_bytes() for p in done}, "the finished fold is kept as it was"
