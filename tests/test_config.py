@@ -61,8 +61,12 @@ def test_enumerated_fields_accept_their_choices_only(key, choices):
     for choice in choices:
         config = load_config(overrides=[f"{key}={choice}"])
         assert getattr(getattr(config, key.split(".")[0]), key.split(".")[1]) == choice
-    with pytest.raises(ConfigError, match=rf"'{key}' must be one of \[.*'{choices[0]}'.*\]. Received: 'bogus'"):
+    with pytest.raises(ConfigError, match=rf"'{key}' must be one of \[.*'{choices[0]}'.*\]. Received: 'bogus'"
+                       if isinstance(choices[0], str) else rf"'{key}': expected true or false. Received: 'bogus'"):
         load_config(overrides=[f"{key}=bogus"])
+    if choices == (True,):                                    # a setting with one supported value
+        with pytest.raises(ConfigError, match=rf"'{key}' must be one of \[True\]. Received: False"):
+            load_config(overrides=[f"{key}=false"])
 
 
 def test_the_issue_s_enumerated_fields_are_covered():

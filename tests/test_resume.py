@@ -63,9 +63,9 @@ def _model():
     return model
 
 
-def _train(run_dir, kill_at=None, fingerprint=None, force=False):
+def _train(run_dir, kill_at=None, fingerprint=None, force=False, ignore=()):
     fit = ResumableFit(run_dir, len(SCORES), fingerprint or {"lr": 0.01}, seed=0, monitor="score", patience=2,
-                       force=force)
+                       force=force, ignore=ignore)
     model, score = _model(), _Score()
     plateau = keras.callbacks.ReduceLROnPlateau(monitor="score", mode="max", patience=1, factor=0.5)
     callbacks = [score, plateau] + ([_Kill(kill_at)] if kill_at is not None else [])
@@ -114,6 +114,10 @@ def test_complete_run_is_not_retrained_changed_run_is_refused_force_starts_over(
     assert (tmp_path / "model.keras").stat().st_mtime_ns == before
     with pytest.raises(StaleRunError, match=r"lr: 0\.01 -> 0\.02.*--force"):
         _train(tmp_path, fingerprint={"lr": 0.02})
+    fit, score, _ = _train(tmp_path, fingerprint={"lr": 0.01, "qc": 0.9}, ignore=["qc"])
+    assert fit.already_complete and not score.weights, "an ignored key, new or changed, does not make it stale"
+    with pytest.raises(StaleRunError, match=r"lr: 0\.01 -> 0\.02"):
+        _train(tmp_path, fingerprint={"lr": 0.02, "qc": 0.9}, ignore=["qc"])
     fit, score, _ = _train(tmp_path, fingerprint={"lr": 0.02}, force=True)
     assert sorted(score.weights) == [0, 1, 2, 3] and fit.complete
 

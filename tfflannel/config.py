@@ -122,7 +122,7 @@ class SegmentationConfig:
     validation_share: Share = 0.2
     seed: NonNegativeInt = 0
     cache_size: PositiveInt = 1024
-    keep_aspect: bool = True
+    keep_aspect: Literal[True] = True   # films are always letterboxed (padded, never stretched)
     min_lung_fraction: Probability = 0.08
     max_lung_fraction: Probability = 0.65
     min_mask_confidence: Probability = 0.0     # QC: mean max-probability inside the mask; 0: off

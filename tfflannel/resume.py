@@ -158,6 +158,8 @@ class ResumableFit:
         force: bool. Start over: delete the model, history, resume state and logs first. Defaults to `False`.
         save_model: callable(model, path). How `model.keras` is written. Defaults to
             `save_model_without_optimizer`.
+        ignore: iterable of str. Fingerprint keys that never make a run stale: settings that do not change it
+            (recorded, not compared; a run recorded before such a key existed resumes too). Defaults to `()`.
 
     Example:
     ```python
@@ -169,13 +171,13 @@ class ResumableFit:
     """
 
     def __init__(self, run_dir, epochs, fingerprint, seed, monitor=None, mode="max", patience=0, force=False,
-                 save_model=save_model_without_optimizer):
+                 save_model=save_model_without_optimizer, ignore=()):
         if mode not in ("max", "min"):
             raise ValueError(f"mode must be max or min. Received: mode={mode!r}.")
         self.run_dir = Path(run_dir)
         self.resume_dir = self.run_dir / "resume"
         self.epochs, self.seed, self.monitor, self.mode, self.patience = int(epochs), int(seed), monitor, mode, patience
-        self.save_model = save_model
+        self.save_model, self.ignore = save_model, frozenset(ignore)
         self.stateful = {}
         fingerprint = {k: _plain(v) for k, v in fingerprint.items()}
         if force:
@@ -206,7 +208,7 @@ class ResumableFit:
             raise StaleRunError(f"{path}: unreadable resume state ({error}); "
                                 "rerun with --force to start over") from None
         changes = [f"{k}: {state.fingerprint.get(k)!r} -> {fingerprint.get(k)!r}"
-                   for k in sorted(set(state.fingerprint) | set(fingerprint))
+                   for k in sorted((set(state.fingerprint) | set(fingerprint)) - self.ignore)
                    if state.fingerprint.get(k) != fingerprint.get(k)]
         if changes:
             raise StaleRunError(f"{self.run_dir} was made with other inputs or settings ({'; '.join(changes)}); "

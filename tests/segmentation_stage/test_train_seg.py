@@ -31,6 +31,16 @@ def test_train_seg_cli_loss_decreases_and_writes_outputs(tmp_path, sample_seg_di
     assert any((out / "logs").rglob("*.tfevents*")), "TensorBoard logs written"
     model = keras.saving.load_model(out / "model.keras", compile=False)
     assert model.output_shape == (None, 64, 64, 2)
+    # a setting only `segment` reads does not make the run stale; one that changes the training does
+    again = CliRunner().invoke(main, [
+        "train-seg", "--pairs", str(sample_seg_dir), "--out", str(out), "--model", "fcdn_small", "--epochs", "4",
+        "--set", "segmentation.input_size=64", "--set", "segmentation.batch_size=4",
+        "--set", "segmentation.learning_rate=0.002", "--set", "segmentation.augment=false",
+        "--set", "segmentation.lr_schedule=plateau", "--set", "segmentation.min_mask_confidence=0.9"])
+    assert again.exit_code == 0 and "complete" in again.output, again.output
+    changed = CliRunner().invoke(main, ["train-seg", "--pairs", str(sample_seg_dir), "--out", str(out),
+                                        "--model", "fcdn_small", "--epochs", "5"])
+    assert changed.exit_code != 0 and "segmentation.epochs: 4 -> 5" in changed.output, changed.output
 
 
 def test_train_seg_without_data_is_a_usage_error(tmp_path):
