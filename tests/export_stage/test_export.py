@@ -275,6 +275,27 @@ def test_single_learner_export_and_predict_with_runs_and_explain(tiny_runs, tmp_
     assert len(list((tmp_path / "cams").glob("*.png"))) == 1
 
 
+def test_only_finished_scores_of_the_present_model_set_the_k_to_serve(tiny_runs, tmp_path):
+    """A killed predict-base (nothing done), scores of a model trained since, or an unreadable provenance: no check."""
+    from tfflannel.export.saved_model import _scored_with
+
+    runs, _ = tiny_runs
+    run = tmp_path / "run"
+    (run / "predictions").mkdir(parents=True)
+    shutil.copy(runs[0] / "model.keras", run / "model.keras")
+    recorded = json.loads((runs[0] / "predictions" / "provenance.json").read_text())
+    provenance = run / "predictions" / "provenance.json"
+    provenance.write_text(json.dumps(recorded))
+    assert _scored_with(run)["k"] == K and recorded["done"]
+    provenance.write_text(json.dumps({**recorded, "identity": {**recorded["identity"], "k": 99}, "done": []}))
+    assert _scored_with(run) == {}, "a predict-base killed before its first partition describes no scores"
+    provenance.write_text(json.dumps({**recorded, "identity": {**recorded["identity"], "model_sha256": "0" * 64}}))
+    assert _scored_with(run) == {}, "scores of another model"
+    provenance.write_text("{half")
+    with pytest.warns(UserWarning, match="unreadable"):
+        assert _scored_with(run) == {}
+
+
 def test_serving_refuses_a_view_segmenter_k_or_seed_other_than_evaluated(tiny_runs, sample_cls_dir, tmp_path):
     """predict / explain / export check the runs' cache key and the ensemble's K and seed before serving."""
     runs, ensemble = tiny_runs

@@ -112,10 +112,10 @@ def test_flip_tta_averages_the_mirrored_output_and_export_masks_equal_the_cache(
 
 @pytest.mark.slow
 def test_cross_validation_killed_resumes_and_scores_against_numpy(sample_seg_dir, tmp_path):
-    """`tools/train_segmenter.py --stage cv`, 2 folds of a tiny recipe, is killed (SIGKILL) as fold 2 starts.
+    """`tools/train_segmenter.py --stage cv`, 2 folds of a tiny recipe, is killed (SIGKILL) inside fold 2.
 
-    The rerun keeps fold 1 as it was and trains fold 2; fold scores are NumPy means of the held-out films,
-    fold 1's equals `evaluate-seg`'s; a further rerun redoes nothing.
+    The rerun keeps fold 1 as it was and finishes fold 2 from its checkpoint; fold scores are NumPy means of
+    the held-out films, fold 1's equals `evaluate-seg`'s; a further rerun redoes nothing.
     """
     from tfflannel.segmentation.inference import evaluate_segmenter, load_segmenter
 
@@ -123,20 +123,24 @@ def test_cross_validation_killed_resumes_and_scores_against_numpy(sample_seg_dir
     listing = tmp_path / "pairs.csv"                      # 8 films, the first two listed twice
     listing.write_text("image,mask,patient_id\n" + "".join(
         f"{p.image},{p.masks['lung']},{p.patient_id}\n" for p in pairs + pairs[:2]))
-    recipe = {"model": "fcdn_small", "input_size": 32, "epochs": 1, "batch_size": 4, "learning_rate": 1e-3,
+    recipe = {"model": "fcdn_small", "input_size": 32, "epochs": 2, "batch_size": 4, "learning_rate": 1e-3,
               "loss": "dice_weighted_ce", "seed": 0}
     out = tmp_path / "run"
     command = [sys.executable, str(REPO / "tools" / "train_segmenter.py"), "--stage", "cv", "--cv", "2",
                "--pairs", str(listing), "--out", str(out), "--set", "segmentation.augment=false",
                *(item for key, value in recipe.items() for item in (f"--{key.replace('_', '-')}", str(value)))]
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 300
-    while not (out / "cv" / "fold-1" / "scores.json").is_file() and time.time() < deadline:
-        assert process.poll() is None, process.stderr.read().decode()[-2000:]
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    assert process.wait() == -signal.SIGKILL
-    process.stderr.close()
+    log = tmp_path / "killed.log"
+    checkpoint = out / "cv" / "fold-2" / "resume" / "state.json"      # fold 2's first epoch is committed
+    with open(log, "wb") as stream:
+        process = subprocess.Popen(command, cwd=REPO, stdout=stream, stderr=subprocess.STDOUT)
+        deadline = time.time() + 300
+        while not checkpoint.is_file() and time.time() < deadline:
+            assert process.poll() is None, log.read_text()[-2000:]
+            time.sleep(0.02)
+        process.send_signal(signal.SIGKILL)
+        assert process.wait() == -signal.SIGKILL
+    assert checkpoint.is_file(), f"fold 2 never committed an epoch in 300 s:\n{log.read_text()[-2000:]}"
+    assert (out / "cv" / "fold-1" / "scores.json").is_file()
     assert not (out / "cv" / "fold-2" / "scores.json").exists() and not (out / "cv" / "cv.json").exists()
     done = {p: p.read_bytes() for p in (out / "cv" / "fold-1" / "model.keras", out / "cv" / "fold-1" / "scores.json")}
 
@@ -144,6 +148,7 @@ def test_cross_validation_killed_resumes_and_scores_against_numpy(sample_seg_dir
     out = out / "cv"
     result = cross_validate(config, pairs + pairs[:2], out, folds=2, progress=False, echo=lambda line: None)
     assert done == {p: p.read_bytes() for p in done}, "the finished fold is kept as it was"
+    assert len((out / "cv" / "fold-2" / "history.csv").read_text().splitlines()) == 1 + recipe["epochs"]
     assert result["pairs"] == 8 and result["duplicates_dropped"] == 2 and set(result["summary"]) == set(VARIANTS)
     held = {fold: [p for p in pairs if result["fold_of"][p.image] == fold] for fold in (1, 2)}
     assert {p.patient_id for p in held[1]}.isdisjoint({p.patient_id for p in held[2]})

@@ -46,3 +46,17 @@ def test_train_seg_cli_loss_decreases_and_writes_outputs(tmp_path, sample_seg_di
 def test_train_seg_without_data_is_a_usage_error(tmp_path):
     result = CliRunner().invoke(main, ["train-seg", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "no training data" in result.output
+
+
+def test_segment_only_keys_are_segmentation_settings_that_train_seg_does_not_read():
+    """The keys left out of a train-seg run's staleness check exist, and train.py reads none of them."""
+    import dataclasses
+    import inspect
+
+    import tfflannel.segmentation.train as train_module
+    from tfflannel.config import SegmentationConfig
+
+    assert set(train_module.SEGMENT_ONLY_KEYS) <= {f.name for f in dataclasses.fields(SegmentationConfig)}
+    source = inspect.getsource(train_module)
+    read = [key for key in train_module.SEGMENT_ONLY_KEYS if f"seg.{key}" in source or f"segmentation.{key}" in source]
+    assert not read, f"train.py reads {read}: they change a train-seg run and must make it stale"

@@ -172,6 +172,31 @@ def recorded_cache_key(run_dir, info):
     return None, str(path)
 
 
+def _scored_with(run_dir):
+    """The identity (K, seed, ...) of a run's current `predict-base` scores, or `{}` when it has none.
+
+    Only scores of the run's present model that finished at least one partition count: a predict-base run
+    that was killed before writing anything, or scores of a model trained again since, describe nothing
+    that is served. An unreadable `provenance.json` counts as none (with a warning).
+    """
+    import warnings
+
+    from tfflannel.predictions import read_provenance
+    from tfflannel.run_info import file_sha256
+
+    try:
+        recorded = read_provenance(run_dir)
+    except (OSError, ValueError) as error:
+        warnings.warn(f"{run_dir}: unreadable predictions/provenance.json ({error}); K and seed not checked",
+                      stacklevel=3)
+        return {}
+    identity = recorded.get("identity") or {}
+    model = Path(run_dir) / "model.keras"
+    if not recorded.get("done") or not model.is_file() or identity.get("model_sha256") != file_sha256(model):
+        return {}
+    return identity
+
+
 def check_runs_match(segmenter, run_dirs, infos, ensemble_dir=None, k=100, seed=0, view=None, scores=True):
     """Refuse to serve runs with a segmenter, view, K or seed other than those they were evaluated with.
 
@@ -218,11 +243,9 @@ def check_runs_match(segmenter, run_dirs, infos, ensemble_dir=None, k=100, seed=
                     CONFIDENCE_QC_OFF[name] if was is None and name in CONFIDENCE_QC_OFF else was)
                 problems.append(f"{run_dir}: {name} was {was!r} (per {source}), is {now!r} here; fix: {fix}")
     if scores and not ensemble_dir:
-        from tfflannel.predictions import read_provenance
-
         for run_dir, info in zip(run_dirs, infos, strict=True):
-            evaluated = read_provenance(run_dir).get("identity") or {}
-            if info.kind != "patch" or not evaluated:
+            evaluated = _scored_with(run_dir) if info.kind == "patch" else {}
+            if not evaluated:
                 continue
             for name, served, option in (("K", k, "inference.k"), ("patch seed", seed, "inference.seed")):
                 was = evaluated["k" if name == "K" else "seed"]
