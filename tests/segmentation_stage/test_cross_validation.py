@@ -148,7 +148,7 @@ def test_cross_validation_killed_resumes_and_scores_against_numpy(sample_seg_dir
     out = out / "cv"
     result = cross_validate(config, pairs + pairs[:2], out, folds=2, progress=False, echo=lambda line: None)
     assert done == {p: p.read_bytes() for p in done}, "the finished fold is kept as it was"
-    assert len((out / "cv" / "fold-2" / "history.csv").read_text().splitlines()) == 1 + recipe["epochs"]
+    assert len((out / "fold-2" / "history.csv").read_text().splitlines()) == 1 + recipe["epochs"]
     assert result["pairs"] == 8 and result["duplicates_dropped"] == 2 and set(result["summary"]) == set(VARIANTS)
     held = {fold: [p for p in pairs if result["fold_of"][p.image] == fold] for fold in (1, 2)}
     assert {p.patient_id for p in held[1]}.isdisjoint({p.patient_id for p in held[2]})
