@@ -83,7 +83,7 @@ def main():
     parser.add_argument("--cv", type=int, default=5, metavar="K", help="patient-grouped K-fold cross-validation")
     parser.add_argument("--table", nargs="+", metavar="DIR", help="print the CV table of these --out folders")
     parser.add_argument("--model", default="fcdn_small")
-    parser.add_argument("--epochs", type=int, default=100)
+    parser.add_argument("--epochs", type=int, default=150)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--input-size", type=int, default=128)
