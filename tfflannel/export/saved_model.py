@@ -247,8 +247,8 @@ def check_runs_match(segmenter, run_dirs, infos, ensemble_dir=None, k=100, seed=
             evaluated = _scored_with(run_dir) if info.kind == "patch" else {}
             if not evaluated:
                 continue
-            for name, served, option in (("K", k, "inference.k"), ("patch seed", seed, "inference.seed")):
-                was = evaluated["k" if name == "K" else "seed"]
+            for name, key, served in (("K", "k", k), ("patch seed", "seed", seed)):
+                was, option = evaluated[key], f"inference.{key}"
                 if int(was) != int(served):
                     problems.append(f"{run_dir}: its predict-base scores (predictions/provenance.json) used {name} "
                                     f"{was}, served with {name} {served}; fix: --set {option}={was}")
