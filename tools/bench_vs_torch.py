@@ -5,15 +5,21 @@ TensorFlow measurement in this process, then the torchvision one in a subprocess
 torch + torchvision (`--torch-python`, never a tfflannel dependency). Same recipe on both sides: a
 4-class head (torchvision's last Linear replaced, as the paper did; tfflannel `head: reference`),
 AdamW, cross-entropy, a fixed in-memory batch, eval-mode batched inference. Prints images/s and the
-ratio tfflannel / torchvision per backbone; asserts nothing. On a shared, busy machine the absolute
-figures move with the load; the ratio is measured side by side so that both see the same load.
+ratio tfflannel / torchvision per backbone; asserts nothing.
 
-    python tools/bench_vs_torch.py --torch-python /work/issue10-venv/bin/python [--batch 8] [--steps 2]
+Fair by construction: both frameworks get the same number of compute threads (all cores by default,
+`--threads N` for both), the two are alternated (tf, torch, torch, tf, ...) over `--repeats` rounds
+(at least 3) so that a drift in the machine's load hits both, and the median and the spread (min-max)
+of each rate and of the per-round ratio are printed. A warning is printed when the load average says
+the machine is busy: measure on an idle machine for figures you report.
+
+    python tools/bench_vs_torch.py --torch-python /path/to/venv-with-torch/bin/python [--batch 8] [--steps 2]
 """
 
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -61,23 +67,22 @@ def time_calls(call, steps):
     return (time.perf_counter() - started) / steps
 
 
-def measure_tensorflow(name, batch, steps, grouped_conv, threads):
-    """Measure a tfflannel classifier (`head="reference"`, random init): AdamW train steps and batched inference.
+def build_tensorflow_steps(name, batch, grouped_conv, threads):
+    """Build a tfflannel classifier (`head="reference"`, random init) and return its timed train and infer calls.
 
     Args:
         name: str. A key of `BACKBONES`.
         batch: int. Batch size.
-        steps: int. Timed steps after one warm-up step.
         grouped_conv: str. `split` or `grouped` (ResNeXt's grouped convolutions).
-        threads: int. TensorFlow intra- and inter-op threads; 0 keeps TensorFlow's default.
+        threads: int. TensorFlow intra- and inter-op threads.
 
     Returns:
-        dict: `train` and `infer` images per second.
+        tuple: `(train_step, infer_step)`, callables that run one AdamW step / one batched inference.
     """
     import keras
     import tensorflow as tf
 
-    if threads and tf.config.threading.get_intra_op_parallelism_threads() != threads:
+    if tf.config.threading.get_intra_op_parallelism_threads() != threads:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(threads)
 
@@ -85,14 +90,12 @@ def measure_tensorflow(name, batch, steps, grouped_conv, threads):
 
     size = BACKBONES[name][2]
     keras.utils.set_random_seed(0)
+    keras.backend.clear_session()
     model = build_classifier(name, size, head="reference", grouped_conv=grouped_conv)
     model.compile(optimizer=keras.optimizers.AdamW(1e-5, weight_decay=1e-4),
                   loss=keras.losses.SparseCategoricalCrossentropy())
     x, y = fixed_batch(batch, size, 1)
-    train = time_calls(lambda: model.train_on_batch(x, y), steps)
-    infer = time_calls(lambda: model.predict_on_batch(x), steps)
-    keras.backend.clear_session()
-    return {"train": batch / train, "infer": batch / infer}
+    return (lambda: model.train_on_batch(x, y)), (lambda: model.predict_on_batch(x))
 
 
 def measure_torch(name, batch, steps, threads):
@@ -104,7 +107,7 @@ def measure_torch(name, batch, steps, threads):
         name: str. A key of `BACKBONES`.
         batch: int. Batch size.
         steps: int. Timed steps after one warm-up step.
-        threads: int. torch threads; 0 keeps torch's default.
+        threads: int. torch intra-op threads.
 
     Returns:
         dict: `train` and `infer` images per second, the torch `threads` used and the torch `version`.
@@ -112,8 +115,7 @@ def measure_torch(name, batch, steps, threads):
     import torch
     import torchvision
 
-    if threads:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(threads)
 
     constructor, kwargs, size = BACKBONES[name]
     torch.manual_seed(0)
@@ -146,18 +148,35 @@ def measure_torch(name, batch, steps, threads):
             "threads": torch.get_num_threads(), "version": torch.__version__}
 
 
+def time_tensorflow(train_step, infer_step, batch, steps):
+    """One tfflannel round: images/s of `train_step` and `infer_step` (from `build_tensorflow_steps`)."""
+    return {"train": batch / time_calls(train_step, steps), "infer": batch / time_calls(infer_step, steps)}
+
+
+def time_torch(args, name):
+    """One torchvision round, in a fresh `--torch-worker` subprocess of `args.torch_python`."""
+    output = subprocess.run([args.torch_python, __file__, "--torch-worker", name, "--batch", str(args.batch),
+                             "--steps", str(args.steps), "--threads", str(args.threads)],
+                            check=True, capture_output=True, text=True).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def summarize(values):
+    """`median [min, max]` of a list of rates or ratios, for the table."""
+    return f"{statistics.median(values):7.2f} [{min(values):.2f}, {max(values):.2f}]"
+
+
 def main():
     """Parse the command line, then print images/s and the ratio per backbone (or act as the torch worker)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--torch-python", help="A Python with torch + torchvision (runs the torchvision half).")
     parser.add_argument("--backbones", nargs="*", default=sorted(BACKBONES), choices=sorted(BACKBONES))
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=2, help="Timed steps after one warm-up step.")
+    parser.add_argument("--steps", type=int, default=2, help="Timed steps per round after one warm-up step.")
+    parser.add_argument("--repeats", type=int, default=3, help="Rounds, frameworks alternated (at least 3).")
     parser.add_argument("--grouped-conv", default="split", choices=("split", "grouped"))
-    parser.add_argument("--threads", type=int, default=0,
-                        help="Compute threads for both frameworks (0: each framework's default, all cores). On a "
-                             "busy machine torch's OpenMP threads slow down far more than TensorFlow's pool; the "
-                             "same small count on both sides keeps the ratio fair.")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(),
+                        help="Compute threads for both frameworks  [default: all cores].")
     parser.add_argument("--torch-worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.torch_worker:
@@ -165,19 +184,38 @@ def main():
         return
     if not args.torch_python:
         parser.error("--torch-python PYTHON is required (a Python with torch + torchvision)")
-    print(f"CPU cores visible: {os.cpu_count()}; threads {args.threads or 'default'}; batch {args.batch}; "
-          f"{args.steps} timed steps; load average {os.getloadavg()[0]:.1f}; "
-          f"images/s (train = AdamW step, infer = eval forward)")
-    print(f"{'backbone':18s} {'tf train':>9s} {'torch train':>11s} {'ratio':>6s} {'tf infer':>9s} "
-          f"{'torch infer':>11s} {'ratio':>6s}")
+    if args.repeats < 3:
+        parser.error(f"--repeats must be at least 3. Received: {args.repeats}.")
+    load = os.getloadavg()[0]
+    print(f"CPU cores visible: {os.cpu_count()}; threads {args.threads} for both; batch {args.batch}; "
+          f"{args.steps} timed steps x {args.repeats} alternated rounds; load average {load:.1f}; "
+          f"images/s (train = AdamW step, infer = eval forward), median [min, max]")
+    if load > 0.5:
+        print(f"warning: load average {load:.1f} before the run: the machine is busy, so the figures are not "
+              "fit to report; measure on an idle machine", file=sys.stderr)
+    print(f"{'backbone':18s} {'tf train':>22s} {'torch train':>22s} {'ratio':>22s} {'tf infer':>22s} "
+          f"{'torch infer':>22s} {'ratio':>22s}")
     for name in args.backbones:
-        ours = measure_tensorflow(name, args.batch, args.steps, args.grouped_conv, args.threads)
-        output = subprocess.run([args.torch_python, __file__, "--torch-worker", name, "--batch", str(args.batch),
-                                 "--steps", str(args.steps), "--threads", str(args.threads)],
-                                check=True, capture_output=True, text=True).stdout
-        theirs = json.loads(output.strip().splitlines()[-1])
-        print(f"{name:18s} {ours['train']:9.2f} {theirs['train']:11.2f} {ours['train'] / theirs['train']:6.2f} "
-              f"{ours['infer']:9.2f} {theirs['infer']:11.2f} {ours['infer'] / theirs['infer']:6.2f}", flush=True)
+        train_step, infer_step = build_tensorflow_steps(name, args.batch, args.grouped_conv, args.threads)
+        train_step()
+        infer_step()                                              # warm-ups: tracing, allocation
+        rounds = []
+        for index in range(args.repeats):                         # alternate: tf first, then torch first, ...
+            if index % 2 == 0:
+                ours = time_tensorflow(train_step, infer_step, args.batch, args.steps)
+                rounds.append((ours, time_torch(args, name)))
+            else:
+                theirs = time_torch(args, name)
+                rounds.append((time_tensorflow(train_step, infer_step, args.batch, args.steps), theirs))
+        columns = []
+        for kind in ("train", "infer"):
+            tf_rates = [tf_round[kind] for tf_round, _ in rounds]
+            torch_rates = [torch_round[kind] for _, torch_round in rounds]
+            columns += [summarize(tf_rates), summarize(torch_rates),
+                        summarize([a / b for a, b in zip(tf_rates, torch_rates, strict=True)])]
+        print(f"{name:18s} " + " ".join(f"{c:>22s}" for c in columns), flush=True)
+    print(f"torch {rounds[-1][1]['version']} ({rounds[-1][1]['threads']} threads); load average after: "
+          f"{os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":
