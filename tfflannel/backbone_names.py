@@ -31,3 +31,6 @@ convert torchvision's files with `import-weights` and pass them with `reproduce 
 BASELINE_BACKBONE_NAMES = ("covidnet_cxr", "efficientnet_b4")
 """The published COVID-19 models compared with FLANNEL (`configs/baselines.yaml`): COVID-Net (Wang, Lin & Wong 2020,
 a CXR network) and AI-COVID's EfficientNet-B4 (Bai, Wang et al. 2020, applied to CT in its paper, here to CXR)."""
+
+SEGMENTER_NAMES = ("fcdn103", "fcdn56", "fcdn67", "fcdn_medium", "fcdn_small")
+"""Sorted FC-DenseNet presets (`tfflannel.models.fc_densenet.FC_DENSENET_PRESETS`): the `train-seg --model` choices."""
