@@ -67,6 +67,13 @@ def test_native_input_sizes():
                                                                            for n in list_backbones()}
 
 
+def test_scratch_names_mirror_the_registry():
+    from tfflannel.backbone_names import SCRATCH_BACKBONE_NAMES
+
+    assert list(SCRATCH_BACKBONE_NAMES) == [n for n in list_backbones() if backbone_config(n).scratch]
+    assert not any(backbone_config(n).keras_weights for n in SCRATCH_BACKBONE_NAMES)
+
+
 def test_efficientnet_b4_equals_torchvision_count():
     # torchvision's efficientnet_b4 has 19,341,616 parameters; Keras' own total (19,466,823) adds the BN moving
     # statistics and the input Normalization, which are not trainable.

@@ -103,7 +103,7 @@ def apply_stage(x, width, depth, bn_momentum, name):
 
 
 @register_backbone(BackboneConfig(PREFIX, 480, "unit", STAGE_WIDTHS[-1], f"{PREFIX}_stage4_sum", False, 0,
-                                  head_layers=True))
+                                  head_layers=True, scratch=True))
 def covidnet_cxr(inputs, weights=None, include_top=False, bn_momentum=0.9, classes=3, **kwargs):
     """COVID-Net for chest X-rays (module docstring: what the paper fixes and what was chosen).
 

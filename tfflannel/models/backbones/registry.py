@@ -25,6 +25,8 @@ class BackboneConfig:
         head_layers: bool. The reference classifier has layers before its last Linear (VGG's 4096-4096,
             InceptionV3's dropout); the builder returns them with `include_top=True, classes=0`.
         grouped_conv: bool. The builder takes `impl` (`split` | `grouped`) for its grouped convolutions.
+        scratch: bool. No ImageNet weights exist for it in any framework: it always trains from scratch
+            (`reproduce --weights imagenet` / `--weights-dir` give it `none`).
     """
 
     name: str
@@ -36,6 +38,7 @@ class BackboneConfig:
     reference_params: int = 0
     head_layers: bool = False
     grouped_conv: bool = False
+    scratch: bool = False
 
 
 def register_backbone(config):
