@@ -1,7 +1,13 @@
-"""Keras `fit` under `MultiWorkerMirroredStrategy`: two fixes to Keras 3's TensorFlow trainer (TensorFlow-specific).
+"""Two fixes to Keras' private TensorFlow trainer for `fit` under `MultiWorkerMirroredStrategy` (quarantined).
+
+This is the only tfflannel module that imports `keras.src`. `learners.strategy.make_strategy` imports it, and
+calls `install()`, only when it creates a multi-worker strategy; single-host training (default or
+`MirroredStrategy`) never imports it (`tests/learners_stage/test_public_apis.py` checks that). `install()`
+refuses any Keras other than `KERAS_VERSION`, the version these fixes were written and tested for, since they
+replace private functions whose names and signatures Keras may change in any release.
 
 Keras 3.15's TensorFlow trainer fails in two places when several worker processes train one model
-(tensorflow/tensorflow#72388):
+(tensorflow/tensorflow#72388, keras-team/keras#20585):
 
 1. `TensorFlowTrainer._maybe_symbolic_build` builds the model from the first input batch, which it
    gets with `strategy.reduce("MEAN", batch)`; a multi-worker strategy cannot convert the batch's
@@ -13,60 +19,22 @@ Keras 3.15's TensorFlow trainer fails in two places when several worker processe
    (`tf.reduce_mean(local_results, axis=0)`); the fix does the same over all workers' replicas:
    `strategy.reduce("MEAN", value, axis=None)`.
 
-A third difference is not a failure: BatchNormalization's moving mean and variance are updated by
-each replica from its own part of the batch and are not synchronized, so after an epoch every worker
-holds other statistics (on one host, MirroredStrategy keeps per-replica copies too and reads the
-first). `AverageBatchNormStatistics` averages them over all replicas at the end of every epoch, before
-validation and the checkpoint, so every worker then holds the same model as the chief.
-
-`install()` replaces the two Keras functions by wrappers that call the originals unchanged unless
-the model's strategy is a `MultiWorkerMirroredStrategy` in multi-worker mode, so single-host training
-(default or `MirroredStrategy`) runs exactly the code it ran before. `make_strategy` installs them
-when it creates the multi-worker strategy.
+The wrappers call the originals unchanged unless the model's strategy is a `MultiWorkerMirroredStrategy` in
+multi-worker mode. Why a patch rather than a custom `tf.distribute` loop: the multi-worker path then trains
+with the very `fit`, callbacks, resume and checkpoint code the single-host path uses (one trainer), and the
+patch is two small wrappers behind an exact version check; a custom loop would be a second trainer to keep equal.
 """
 
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
 from keras.src import tree
 from keras.src.backend.tensorflow import trainer as tf_trainer
 
+from tfflannel.learners.replicas import in_multi_worker_mode, local_value
+
+KERAS_VERSION = "3.15.1"
 _ORIGINAL = {}
-
-
-def in_multi_worker_mode(strategy):
-    """True when `strategy` is a `MultiWorkerMirroredStrategy` spanning more than one worker.
-
-    Args:
-        strategy: tf.distribute.Strategy or None.
-    """
-    return (strategy is not None and isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-            and strategy.extended._in_multi_worker_mode())
-
-
-def shard_by_data(dataset):
-    """`dataset` with tf.data's auto-sharding set to `DATA`, for training in multi-worker mode.
-
-    Every worker builds the same training pipeline from (seed, epoch); sharding by element splits each
-    global batch over the workers, so together they train on the batches one host would. (Sharding by
-    file, tf.data's choice for TFRecords, would give the workers unequal numbers of batches.)
-
-    Args:
-        dataset: tf.data.Dataset. The global-batch training pipeline.
-
-    Returns:
-        tf.data.Dataset.
-    """
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return dataset.with_options(options)
-
-
-def _local_value(value, strategy):
-    if isinstance(value, tf.distribute.DistributedValues):
-        return strategy.experimental_local_results(value)[0]
-    return value
 
 
 def _maybe_symbolic_build(self, iterator=None, data_batch=None):
@@ -75,7 +43,7 @@ def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         return _ORIGINAL["_maybe_symbolic_build"](self, iterator=iterator, data_batch=data_batch)
     if iterator is not None:
         for _, _, batches in iterator:
-            data_batch = tree.map_structure(lambda value: _local_value(value, strategy), next(batches))
+            data_batch = tree.map_structure(lambda value: local_value(value, strategy), next(batches))
             break
     with strategy.scope():
         self._symbolic_build(data_batch=data_batch)
@@ -91,44 +59,20 @@ def install():
     """Put the two multi-worker fixes into Keras' TensorFlow trainer (once per process; idempotent).
 
     Raises:
-        RuntimeError: the installed Keras no longer has the patched functions (another Keras version
-            than the one these fixes were written for, 3.15).
+        RuntimeError: the installed Keras is not `KERAS_VERSION`, or lacks the patched functions.
     """
     if _ORIGINAL:
         return
+    if keras.version() != KERAS_VERSION:
+        raise RuntimeError(f"runtime.strategy multi_worker: tfflannel's fixes to Keras' private trainer were written "
+                           f"for Keras {KERAS_VERSION}; this is Keras {keras.version()}. Install keras=="
+                           f"{KERAS_VERSION} for multi-worker training (single-host training does not need it).")
     trainer_class = tf_trainer.TensorFlowTrainer
     if not (callable(getattr(tf_trainer, "reduce_per_replica", None))
             and callable(getattr(trainer_class, "_maybe_symbolic_build", None))):
-        raise RuntimeError("tfflannel.learners.multi_worker: this Keras has no TensorFlowTrainer._maybe_symbolic_build "
-                           "or reduce_per_replica; the multi-worker fixes were written for Keras 3.15")
+        raise RuntimeError("runtime.strategy multi_worker: this Keras has no TensorFlowTrainer._maybe_symbolic_build "
+                           f"or reduce_per_replica; the multi-worker fixes were written for Keras {KERAS_VERSION}")
     _ORIGINAL["_maybe_symbolic_build"] = trainer_class._maybe_symbolic_build
     _ORIGINAL["reduce_per_replica"] = tf_trainer.reduce_per_replica
     trainer_class._maybe_symbolic_build = _maybe_symbolic_build
     tf_trainer.reduce_per_replica = _reduce_per_replica
-
-
-class AverageBatchNormStatistics(keras.callbacks.Callback):
-    """At each epoch's end, set every BatchNormalization moving mean and variance to its mean over all replicas.
-
-    Put it first in the callback list, so validation, checkpoints and the saved model see the averaged
-    statistics; every worker then holds the same weights. Does nothing outside multi-worker mode.
-    """
-
-    def on_epoch_end(self, epoch, logs=None):
-        """Average the moving statistics over the replicas of all workers (one collective all-reduce)."""
-        strategy = self.model.distribute_strategy
-        if not in_multi_worker_mode(strategy):
-            return
-        variables = [variable for layer in self.model._flatten_layers()
-                     if isinstance(layer, keras.layers.BatchNormalization)
-                     for variable in (layer.moving_mean, layer.moving_variance)]
-        if not variables:
-            return
-
-        def replica_mean():
-            context = tf.distribute.get_replica_context()
-            return context.all_reduce("MEAN", [tf.convert_to_tensor(v.value) for v in variables])
-
-        means = strategy.run(replica_mean)
-        for variable, mean in zip(variables, means, strict=True):
-            variable.assign(strategy.experimental_local_results(mean)[0])

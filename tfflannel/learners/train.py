@@ -24,7 +24,12 @@ from tfflannel.config import dump_config
 from tfflannel.data.manifest import load_manifest, validation_folds
 from tfflannel.errors import InputError
 from tfflannel.learners.infer import predict_image_scores
-from tfflannel.learners.multi_worker import AverageBatchNormStatistics, in_multi_worker_mode, shard_by_data
+from tfflannel.learners.replicas import (
+    AverageBatchNormStatistics,
+    in_multi_worker_mode,
+    precise_bn_batches,
+    shard_by_data,
+)
 from tfflannel.learners.strategy import chief_writes, make_strategy, replica_batch_size
 from tfflannel.models.backbones import backbone_config
 from tfflannel.models.classifier import build_classifier, inference_model
@@ -218,7 +223,8 @@ def train_patch_learner(config, backbone, fold, workdir, out_dir, weights=None, 
         model = _compiled_classifier(cfg, backbone, size, weights, cfg.l1)
     validation = ValidationF1(lambda: evaluation_dataset(workdir, "valid", fold, cfg.val_patches, size, cfg.seed,
                                                          cfg.images_per_batch),
-                              lambda epoch: epochs_of(epoch, epoch + 1), 0 if multi else cfg.precise_bn_batches)
+                              lambda epoch: epochs_of(epoch, epoch + 1),
+                              precise_bn_batches(cfg.precise_bn_batches, strategy, "patched.precise_bn_batches"))
     callbacks = [validation, SamplePatchImages(out_dir / "logs", train), *extra_callbacks]
     return _fit(fit, model, train, steps, out_dir, callbacks, progress)
 
@@ -258,7 +264,8 @@ def train_global_learner(config, backbone, fold, workdir, out_dir, weights=None,
     with strategy.scope():
         model = _compiled_classifier(cfg, backbone, crop, weights)
     validation = ValidationF1(lambda: global_evaluation_dataset(valid_rows, resize, crop),
-                              lambda epoch: epochs_of(epoch, epoch + 1), 0 if multi else cfg.precise_bn_batches)
+                              lambda epoch: epochs_of(epoch, epoch + 1),
+                              precise_bn_batches(cfg.precise_bn_batches, strategy, "global_learner.precise_bn_batches"))
     schedule = keras.callbacks.LearningRateScheduler(step_decay(scale_milestones(cfg.lr_milestones, cfg.epochs),
                                                                 cfg.learning_rate))
     callbacks = [validation, schedule, SamplePatchImages(out_dir / "logs", train), *extra_callbacks]
