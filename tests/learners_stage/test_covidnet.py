@@ -85,3 +85,14 @@ def test_efficientnet_file_weights_get_keras_imagenet_scaling():
     x = np.random.default_rng(0).random((1, 4, 4, 3), dtype=np.float32)
     np.testing.assert_allclose(np.asarray(model(x)), (x - mean) / std, rtol=1e-5)
     assert not fix_stored_imagenet_std(model)        # already squared: left alone
+
+
+def test_classifier_keeps_the_fc_head_and_grad_cam_reaches_its_layer():
+    from tfflannel.explain.gradcam import gradcam
+    from tfflannel.models.classifier import build_classifier
+
+    model = build_classifier("covidnet_cxr", input_size=32, head="reference")
+    assert model.get_layer("covidnet_cxr_fc2").output.shape[-1] == 256      # the paper's FC 1024 -> 256 kept
+    x = np.random.default_rng(2).random((1, 32, 32, 1), dtype=np.float32) * 255
+    maps = gradcam(model, x, 0, backbone_config("covidnet_cxr").last_conv)
+    assert maps.shape == (1, 32, 32) and np.isfinite(maps).all() and (maps >= 0).all()
