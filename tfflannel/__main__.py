@@ -1,6 +1,5 @@
-"""`python -m tfflannel ARGS`: the `tfflannel` command (what `reproduce` runs each job as)."""
+"""`python -m tfflannel COMMAND ...` is the `tfflannel` command."""
 
 from tfflannel.cli import main
 
-if __name__ == "__main__":
-    main(prog_name="tfflannel")
+main()
