@@ -10,8 +10,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 QUARANTINED = "tfflannel.learners.keras_multi_worker_patch"    # the one module that patches Keras' private trainer
 # Imports of private framework modules and uses of private framework attributes, as they appear in source.
-PRIVATE = re.compile(r"keras\.src|tensorflow\.python|\._flatten_layers|_seed_generators|_keras_history"
-                     r"|_in_multi_worker_mode|_maybe_symbolic_build|reduce_per_replica")
+PRIVATE = re.compile(r"keras\.src|tensorflow\.python|\._flatten_layers|(?<!\w)_seed_generators|(?<!\w)_keras_history"
+                     r"|_in_multi_worker_mode|_maybe_symbolic_build|(?<!\w)reduce_per_replica")
 
 
 def _module_name(path):
