@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
-import json
 import re
 import shlex
 import time
@@ -238,11 +237,25 @@ def build_jobs(data, out, folds, backbones=PAPER_BACKBONES, modes=MODES, weights
     return jobs
 
 
-def _json(path):
+def _run_complete(run_dir):
+    """Whether a run's resume state says it finished (an unreadable state counts as not)."""
+    from tfflannel.resume_state import read_fit_state
+
     try:
-        return json.loads(Path(path).read_text())
+        state = read_fit_state(run_dir)
+    except InputError:
+        return False
+    return state is not None and bool(state.complete)
+
+
+def _predicted_roles(run_dir):
+    """The partitions a run's predict-base finished (an unreadable provenance counts as none)."""
+    from tfflannel.predictions import read_provenance
+
+    try:
+        return set(read_provenance(run_dir).get("done", []))
     except (OSError, ValueError):
-        return {}
+        return set()
 
 
 def cache_matches_manifest(cache):
@@ -260,8 +273,13 @@ def cache_matches_manifest(cache):
     """
     cache = Path(cache)
     manifest_path = cache.parent / "manifest.csv"
-    recorded = _json(cache / "cache.json")
-    if not recorded.get("shards") or not (cache / "index.csv").is_file() or not manifest_path.is_file():
+    from tfflannel.segmentation.cache_record import read_cache_record
+
+    try:
+        recorded = read_cache_record(cache.parent)
+    except InputError:
+        return False
+    if recorded is None or not recorded.shards or not (cache / "index.csv").is_file() or not manifest_path.is_file():
         return False
     try:
         index = read_csv(cache / "index.csv")
@@ -271,7 +289,7 @@ def cache_matches_manifest(cache):
         shards = {r["shard"] for r in index}
     except (OSError, KeyError, ValueError):
         return False
-    return have == wanted and shards <= set(recorded["shards"])
+    return have == wanted and shards <= set(recorded.shards)
 
 
 def is_complete(job):
@@ -292,11 +310,11 @@ def is_complete(job):
     if job.kind == "segment":
         return cache_matches_manifest(target)
     if job.kind == "train":
-        return bool(_json(target / "resume" / "state.json").get("complete"))
+        return _run_complete(target)
     if job.kind == "predict":
-        return set(ROLES) <= set(_json(target / "predictions" / "provenance.json").get("done", []))
+        return set(ROLES) <= _predicted_roles(target)
     if job.kind == "ensemble":
-        return (bool(_json(target / "resume" / "state.json").get("complete"))
+        return (_run_complete(target)
                 and (target / "learner_weights.json").is_file() and (target / "predictions" / "test.csv").is_file())
     return (target / "table3.csv").is_file()
 

@@ -9,7 +9,6 @@ epoch's data are drawn from (seed, epoch), never replayed.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
@@ -35,9 +34,11 @@ from tfflannel.models.backbones import backbone_config
 from tfflannel.models.classifier import build_classifier, inference_model
 from tfflannel.models.precise_bn import recompute_batchnorm_statistics
 from tfflannel.resume import ResumableFit, config_fingerprint, save_model_without_optimizer
-from tfflannel.run_info import RunInfo, file_sha256, manifest_sha256, relative_to_run, save_run_info
+from tfflannel.run_info import RunInfo, manifest_sha256, relative_to_run, save_run_info
 from tfflannel.schedules import scale_milestones, step_decay
+from tfflannel.segmentation.cache_record import recorded_cache_key
 from tfflannel.tf_epochs import seed_run
+from tfflannel.utils import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -120,10 +121,11 @@ def _start_run(config, section_name, out_dir, info, weights, force):
     # Both ways: in one process (reproduce, tests) an earlier mixed-precision run must not leak into this one.
     keras.mixed_precision.set_global_policy("mixed_float16" if config.runtime.mixed_precision else "float32")
     dump_config(config, out_dir / "config.yaml")
-    if info.kind == "patch" and (workdir / "cache" / "cache.json").is_file():   # what serving checks against
+    cache_key = recorded_cache_key(workdir) if info.kind == "patch" else None
+    if cache_key is not None:                        # what serving checks against
         from tfflannel.film_pipeline import CONFIDENCE_QC_OFF, ViewSettings
 
-        info.cache_key = json.loads((workdir / "cache" / "cache.json").read_text()).get("key")
+        info.cache_key = cache_key
         view = ViewSettings.from_config(config).key()    # the confidence QC bounds only where set
         names = list(view) + [k for k in CONFIDENCE_QC_OFF if k in info.cache_key and k not in view]
         wrong = [f"{k}: cache {info.cache_key.get(k, CONFIDENCE_QC_OFF.get(k))!r}, "
