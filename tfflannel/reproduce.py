@@ -31,6 +31,7 @@ from pathlib import Path
 
 from tfflannel.backbone_names import BACKBONE_NAMES, TORCHVISION_BACKBONE_NAMES
 from tfflannel.errors import InputError
+from tfflannel.models.weights_files import check_weights_file
 from tfflannel.utils import read_csv
 
 PAPER_BACKBONES = TORCHVISION_BACKBONE_NAMES      # the paper's five, defined once in backbone_names
@@ -116,7 +117,8 @@ def resolve_weights(backbones, weights="none", weights_dir=None):
 
     Raises:
         InputError: `--weights` and `--weights-dir` both given; a weights file for several backbones; a missing
-            file (all backbones' missing files are listed at once); `imagenet` for backbones without Keras ImageNet
+            file (all backbones' missing files are listed at once); a truncated or corrupt file
+            (`check_weights_file`); `imagenet` for backbones without Keras ImageNet
             weights (all named, with the fix).
     """
     weights = "none" if weights in (None, "None") else str(weights)
@@ -138,6 +140,8 @@ def resolve_weights(backbones, weights="none", weights_dir=None):
                              f"{', '.join(missing)} (nor .safetensors/.pth of the same name); make each with "
                              f"`tfflannel import-weights --backbone NAME --from TORCHVISION_FILE --out "
                              f"{directory}/NAME.weights.h5`.")
+        for path in found.values():
+            check_weights_file(path)
         return found
     if weights not in ("none", "imagenet"):
         if len(backbones) > 1:
@@ -146,6 +150,7 @@ def resolve_weights(backbones, weights="none", weights_dir=None):
                              f"--weights-dir DIR.")
         if not Path(weights).is_file():
             raise InputError(f"--weights {weights}: weights file not found.")
+        check_weights_file(weights)
     if weights == "imagenet":
         from tfflannel.models.backbones import backbone_config
 
