@@ -195,18 +195,35 @@ def test_imagenet_is_refused_for_backbones_without_keras_weights(sample_work, tm
     assert not (tmp_path / "runs").exists()
 
 
+def _write_weights_stub(path):
+    """A file whose header passes `check_weights_file` for its suffix (its contents fit no backbone)."""
+    import zipfile
+
+    import h5py
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    if path.suffix == ".pth":
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("archive/data.pkl", b"\x80\x02}q\x00.")
+    elif path.suffix == ".safetensors":
+        save_file({"x": np.zeros(1, np.float32)}, str(path))
+    else:
+        h5py.File(path, "w").close()
+
+
 def test_weights_dir_gives_each_backbone_its_file_and_lists_every_missing_one(sample_work, tmp_path):
     weights = tmp_path / "w"
     weights.mkdir()
     for name in ("densenet161.weights.h5", "densenet161.pth", "vgg19_bn.safetensors"):
-        (weights / name).write_bytes(b"")
+        _write_weights_stub(weights / name)
     backbones = ["--backbones", "densenet161,vgg19_bn,resnet152_tv,resnext101_32x8d"]
     missing = _dry_run(sample_work, tmp_path / "runs", "--weights-dir", str(weights), *backbones)
     assert missing.exit_code == 2, missing.output
     assert "resnet152_tv.weights.h5" in missing.output and "resnext101_32x8d.weights.h5" in missing.output
     assert "densenet161" not in missing.output and "vgg19_bn" not in missing.output
-    (weights / "resnet152_tv.pth").write_bytes(b"")
-    (weights / "resnext101_32x8d.weights.h5").write_bytes(b"")
+    _write_weights_stub(weights / "resnet152_tv.pth")
+    _write_weights_stub(weights / "resnext101_32x8d.weights.h5")
     result = _dry_run(sample_work, tmp_path / "runs", "--weights-dir", str(weights), *backbones)
     assert result.exit_code == 0, result.output
     assert _weights_of(result.output.splitlines()) == {   # .weights.h5 before .safetensors before .pth
