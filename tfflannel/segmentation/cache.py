@@ -11,6 +11,8 @@ and every setting that changes a record (`CacheSettings.key`); shard names carry
 a digest of that key and of their images' (image_id, sha256), and `index.csv`
 lists each image's sha256 and shard. A rerun with nothing changed writes nothing;
 a changed image, segmenter or setting rebuilds exactly the shards it touches;
+a new shard size (`segmentation.shard_size`) re-packs: records of unchanged images
+are copied from the old shards, byte for byte, without running the segmenter;
 shards of an old layout are removed once the new one is complete; temp files of
 a killed run are removed by the next run. Readers read exactly the shards
 `index.csv` lists and refuse a cache that does not match the manifest.
@@ -198,20 +200,42 @@ def _finished(cache, name):
         return handle.readline().strip().split(",") == list(INDEX_COLUMNS)
 
 
-def _write_shard(maker, rows, path, settings):
+def _write_shard(make_views, rows, path, settings, reusable):
+    """Write one shard: records of `reusable` images are copied byte for byte, the others segmented.
+
+    Args:
+        make_views: callable. Returns the `ViewMaker`; called only when some film needs the segmenter.
+        rows: list of dict. The shard's manifest rows, sorted by image_id.
+        path: Path. The shard file.
+        settings: CacheSettings.
+        reusable: dict. {image_id: index row} of records already in the cache under the same key (`_reusable`).
+    """
+    copied = _copy_records(path.parent, [reusable[r["image_id"]] for r in rows
+                                         if reusable.get(r["image_id"], {}).get("sha256") == r["sha256"]])
     films, kept, errors = [], [], []
     for row in rows:
+        if row["image_id"] in copied:
+            continue
         try:
             films.append(read_image(row["path"])[0])
             kept.append(row)
         except ImageReadError as error:
             log.warning("skipping %s: %s", row["image_id"], error)
             errors.append({"image_id": row["image_id"], "path": row["path"], "reason": error.reason})
-    views = maker.views(films, settings.batch_size)
+    views = dict(zip((r["image_id"] for r in kept), make_views().views(films, settings.batch_size) if films else [],
+                     strict=True))
     index_rows = []
     with atomic_path(path) as tmp:
         with tf.io.TFRecordWriter(tmp) as writer:
-            for row, view in zip(kept, views, strict=True):
+            for row in rows:
+                if row["image_id"] in copied:
+                    raw, index_row = copied[row["image_id"]]
+                    writer.write(raw)
+                    index_rows.append({**index_row, "shard": path.name})
+                    continue
+                view = views.get(row["image_id"])
+                if view is None:
+                    continue                                     # unreadable: listed in errors
                 writer.write(encode_record(row["image_id"], view))
                 index_rows.append({"image_id": row["image_id"], "sha256": row["sha256"], "shard": path.name,
                                    "mask_ok": int(view["mask_ok"]),
@@ -221,6 +245,32 @@ def _write_shard(maker, rows, path, settings):
     index_path, errors_path = _parts(path.parent, path.name)
     write_csv_atomic(errors_path, errors, ERROR_COLUMNS)
     write_csv_atomic(index_path, index_rows, INDEX_COLUMNS)   # last: its presence marks the shard finished
+
+
+def _reusable(cache):
+    """{image_id: index row} of the complete cache's records, whose shard files are still there.
+
+    Only called when `cache.json` holds the current key: these records are exactly what segmenting the same
+    film (same sha256) would write, so a new shard layout (`segmentation.shard_size`) copies them instead.
+    """
+    if not (cache / "index.csv").is_file():
+        return {}
+    rows = read_csv(cache / "index.csv")
+    return {r["image_id"]: r for r in rows if all(r.get(c) not in (None, "") for c in INDEX_COLUMNS)
+            and (cache / r["shard"]).is_file()}
+
+
+def _copy_records(cache, index_rows):
+    """{image_id: (serialized record, index row)} read from the shards `index_rows` name."""
+    wanted = {r["image_id"]: r for r in index_rows}
+    found = {}
+    for name in dict.fromkeys(r["shard"] for r in index_rows):
+        for raw in tf.data.TFRecordDataset(str(cache / name)):
+            image_id = tf.io.parse_single_example(raw, {"image_id": FEATURE_SPEC["image_id"]})["image_id"]
+            image_id = image_id.numpy().decode()
+            if image_id in wanted:
+                found[image_id] = (raw.numpy(), wanted[image_id])
+    return found
 
 
 def _remove_orphans(cache, others):
@@ -272,10 +322,10 @@ def build_cache(workdir, segmenter, settings=None, shard=(1, 1), progress=True):
             skipped += 1
         else:
             todo.append((name, chunk))
-    maker = view_maker(segmenter, settings.view) if todo else None
+    reusable = _reusable(cache) if recorded is not None and todo else {}
     bar = tqdm(total=sum(len(chunk) for _, chunk in todo), desc="segmenting", unit="img", disable=not progress)
     for name, chunk in todo:
-        _write_shard(maker, chunk, cache / name, settings)
+        _write_shard(lambda: view_maker(segmenter, settings.view), chunk, cache / name, settings, reusable)
         bar.update(len(chunk))
     bar.close()
     complete = all(_finished(cache, name) for name, _ in plan)
