@@ -165,6 +165,8 @@ def _read_pillow(path, limits):
             else:
                 array = np.asarray(image.convert("L"))
             meta = {"format": image.format, "mode": mode}
+    except ImageReadError:
+        raise                                    # too large or too small: its own reason, not "corrupt" (a ValueError)
     except UnidentifiedImageError:
         raise ImageReadError(path, "not a PNG, JPEG or DICOM image") from None
     except (OSError, SyntaxError, ValueError) as error:
