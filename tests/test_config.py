@@ -39,7 +39,7 @@ def _fields(kind):
 def test_packaged_configs_are_the_only_copies():
     assert [p.name for p in PACKAGED] == ["data.yaml", "demo.yaml", "ensemble.yaml", "flannel_torchvision.yaml",
                                           "global.yaml", "patched.yaml",
-                                          "segmentation.yaml"]
+                                          "segmentation.yaml", "segmenter_shipped.yaml"]
     for path in PACKAGED:
         user_copy = REPO / "configs" / path.name
         if user_copy.exists():                   # a checkout: configs/ links to the package files
