@@ -424,6 +424,34 @@ def load_config(path: Optional[str | Path] = None, overrides=()) -> ExperimentCo
     return validate(config, str(path) if path is not None and not overrides else "config")
 
 
+def explicit_keys(path=None, overrides=()):
+    """The dotted keys (`inference.k`) a YAML diff and `--set` items set, whatever their values.
+
+    Lets a command tell a value the user chose from a default (e.g. serving takes K from the runs unless
+    `inference.k` is set here). Call it after `load_config` accepted the same file and overrides.
+
+    Args:
+        path: str, Path or None. The YAML file the user gave (not a command's default config). Defaults to `None`.
+        overrides: iterable of str. `section.key=value` items. Defaults to `()`.
+
+    Returns:
+        set of str.
+    """
+    keys = set()
+
+    def walk(values, prefix):
+        for name, value in values.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{name}.")
+            else:
+                keys.add(f"{prefix}{name}")
+
+    if path is not None:
+        walk(_safe_load(Path(path).read_text(), str(path)) or {}, "")
+    keys.update(item.split("=", 1)[0].strip() for item in overrides if "=" in item)
+    return keys
+
+
 def packaged_config(name):
     """Path of a config shipped inside the package (`tfflannel/configs/NAME`), e.g. `packaged_config("demo.yaml")`.
 

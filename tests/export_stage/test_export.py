@@ -62,8 +62,9 @@ def exported(tmp_path_factory, tiny_runs):
     runs, ensemble = tiny_runs
     out = tmp_path_factory.mktemp("export") / "model"
     result = CliRunner().invoke(main, ["export", "--runs", ",".join(map(str, runs)), "--ensemble", str(ensemble),
-                                       "--out", str(out), "--set", f"inference.k={K}"])
+                                       "--out", str(out)])           # K and seed: the ensemble's, not the config's 100
     assert result.exit_code == 0, result.output
+    assert f"K {K} and patch seed 0 taken from {ensemble}" in result.stderr, result.output
     return out
 
 
@@ -161,6 +162,44 @@ def test_predict_runs_equals_predict_model_and_k_comes_from_the_config(exported,
                                  "--set", "inference.k=1"])
     assert other.exit_code == 2, "inference.k reaches predict --runs, and K=1 is not what the ensemble was fit on"
     assert f"K={K}" in other.output and "K=1" in other.output and f"--set inference.k={K}" in other.output
+
+
+def test_served_k_and_seed_come_from_the_runs_unless_the_user_sets_them(exported, tiny_runs, sample_cls_dir,
+                                                                         tmp_path):
+    """predict --runs and explain take K and the seed the runs were evaluated with (one line says so); a value
+    set with --set, --k or a given --config is the user's, and predict refuses it where it differs."""
+    runs, ensemble = tiny_runs
+    film = str(next((sample_cls_dir / "covid19").glob("*.png")))
+    runner = CliRunner()
+    served = runner.invoke(main, ["predict", film, "--model", str(exported)])
+    direct = runner.invoke(main, ["predict", film, "--runs", ",".join(map(str, runs)), "--ensemble", str(ensemble)])
+    assert direct.exit_code == 0, direct.output
+    assert [line for line in direct.stderr.splitlines() if "taken from" in line] == \
+        [f"K {K} and patch seed 0 taken from {ensemble} (the member predictions it was fit on)"]
+    np.testing.assert_allclose(list(json.loads(direct.stdout)[0]["probabilities"].values()),
+                               list(json.loads(served.stdout)[0]["probabilities"].values()), atol=1e-5)
+    config = tmp_path / "k1.yaml"
+    config.write_text("inference:\n  k: 1\n")
+    given = runner.invoke(main, ["predict", film, "--runs", ",".join(map(str, runs)), "--ensemble", str(ensemble),
+                                 "--config", str(config)])
+    assert given.exit_code == 2 and f"--set inference.k={K}" in given.output, "a given config's K is refused"
+    assert f"patch seed 0 taken from {ensemble}" in given.stderr and f"K {K} and" not in given.stderr
+    single = runner.invoke(main, ["predict", film, "--runs", str(runs[0])])
+    assert single.exit_code == 0, single.output
+    assert f"K {K} and patch seed 0 taken from {runs[0]} (predictions/provenance.json" in single.stderr
+    maps = {}
+    for name, extra in (("runs", []), ("explicit", ["--k", str(K), "--set", "inference.seed=0"]),
+                        ("other", ["--k", "4"])):
+        result = runner.invoke(main, ["explain", film, "--run", str(runs[0]), "--out", str(tmp_path / f"{name}.png"),
+                                      *extra])
+        assert result.exit_code == 0, result.output
+        maps[name] = (tmp_path / f"{name}.png").read_bytes()
+        taken = [line for line in result.stderr.splitlines() if "taken from" in line]
+        assert taken == {"runs": [f"K {K} and patch seed 0 taken from {runs[0]} (predictions/provenance.json of "
+                                  f"predict-base)"],
+                         "explicit": [], "other": [f"patch seed 0 taken from {runs[0]} (predictions/provenance.json "
+                                                   f"of predict-base)"]}[name], result.stderr
+    assert maps["runs"] == maps["explicit"] != maps["other"], "explain drew the run's K patches, --k 4 others"
 
 
 def test_explain_patches_are_predict_base_patches(tiny_runs, sample_workdir):

@@ -68,6 +68,17 @@ def load_cli_config(config_path, overrides, default_config=None):
     return config
 
 
+def explicit_config_keys(config_path, overrides):
+    """The dotted config keys the user set: `--set` items, and the keys of `--config` when given (not its default)."""
+    from click.core import ParameterSource
+
+    from tfflannel.config import explicit_keys
+
+    context = click.get_current_context()
+    given = context.get_parameter_source("config_path") not in (ParameterSource.DEFAULT, None)
+    return explicit_keys(config_path if given else None, overrides)
+
+
 @contextlib.contextmanager
 def _quiet_stderr():
     """Send file descriptor 2 to /dev/null (C++ start-up logs written before TF_CPP_MIN_LOG_LEVEL applies)."""

@@ -8,7 +8,24 @@ from pathlib import Path
 import click
 
 from tfflannel import CLASS_NAMES, DISCLAIMER
-from tfflannel.cli.common import BadInput, config_options, load_cli_config, reports_input_errors, served_runs
+from tfflannel.cli.common import (
+    BadInput,
+    config_options,
+    explicit_config_keys,
+    load_cli_config,
+    reports_input_errors,
+    served_runs,
+)
+
+
+def _take_recorded_inference(config, runs, ensemble_dir, config_path, overrides, k_option=None):
+    """K and the patch seed from the runs served, unless the command line or a given config sets them (one line)."""
+    from tfflannel.export.saved_model import take_recorded_inference
+
+    explicit = explicit_config_keys(config_path, overrides) | ({"inference.k"} if k_option is not None else set())
+    note = take_recorded_inference(config, runs, ensemble_dir, explicit)
+    if note:
+        click.echo(note, err=True)
 
 
 @click.command("export")
@@ -31,6 +48,7 @@ def export_command(seg_path, run_dirs, ensemble_dir, out, version, config_path, 
     config = load_cli_config(config_path, overrides, "configs/patched.yaml")
     runs = served_runs(run_dirs, ensemble_dir)
     new_version_dir(out, version)                # fail before the slow build, not after it
+    _take_recorded_inference(config, runs, ensemble_dir, config_path, overrides)
     pipeline = pipeline_from_config(config, load_segmenter(seg_path), runs, ensemble_dir)
     target = export_pipeline(pipeline, out, version)
     click.echo(f"SavedModel -> {target} (signatures: serving_default on encoded PNG/JPEG, predict_uint8)")
@@ -81,6 +99,7 @@ def predict_command(images, model_dir, run_dirs, ensemble_dir, seg_path, output_
         from tfflannel.segmentation.inference import load_segmenter
 
         segmenter = load_segmenter(seg_path)
+        _take_recorded_inference(config, runs, ensemble_dir, config_path, overrides)
         pipeline = pipeline_from_config(config, segmenter, runs, ensemble_dir)
         predict_fn = pipeline.serve_uint8
     records, failures = predict_files(predict_fn, images, batch_size)
@@ -128,7 +147,8 @@ def predict_command(images, model_dir, run_dirs, ensemble_dir, seg_path, output_
 def explain_command(image, run_dir, out, class_name, k, seg_path, config_path, overrides):
     """Grad-CAM (global runs) or probabilistic patch Grad-CAM (patched runs), masked to the lungs, as a PNG.
 
-    The patches are those predict-base and the export classify: same view, K and seed (inference.k, inference.seed).
+    The patches are those predict-base and the export classify: same view, K and seed (those of the run's
+    predict-base scores unless --k, --set or a given --config sets inference.k / inference.seed).
     """
     from tfflannel.data.io import read_image
     from tfflannel.explain.gradcam import explain_image, save_explanation
@@ -136,6 +156,7 @@ def explain_command(image, run_dir, out, class_name, k, seg_path, config_path, o
     from tfflannel.segmentation.inference import load_segmenter
 
     config = load_cli_config(config_path, overrides, "configs/patched.yaml")
+    _take_recorded_inference(config, [run_dir], None, config_path, overrides, k)
     result = explain_image(read_image(image)[0], run_dir, class_name, k=config.inference.k if k is None else k,
                            seed=config.inference.seed, segmenter=load_segmenter(seg_path),
                            view=ViewSettings.from_config(config))

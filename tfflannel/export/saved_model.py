@@ -197,6 +197,72 @@ def _scored_with(run_dir):
     return identity
 
 
+def recorded_inference(run_dirs, ensemble_dir=None):
+    """K and the patch seed the served runs were evaluated with, where they record them.
+
+    The records `check_runs_match` compares against: with an ensemble, the member predictions it was fit on
+    (its `resume/state.json` fingerprint, else K from its run.yaml); without one, each patch run's current
+    `predict-base` scores (`predictions/provenance.json`). Global runs draw no patches and record neither.
+
+    Args:
+        run_dirs: list of str or Path. The base-learner runs.
+        ensemble_dir: str or Path or None. The ensemble run. Defaults to `None`.
+
+    Returns:
+        dict: `k` and `seed` (int) where the records hold one value (absent where none or several are recorded),
+        and `source` (str): where they were read.
+    """
+    from tfflannel.resume import STATE_FILE
+    from tfflannel.run_info import load_run_info
+
+    infos = [load_run_info(r) for r in run_dirs]
+    found = {"k": set(), "seed": set()}
+    if ensemble_dir:
+        state = Path(ensemble_dir) / "resume" / STATE_FILE
+        members = json.loads(state.read_text()).get("fingerprint", {}) if state.is_file() else {}
+        for index, info in enumerate(infos):
+            if info.kind == "patch":
+                found["k"].add(members.get(f"member{index}.k", load_run_info(ensemble_dir).k))
+                found["seed"].add(members.get(f"member{index}.seed"))
+        source = f"{ensemble_dir} (the member predictions it was fit on)"
+    else:
+        for run_dir, info in zip(run_dirs, infos, strict=True):
+            scored = _scored_with(run_dir) if info.kind == "patch" else {}
+            for key in found:
+                found[key].add(scored.get(key))
+        source = f"{', '.join(map(str, run_dirs))} (predictions/provenance.json of predict-base)"
+    values = {key: {v for v in seen if v is not None} for key, seen in found.items()}
+    return {**{key: int(next(iter(v))) for key, v in values.items() if len(v) == 1}, "source": source}
+
+
+def take_recorded_inference(config, run_dirs, ensemble_dir=None, explicit=()):
+    """Serve with the K and patch seed the runs were evaluated with, unless the user set them.
+
+    `config.inference.k` / `.seed` become the runs' recorded values (`recorded_inference`) where `explicit`
+    does not name `inference.k` / `inference.seed`; an explicit value is kept, and `check_runs_match` refuses
+    it if it differs from the records.
+
+    Args:
+        config: ExperimentConfig. Changed in place.
+        run_dirs: list of str or Path. The base-learner runs.
+        ensemble_dir: str or Path or None. The ensemble run. Defaults to `None`.
+        explicit: iterable of str. Dotted keys the command line or a given config set (`config.explicit_keys`),
+            plus `inference.k` when a command's own `--k` was given. Defaults to `()`.
+
+    Returns:
+        str or None. One line saying what was taken from where, or None when nothing was.
+    """
+    recorded = recorded_inference(run_dirs, ensemble_dir)
+    taken = []
+    for key, name in (("k", "K"), ("seed", "patch seed")):
+        if key in recorded and f"inference.{key}" not in set(explicit):
+            setattr(config.inference, key, recorded[key])
+            taken.append(f"{name} {recorded[key]}")
+    if not taken:
+        return None
+    return f"{' and '.join(taken)} taken from {recorded['source']}"
+
+
 def check_runs_match(segmenter, run_dirs, infos, ensemble_dir=None, k=100, seed=0, view=None, scores=True):
     """Refuse to serve runs with a segmenter, view, K or seed other than those they were evaluated with.
 
