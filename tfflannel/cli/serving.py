@@ -139,7 +139,8 @@ def predict_command(images, model_dir, run_dirs, ensemble_dir, seg_path, output_
 @click.option("--class", "class_name", type=click.Choice(list(CLASS_NAMES)),
               help="Class to explain  [default: the predicted one].")
 @click.option("--k", type=click.IntRange(min=1),
-              help="Patches for the probabilistic Grad-CAM of patched runs  [default: inference.k].")
+              help="Patches for the probabilistic Grad-CAM of patched runs  [default: the K of the run's "
+                   "predict-base scores, else inference.k].")
 @click.option("--seg", "seg_path", type=click.Path(exists=True),
               help="Segmenter (run dir, .keras or .json)  [default: the shipped lung segmenter].")
 @config_options("configs/patched.yaml")
