@@ -9,12 +9,15 @@ metadata row a reader leaves out is listed with its reason.
 from __future__ import annotations
 
 import csv
+import logging
 import re
 from pathlib import Path
 
 from tfflannel import CLASS_NAMES
 from tfflannel.data.io import IMAGE_SUFFIXES
 from tfflannel.errors import InputError
+
+log = logging.getLogger(__name__)
 
 FRONTAL_VIEWS = {"PA", "AP", "AP SUPINE", "AP ERECT"}
 COVID_FINDINGS = {"COVID-19", "COVID-19, ARDS"}
@@ -214,7 +217,7 @@ def read_folder(root):
     patients.csv columns: `filename` (relative to DIR, or a bare file name) and
     `patient_id`; optional `source` and `view`. Without a patient id an image is
     its own patient (`image:<relative path>`), which cannot protect against leakage:
-    statistics.md says so. Files under a folder that is not a label, and files
+    a warning at run time and statistics.md say so. Files under a folder that is not a label, and files
     without an image suffix, are rejected. Source defaults to the folder's name, view
     to `unknown`.
 
@@ -267,4 +270,16 @@ def read_folder(root):
             })
     if not records and not rejected:
         raise DatasetError(f"{root}: empty folder (expected DIR/<label>/* with labels {list(CLASS_NAMES)})")
+    _warn_own_patients(root, records, patients_csv)
     return records, rejected
+
+
+def _warn_own_patients(root, records, patients_csv):
+    """Warn when images of a folder have no patient id: each is then its own patient, the grouping is lost."""
+    alone = sum(1 for r in records if r["patient_id"].startswith("image:"))
+    if not alone:
+        return
+    where = f"not listed in {patients_csv}" if patients_csv.is_file() else f"no {patients_csv.name}"
+    log.warning("%s: %d of %d images have no patient id (%s): each is its own patient, so films of one patient "
+                "can land in different partitions (leakage); add DIR/patients.csv with columns "
+                "filename,patient_id[,source,view]", root, alone, len(records), where)
