@@ -56,3 +56,19 @@ def test_train_ensemble_and_evaluate_cli(tmp_path, sample_workdir):
     assert "| ensemble:genet(patch:mobilenet_v2+patch:resnet50) |" in (tmp_path / "rep" / "table3.md").read_text()
     wrong_fold = runner.invoke(main, ["train-ensemble", "--fold", "2", "--runs", str(a), "--out", str(tmp_path / "x")])
     assert wrong_fold.exit_code == 2 and "one fold (2)" in wrong_fold.output
+
+
+def test_report_names_the_manifest_by_a_normalised_relative_path(tmp_path, sample_cls_dir, monkeypatch):
+    from tfflannel.data.manifest import prepare_manifest
+    from tfflannel.evaluation.report import evaluate_runs
+
+    prepare_manifest(tmp_path / "work", folders=[sample_cls_dir], folds=3, test_size=0.25, progress=False)
+    _fake_run(tmp_path / "runs" / "f1" / "a", "mobilenet_v2", "../../../work", 1)   # as run.yaml stores it
+    monkeypatch.chdir(tmp_path)
+    evaluate_runs(["runs/f1/a"], "rep")
+    text = (tmp_path / "rep" / "report.md").read_text()
+    assert "Manifest `work/manifest.csv`: 40 images" in text and "/../" not in text and "../" not in text
+    monkeypatch.chdir(tmp_path / "runs")
+    evaluate_runs(["f1/a"], "rep")                           # the manifest outside the working directory: absolute
+    assert f"Manifest `{(tmp_path / 'work' / 'manifest.csv').resolve()}`" in (tmp_path / "runs" / "rep" /
+                                                                             "report.md").read_text()

@@ -116,6 +116,22 @@ def _slug(name):
     return "".join(ch if ch.isalnum() else "_" for ch in name).strip("_")[:80]
 
 
+def display_path(path):
+    """`path` as a report shows it: normalised (no `..`), relative to the working directory when inside it.
+
+    Args:
+        path: str or Path. Possibly relative with `..` parts (a run.yaml `workdir` joined to its run directory).
+
+    Returns:
+        str. E.g. `work/manifest.csv`, or the absolute path of a file outside the working directory.
+    """
+    resolved = Path(path).resolve()
+    try:
+        return resolved.relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return str(resolved)
+
+
 def _data_section(workdir):
     from tfflannel.data.manifest import load_manifest
 
@@ -126,7 +142,7 @@ def _data_section(workdir):
     for source in sources:
         values = [counts[(source, c)] for c in CLASS_NAMES]
         lines.append(f"| {source} | " + " | ".join(map(str, values)) + f" | {sum(values)} |")
-    text = (f"Manifest `{Path(workdir) / 'manifest.csv'}`: {len(rows)} images, "
+    text = (f"Manifest `{display_path(Path(workdir) / 'manifest.csv')}`: {len(rows)} images, "
             f"{len({r['patient_id'] for r in rows})} patients, "
             f"{sum(r['split'] == 'test' for r in rows)} in the test set.\n\n"
             + "\n".join(lines))
