@@ -20,7 +20,7 @@ from tfflannel.cli.common import (
 
 def _take_recorded_inference(config, runs, ensemble_dir, config_path, overrides, k_option=None):
     """K and the patch seed from the runs served, unless the command line or a given config sets them (one line)."""
-    from tfflannel.export.saved_model import take_recorded_inference
+    from tfflannel.serving.builder import take_recorded_inference
 
     explicit = explicit_config_keys(config_path, overrides) | ({"inference.k"} if k_option is not None else set())
     note = take_recorded_inference(config, runs, ensemble_dir, explicit)
@@ -42,8 +42,9 @@ def _take_recorded_inference(config, runs, ensemble_dir, config_path, overrides,
 @reports_input_errors
 def export_command(seg_path, run_dirs, ensemble_dir, out, version, config_path, overrides):
     """Write one SavedModel (raw image -> 4 class probabilities) in TF Serving's EXPORT_DIR/<version>/ layout."""
-    from tfflannel.export.saved_model import export_pipeline, new_version_dir, pipeline_from_config
+    from tfflannel.export.saved_model import export_pipeline, new_version_dir
     from tfflannel.segmentation.inference import load_segmenter
+    from tfflannel.serving.builder import pipeline_from_config
 
     config = load_cli_config(config_path, overrides, "configs/patched.yaml")
     runs = served_runs(run_dirs, ensemble_dir)
@@ -80,7 +81,7 @@ def predict_command(images, model_dir, run_dirs, ensemble_dir, seg_path, output_
     import sys
 
     from tfflannel.data.io import IMAGE_SUFFIXES
-    from tfflannel.export.predict import expand_inputs, load_exported, predict_files
+    from tfflannel.serving.predict import expand_inputs, load_exported, predict_files
 
     if bool(model_dir) == bool(run_dirs):
         raise click.UsageError("give either --model EXPORT_DIR or --runs (with --ensemble)")
@@ -95,8 +96,8 @@ def predict_command(images, model_dir, run_dirs, ensemble_dir, seg_path, output_
     if model_dir:
         predict_fn = load_exported(model_dir)
     else:
-        from tfflannel.export.saved_model import pipeline_from_config
         from tfflannel.segmentation.inference import load_segmenter
+        from tfflannel.serving.builder import pipeline_from_config
 
         segmenter = load_segmenter(seg_path)
         _take_recorded_inference(config, runs, ensemble_dir, config_path, overrides)
