@@ -2,8 +2,10 @@
 
 import csv
 import json
+import re
 
 import numpy as np
+import pytest
 import yaml
 from click.testing import CliRunner
 
@@ -56,3 +58,74 @@ def test_train_ensemble_and_evaluate_cli(tmp_path, sample_workdir):
     assert "| ensemble:genet(patch:mobilenet_v2+patch:resnet50) |" in (tmp_path / "rep" / "table3.md").read_text()
     wrong_fold = runner.invoke(main, ["train-ensemble", "--fold", "2", "--runs", str(a), "--out", str(tmp_path / "x")])
     assert wrong_fold.exit_code == 2 and "one fold (2)" in wrong_fold.output
+
+
+def _read(path):
+    with open(path) as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_temperature_fit_on_held_out_validation_films_and_evaluate_reports_it(tmp_path, sample_workdir):
+    """T is fitted on the held-out validation patients only; evaluate applies it and reports intervals and ECE."""
+    import keras
+    from sklearn.model_selection import GroupShuffleSplit
+
+    from tfflannel.ensemble.train import join_predictions
+    from tfflannel.evaluation.calibration import apply_temperature, expected_calibration_error, fit_temperature
+
+    a, b, ens = tmp_path / "a", tmp_path / "b", tmp_path / "ens"
+    _fake_run(a, "mobilenet_v2", sample_workdir, 1, n=60)
+    _fake_run(b, "resnet50", sample_workdir, 2, n=60)
+    runner = CliRunner()
+    args = ["train-ensemble", "--fold", "1", "--runs", f"{a},{b}", "--out", str(ens), "--set", "ensemble.epochs=3",
+            "--set", "ensemble.learning_rate=0.05"]
+    assert runner.invoke(main, args).exit_code == 0
+    record = json.loads((ens / "calibration.json").read_text())
+    # the oracle: the same hold-out split (ids not in the manifest are their own patients), the saved model
+    ids, labels, scores = join_predictions([a, b], "valid")
+    _, hold = next(GroupShuffleSplit(1, test_size=0.25, random_state=0).split(scores, labels, ids))
+    raw = np.asarray(keras.saving.load_model(ens / "model.keras", compile=False).predict(scores[hold], verbose=0))
+    assert record["method"] == "temperature" and record["fit_images"] == len(hold) == 15
+    assert record["temperature"] == fit_temperature(labels[hold], raw)
+    assert abs(record["temperature"] - 1) > 0.05 and record["nll_after"] < record["nll_before"]
+    assert json.loads((ens / "learner_weights.json").read_text())["temperature"] == record["temperature"]
+
+    report = tmp_path / "rep"
+    result = runner.invoke(main, ["evaluate", "--runs", f"{a},{ens}", "--out", str(report)])
+    assert result.exit_code == 0, result.output
+    calibration = {r["run"]: r for r in _read(report / "calibration.csv")}
+    assert list(next(iter(calibration.values())))[:5] == ["run", "ece", "classwise_ece", "brier", "nll"]
+    test = _read(ens / "predictions" / "test.csv")
+    test_labels = [CLASS_NAMES.index(r["label"]) for r in test]
+    probs = np.array([[float(r[f"prob_{c}"]) for c in CLASS_NAMES] for r in test])
+    row = calibration["ensemble:genet(patch:mobilenet_v2+patch:resnet50)"]
+    assert float(row["ece"]) == pytest.approx(
+        expected_calibration_error(test_labels, apply_temperature(probs, record["temperature"])))
+    assert float(row["ece_before"]) == pytest.approx(expected_calibration_error(test_labels, probs))
+    assert float(row["temperature"]) == pytest.approx(record["temperature"], rel=1e-3)
+    assert calibration["patch:mobilenet_v2"]["temperature"] == "1"
+    metrics = _read(report / "metrics.csv")
+    assert list(metrics[0])[-2:] == ["ci_low", "ci_high"]
+    assert all(float(r["ci_low"]) <= float(r["f1"]) + 1e-9 or r["class"] != "macro" for r in metrics)
+    text = (report / "report.md").read_text()
+    assert "## Calibration" in text and "2000 resamples" in text and "fitted on 15 validation films" in text
+    assert "base learner: no temperature" in text
+    assert (report / "plots" / "reliability_patch_mobilenet_v2.png").stat().st_size > 5000
+    assert re.search(r"\| \d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\] \|", (report / "table3.md").read_text())
+
+    # calibration: none refits nothing else (the weights are not stale) and records T = 1
+    weights = (ens / "model.keras").read_bytes()
+    result = runner.invoke(main, args + ["--set", "ensemble.calibration=none"])
+    assert result.exit_code == 0, result.output
+    assert (ens / "model.keras").read_bytes() == weights
+    assert json.loads((ens / "calibration.json").read_text())["temperature"] is None
+    # an ensemble made before temperature scaling (no calibration.json) still evaluates, with T = 1 and a note
+    (ens / "calibration.json").unlink()
+    assert runner.invoke(main, ["evaluate", "--runs", str(ens), "--out", str(report)]).exit_code == 0
+    assert "made before temperature scaling" in (report / "report.md").read_text()
+    # a record fitted for another model.keras is refused, never applied
+    (ens / "calibration.json").write_text(json.dumps({**record, "inputs": {"model_sha256": "0" * 64}}))
+    stale = runner.invoke(main, ["evaluate", "--runs", str(ens), "--out", str(report)])
+    assert stale.exit_code == 2 and "fitted for another model.keras" in stale.output
+    bad = runner.invoke(main, args + ["--set", "ensemble.calibration=platt"])
+    assert bad.exit_code == 2 and "ensemble.calibration" in bad.output

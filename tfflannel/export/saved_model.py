@@ -30,6 +30,7 @@ from tfflannel.film_pipeline import (
     segment_quality,
     segmenter_input,
 )
+from tfflannel.models.calibration import TemperatureScaling
 
 
 class InferencePipeline(tf.Module):
@@ -43,9 +44,12 @@ class InferencePipeline(tf.Module):
         seed: int. Patch seed (`inference.seed`). Defaults to `0`.
         score: str. `prob` (mean probabilities) or `vote` (vote fractions) into the ensemble. Defaults to `"prob"`.
         view: ViewSettings. Defaults to `ViewSettings()`.
+        temperature: float or None. The ensemble's fitted temperature, applied to its probabilities by
+            `models.calibration.TemperatureScaling` (what `evaluate` applies); `None` applies none. Defaults to
+            `None`.
     """
 
-    def __init__(self, segmenter, learners, ensemble=None, k=100, seed=0, score="prob", view=None):
+    def __init__(self, segmenter, learners, ensemble=None, k=100, seed=0, score="prob", view=None, temperature=None):
         super().__init__(name="tfflannel_pipeline")
         if int(k) < 1:
             raise ValueError(f"inference.k must be >= 1. Received: {k}.")
@@ -58,6 +62,8 @@ class InferencePipeline(tf.Module):
         self.ensemble = ensemble
         self.k, self.seed, self.score = int(k), int(seed), score
         self.view = view or ViewSettings()
+        self.temperature = None if temperature is None else float(temperature)
+        self.calibration = None if temperature is None else TemperatureScaling(temperature, name="temperature")
         self.class_names = tf.constant(CLASS_NAMES)
 
     def views(self, film_fn, count):
@@ -114,6 +120,8 @@ class InferencePipeline(tf.Module):
         if self.ensemble is not None:
             flat = tf.reshape(chosen, [count, len(self.learners) * len(CLASS_NAMES)])
             probabilities = tf.cast(self.ensemble(flat, training=False), tf.float32)
+            if self.calibration is not None:
+                probabilities = self.calibration(probabilities)
         else:
             probabilities = tf.reduce_mean(scores[:, :, 1], axis=1)
         return {"probabilities": probabilities,
@@ -300,7 +308,7 @@ def build_pipeline(segmenter, run_dirs, ensemble_dir=None, k=100, seed=0, view=N
     for run_dir, info in zip(run_dirs, infos, strict=True):
         if info.kind == "ensemble":
             raise InputError(f"{run_dir} is a train-ensemble run; pass it as --ensemble and its learners as --runs")
-    ensemble, score = None, "prob"
+    ensemble, score, temperature = None, "prob", None
     if ensemble_dir:
         info = load_run_info(ensemble_dir)
         expected = [str(p.resolve()) for p in info.run_paths(ensemble_dir)]
@@ -311,7 +319,25 @@ def build_pipeline(segmenter, run_dirs, ensemble_dir=None, k=100, seed=0, view=N
     if ensemble_dir:
         ensemble = keras.saving.load_model(Path(ensemble_dir) / "model.keras", compile=False)
         score = info.score or "prob"
-    return InferencePipeline(segmenter, load_learner_runs(run_dirs), ensemble, k=k, seed=seed, score=score, view=view)
+        temperature = served_temperature(ensemble_dir)
+    return InferencePipeline(segmenter, load_learner_runs(run_dirs), ensemble, k=k, seed=seed, score=score, view=view,
+                             temperature=temperature)
+
+
+def served_temperature(ensemble_dir):
+    """The fitted temperature an ensemble is served with, or `None` (T = 1, with a warning for an older run).
+
+    Raises:
+        InputError: the run's calibration.json was fitted for another model.keras.
+    """
+    import warnings
+
+    from tfflannel.ensemble.calibration import CALIBRATION_FILE, run_temperature
+
+    temperature = run_temperature(ensemble_dir)
+    if not temperature.fitted and not (Path(ensemble_dir) / CALIBRATION_FILE).is_file():
+        warnings.warn(f"{ensemble_dir}: {temperature.note}", stacklevel=3)
+    return temperature.temperature if temperature.fitted else None
 
 
 def pipeline_from_config(config, segmenter, run_dirs, ensemble_dir=None):
@@ -340,6 +366,7 @@ def export_pipeline(pipeline, export_dir, version=1):
     (extra / "README.txt").write_text(
         f"tfflannel pipeline export. Classes in output order: {', '.join(CLASS_NAMES)}.\n"
         f"K={pipeline.k} patches, seed {pipeline.seed}, score '{pipeline.score}', view {pipeline.view}.\n"
+        f"Ensemble temperature: {'none (T = 1)' if pipeline.temperature is None else pipeline.temperature}.\n"
         f"{DISCLAIMER}\n")
     tmp.rename(target)
     return target
