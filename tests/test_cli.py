@@ -204,3 +204,14 @@ def test_stderr_is_quiet_by_default_and_verbose_with_v(tmp_path):
     verbose = _run_cli(["-v", *args], env_drop=("TF_CPP_MIN_LOG_LEVEL",))
     assert verbose.returncode == 2
     assert len(verbose.stderr.strip().splitlines()) > 1, "-v shows TensorFlow's own start-up log"
+
+
+def test_cli_reference_is_up_to_date():
+    """docs/cli.md is what the commands' --help prints (regenerate: python tools/make_cli_reference.py)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_cli_reference", REPO / "tools" / "make_cli_reference.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert (REPO / "docs" / "cli.md").read_text() == tool.render_reference(), (
+        "docs/cli.md is out of date: run python tools/make_cli_reference.py")
