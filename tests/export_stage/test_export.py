@@ -55,6 +55,11 @@ def tiny_runs(tmp_path_factory, sample_workdir):
         runs.append(run)
     config = load_config(None, ["ensemble.epochs=5", "ensemble.learning_rate=0.05"])
     train_ensemble(config, runs, root / "ensemble", fold=1, progress=False)
+    # These untrained learners' fitted temperature flattens the ensemble's probabilities to almost uniform; a
+    # sharpening T recorded in its place keeps the served probabilities varied, so the parity checks could fail.
+    record = json.loads((root / "ensemble" / "calibration.json").read_text())
+    assert record["method"] == "temperature" and record["temperature"] > 0
+    (root / "ensemble" / "calibration.json").write_text(json.dumps({**record, "temperature": 0.5}))
     return runs, root / "ensemble"
 
 
@@ -74,7 +79,7 @@ def test_export_serves_what_segment_predict_base_and_the_ensemble_computed(expor
     runs, ensemble = tiny_runs
     loaded = tf.saved_model.load(str(exported / "1"))
     evaluated = _load_run(ensemble, "test")
-    assert evaluated["temperature"].fitted and abs(evaluated["temperature"].temperature - 1) > 0.01
+    assert evaluated["temperature"].fitted and evaluated["temperature"].temperature == 0.5
     assert f"Ensemble temperature: {evaluated['temperature'].temperature}" in \
         (exported / "1" / "assets.extra" / "README.txt").read_text()
     expected = {image_id: {f"prob_{c}": p for c, p in zip(CLASS_NAMES, probs, strict=True)}
@@ -84,8 +89,7 @@ def test_export_serves_what_segment_predict_base_and_the_ensemble_computed(expor
     rows = [r for r in load_manifest(sample_workdir) if r["split"] == "test"]
     assert len(rows) == len(expected) >= 4
     spread = np.std([[float(expected[r["image_id"]][f"prob_{c}"]) for c in CLASS_NAMES] for r in rows], axis=0)
-    # a fitted T (large for these untrained learners) flattens them, but they still vary 10x the tolerance
-    assert spread.max() > 1e-4, "the ensemble's probabilities vary between films (a test that could fail)"
+    assert spread.max() > 1e-3, "the ensemble's probabilities vary between films (a test that could fail)"
     for row in rows:
         film = read_image(row["path"])[0][None, ..., None]
         got = loaded.signatures["predict_uint8"](images=tf.constant(film))

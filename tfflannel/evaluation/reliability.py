@@ -36,8 +36,8 @@ def plot_reliability(labels, probabilities, title, path, before=None, bins=ECE_B
     labels = np.asarray(labels, int)
     fig, (ax, ax_count) = plt.subplots(2, 1, figsize=(4.6, 5.2), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8, label="perfect calibration")
-    curves = [("before temperature", before, "--"), ("evaluated", probabilities, "-")] if before is not None \
-        else [("evaluated", probabilities, "-")]
+    curves = [("before temperature", before, "--"), ("after temperature", probabilities, "-")] \
+        if before is not None else [("uncalibrated", probabilities, "-")]
     for name, probs, style in curves:
         probs = np.asarray(probs, float)
         rows = [r for r in reliability_bins(probs.argmax(axis=1) == labels, probs.max(axis=1), bins) if r["count"]]
@@ -48,7 +48,7 @@ def plot_reliability(labels, probabilities, title, path, before=None, bins=ECE_B
     ax_count.bar([(r["lower"] + r["upper"]) / 2 for r in counts], [r["count"] for r in counts], width=1 / bins * 0.9,
                  color="tab:blue", alpha=0.6)
     ax.set(xlim=(0, 1), ylim=(0, 1.02), ylabel="accuracy in bin", title=title)
-    ax_count.set(xlabel="top-label probability (15 bins)", ylabel="films")
+    ax_count.set(xlabel="top-label probability (15 bins)", ylabel="films" if before is None else "films (after T)")
     ax.legend(fontsize=7, loc="upper left")
     ax.title.set_fontsize(8)
     return save_figure(fig, path)
