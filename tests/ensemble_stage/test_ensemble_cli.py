@@ -129,3 +129,33 @@ def test_temperature_fit_on_held_out_validation_films_and_evaluate_reports_it(tm
     assert stale.exit_code == 2 and "fitted for another model.keras" in stale.output
     bad = runner.invoke(main, args + ["--set", "ensemble.calibration=platt"])
     assert bad.exit_code == 2 and "ensemble.calibration" in bad.output
+
+
+def test_several_folds_get_the_interval_of_their_pooled_test_predictions(tmp_path, sample_workdir):
+    from tfflannel.evaluation.intervals import classification_intervals
+    from tfflannel.evaluation.report import evaluate_runs
+    from tfflannel.predictions import read_predictions
+
+    runs = []
+    for fold in (1, 2):
+        run = tmp_path / f"f{fold}"
+        _fake_run(run, "mobilenet_v2", sample_workdir, fold, n=24)
+        info = yaml.safe_load((run / "run.yaml").read_text())
+        (run / "run.yaml").write_text(yaml.safe_dump({**info, "fold": fold}))
+        runs.append(run)
+    table = evaluate_runs(runs, tmp_path / "rep", n_resamples=300, seed=5)
+    tables = [read_predictions(r, "test") for r in runs]
+    # the same test films in both folds (ids not in the manifest: each its own patient, drawn with both its rows)
+    expected = classification_intervals(np.concatenate([t.labels for t in tables]),
+                                        np.concatenate([t.probs for t in tables]),
+                                        [i for t in tables for i in t.image_ids], 300, 5)
+    macro = next(r for r in table if r["class"] == "macro")
+    assert macro["folds"] == 2 and (macro["ci_low"], macro["ci_high"]) == expected["macro_f1"]
+    per_fold = [r for r in _read(tmp_path / "rep" / "metrics.csv") if r["class"] == "macro"]
+    own = classification_intervals(tables[0].labels, tables[0].probs, tables[0].image_ids, 300, 5)["macro_f1"]
+    assert (float(per_fold[0]["ci_low"]), float(per_fold[0]["ci_high"])) == pytest.approx(own)
+    report = (tmp_path / "rep" / "report.md").read_text()
+    assert "pooled test predictions of each fold's run" in report and "300 resamples" in report
+    assert "not in the manifest resampled as their own patients" in report
+    runs_json = json.loads((tmp_path / "rep" / "runs.json").read_text())
+    assert runs_json["bootstrap"] == {"n_resamples": 300, "seed": 5, "level": 0.95, "unit": "group_id"}
