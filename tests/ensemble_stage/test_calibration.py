@@ -111,7 +111,7 @@ def test_served_temperature_of_new_old_and_retrained_ensembles(tmp_path):
 
     from tfflannel.ensemble.calibration import calibrate_ensemble, run_temperature
     from tfflannel.errors import InputError
-    from tfflannel.export.saved_model import served_temperature
+    from tfflannel.serving.builder import served_temperature
 
     run = tmp_path / "ens"
     run.mkdir()
