@@ -94,18 +94,17 @@ def recorded_inference(run_dirs, ensemble_dir=None):
         dict: `k` and `seed` (int) where the records hold one value (absent where none or several are recorded),
         and `source` (str): where they were read.
     """
-    from tfflannel.resume import STATE_FILE
+    from tfflannel.resume_state import member_value, read_fit_state
     from tfflannel.run_info import load_run_info
 
     infos = [load_run_info(r) for r in run_dirs]
     found = {"k": set(), "seed": set()}
     if ensemble_dir:
-        state = Path(ensemble_dir) / "resume" / STATE_FILE
-        members = json.loads(state.read_text()).get("fingerprint", {}) if state.is_file() else {}
+        state = read_fit_state(ensemble_dir)
         for index, info in enumerate(infos):
             if info.kind == "patch":
-                found["k"].add(members.get(f"member{index}.k", load_run_info(ensemble_dir).k))
-                found["seed"].add(members.get(f"member{index}.seed"))
+                found["k"].add(member_value(state, index, "k", load_run_info(ensemble_dir).k))
+                found["seed"].add(member_value(state, index, "seed"))
         source = f"{ensemble_dir} (the member predictions it was fit on)"
     else:
         for run_dir, info in zip(run_dirs, infos, strict=True):
