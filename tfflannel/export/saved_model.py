@@ -18,7 +18,9 @@ import keras
 import tensorflow as tf
 
 from tfflannel import CLASS_NAMES, DISCLAIMER
+from tfflannel.data.io import image_limits
 from tfflannel.errors import InputError
+from tfflannel.export.encoded_guard import checked_encoded_images
 from tfflannel.film_pipeline import (
     CONFIDENCE_QC_OFF,
     ViewSettings,
@@ -30,6 +32,9 @@ from tfflannel.film_pipeline import (
     segment_quality,
     segmenter_input,
 )
+
+IMAGE_LIMITS_FILE = "image_limits.json"
+"""In `assets.extra/`: the `max_megapixels` and `min_side` the export's `serving_default` enforces."""
 
 
 class InferencePipeline(tf.Module):
@@ -43,9 +48,12 @@ class InferencePipeline(tf.Module):
         seed: int. Patch seed (`inference.seed`). Defaults to `0`.
         score: str. `prob` (mean probabilities) or `vote` (vote fractions) into the ensemble. Defaults to `"prob"`.
         view: ViewSettings. Defaults to `ViewSettings()`.
+        limits: dict or None. `max_megapixels` and `min_side` that `serving_default` enforces from each encoded
+            image's header (`encoded_guard`); `None` takes those in force (`data.io.image_limits`). Defaults to
+            `None`.
     """
 
-    def __init__(self, segmenter, learners, ensemble=None, k=100, seed=0, score="prob", view=None):
+    def __init__(self, segmenter, learners, ensemble=None, k=100, seed=0, score="prob", view=None, limits=None):
         super().__init__(name="tfflannel_pipeline")
         if int(k) < 1:
             raise ValueError(f"inference.k must be >= 1. Received: {k}.")
@@ -58,6 +66,8 @@ class InferencePipeline(tf.Module):
         self.ensemble = ensemble
         self.k, self.seed, self.score = int(k), int(seed), score
         self.view = view or ViewSettings()
+        limits = dict(image_limits(), **(limits or {}))
+        self.max_megapixels, self.min_side = float(limits["max_megapixels"]), int(limits["min_side"])
         self.class_names = tf.constant(CLASS_NAMES)
 
     def views(self, film_fn, count):
@@ -123,10 +133,16 @@ class InferencePipeline(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
     def serve_encoded(self, images):
-        """A batch of PNG/JPEG bytes (TF Serving's `{"b64": ...}` instances)."""
+        """A batch of PNG/JPEG bytes (TF Serving's `{"b64": ...}` instances), size-checked from their headers first."""
+        images = checked_encoded_images(images, self.image_limits())
+
         def film(index):
             return tf.io.decode_image(images[index], channels=1, dtype=tf.uint8, expand_animations=False)[..., 0]
         return self._batch(film, tf.shape(images)[0])
+
+    def image_limits(self):
+        """The limits `serving_default` enforces: a dict with `max_megapixels` and `min_side`."""
+        return {"max_megapixels": self.max_megapixels, "min_side": self.min_side}
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 1], tf.uint8, name="images")])
     def serve_uint8(self, images):
@@ -273,7 +289,7 @@ def check_runs_match(segmenter, run_dirs, infos, ensemble_dir=None, k=100, seed=
         raise InputError("what would be served differs from what was evaluated:\n  " + "\n  ".join(problems))
 
 
-def build_pipeline(segmenter, run_dirs, ensemble_dir=None, k=100, seed=0, view=None):
+def build_pipeline(segmenter, run_dirs, ensemble_dir=None, k=100, seed=0, view=None, limits=None):
     """An InferencePipeline from run directories, checked against what the runs were evaluated with.
 
     An ensemble's own learner order is enforced, and `check_runs_match` refuses a segmenter, view, K or seed
@@ -286,6 +302,7 @@ def build_pipeline(segmenter, run_dirs, ensemble_dir=None, k=100, seed=0, view=N
         k: int. Patches per image. Defaults to `100`.
         seed: int. Patch seed. Defaults to `0`.
         view: ViewSettings. Defaults to `ViewSettings()`.
+        limits: dict or None. Image size limits for `serving_default` (see `InferencePipeline`). Defaults to `None`.
 
     Returns:
         InferencePipeline.
@@ -311,13 +328,15 @@ def build_pipeline(segmenter, run_dirs, ensemble_dir=None, k=100, seed=0, view=N
     if ensemble_dir:
         ensemble = keras.saving.load_model(Path(ensemble_dir) / "model.keras", compile=False)
         score = info.score or "prob"
-    return InferencePipeline(segmenter, load_learner_runs(run_dirs), ensemble, k=k, seed=seed, score=score, view=view)
+    return InferencePipeline(segmenter, load_learner_runs(run_dirs), ensemble, k=k, seed=seed, score=score, view=view,
+                             limits=limits)
 
 
 def pipeline_from_config(config, segmenter, run_dirs, ensemble_dir=None):
-    """`build_pipeline` with K and seed from `config.inference`, the view (QC, size, patches.input) from the config."""
+    """`build_pipeline` with K, seed, view (QC, size, patches.input) and image limits (`data.*`) from the config."""
+    limits = {"max_megapixels": config.data.max_megapixels, "min_side": config.data.min_side}
     return build_pipeline(segmenter, run_dirs, ensemble_dir, k=config.inference.k, seed=config.inference.seed,
-                          view=ViewSettings.from_config(config))
+                          view=ViewSettings.from_config(config), limits=limits)
 
 
 def new_version_dir(export_dir, version):
@@ -337,9 +356,12 @@ def export_pipeline(pipeline, export_dir, version=1):
     extra = tmp / "assets.extra"
     extra.mkdir(exist_ok=True)
     (extra / "class_names.json").write_text(json.dumps(list(CLASS_NAMES)))
+    (extra / IMAGE_LIMITS_FILE).write_text(json.dumps(pipeline.image_limits()))
     (extra / "README.txt").write_text(
         f"tfflannel pipeline export. Classes in output order: {', '.join(CLASS_NAMES)}.\n"
         f"K={pipeline.k} patches, seed {pipeline.seed}, score '{pipeline.score}', view {pipeline.view}.\n"
+        f"serving_default refuses images over {pipeline.max_megapixels:g} megapixels (data.max_megapixels) or under "
+        f"{pipeline.min_side} px a side (data.min_side), read from their headers before decoding.\n"
         f"{DISCLAIMER}\n")
     tmp.rename(target)
     return target
