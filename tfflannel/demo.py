@@ -100,8 +100,9 @@ def run_demo(config, out_dir):
     evaluate_runs(patch_runs + global_runs + [runs / "ensemble_patched", runs / "ensemble_global"], out / "report")
     click.echo((out / "report" / "table3.md").read_text())
     _stage("7/7 export the Patched FLANNEL pipeline as a SavedModel, then predict with it")
-    from tfflannel.export.predict import load_exported, predict_files
-    from tfflannel.export.saved_model import export_pipeline, pipeline_from_config
+    from tfflannel.export.saved_model import export_pipeline
+    from tfflannel.serving.builder import pipeline_from_config
+    from tfflannel.serving.predict import load_exported, predict_files
 
     shutil.rmtree(out / "export", ignore_errors=True)
     pipeline = pipeline_from_config(config, load_segmenter(), patch_runs, runs / "ensemble_patched")

@@ -24,9 +24,9 @@ from dataclasses import asdict, dataclass
 
 import tensorflow as tf
 
+from tfflannel.config import PATCH_INPUTS
 from tfflannel.errors import InputError
 
-PATCH_INPUTS = ("equalized", "raw")
 # Mask-confidence QC bounds at which they check nothing: off by default, and then not part of a cache key.
 CONFIDENCE_QC_OFF = {"min_mask_confidence": 0.0, "max_flip_disagreement": 1.0}
 

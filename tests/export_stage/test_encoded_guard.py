@@ -10,8 +10,8 @@ import tensorflow as tf
 from PIL import Image
 
 from tfflannel.data.io import ImageReadError, check_image_size
-from tfflannel.export.encoded_guard import checked_encoded_images
-from tfflannel.export.serve_process import bomb_png
+from tfflannel.serving.encoded_guard import checked_encoded_images
+from tfflannel.serving.serve_process import bomb_png
 
 LIMITS = {"max_megapixels": 0.01, "min_side": 64}      # 10,000 pixels
 

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from tfflannel.cli import main
 from tfflannel.data.io import set_image_limits
-from tfflannel.export.serve_process import ServedModel, bomb_png, hostile_requests, instances_body
+from tfflannel.serving.serve_process import ServedModel, bomb_png, hostile_requests, instances_body
 
 OUTPUTS = {"probabilities", "label", "learner_scores", "lung_fraction", "mask_ok", "mask_confidence",
            "flip_disagreement"}

@@ -9,7 +9,7 @@ output of the signature, float32 values written as their shortest decimal, as TF
 Bad requests get a 4xx and `{"error": "..."}` and the server keeps serving: a body over `max_body_mb`
 (413, refused from its Content-Length or while it streams, never held whole), malformed JSON, no or an
 empty `instances`, more than `max_instances`, bad base64, another signature (400), and images the graph
-refuses (`export.encoded_guard`: over `data.max_megapixels`, under `data.min_side`, not PNG/JPEG, or
+refuses (`serving.encoded_guard`: over `data.max_megapixels`, under `data.min_side`, not PNG/JPEG, or
 undecodable: 400, naming the instance and the limit). The server binds to 127.0.0.1 by default; put it
 behind the usual gateway for authentication and TLS. Research use only; not a diagnosis.
 """

@@ -23,6 +23,9 @@ _HEADER_BYTES = 24          # PNG: 8-byte signature, IHDR length and type (8), w
 
 NOT_AN_IMAGE = "not a PNG or JPEG image (other formats are refused)"
 
+IMAGE_LIMITS_FILE = "image_limits.json"
+"""In an export's `assets.extra/`: the `max_megapixels` and `min_side` its `serving_default` enforces."""
+
 
 def format_message(template, **values):
     """`template.format(**values)` as a string tensor: tensors are written as decimal numbers, the rest as Python does.

@@ -1,6 +1,6 @@
 """The KServe half of `serve` (the optional `serve` extra): a `kserve.Model` around an export, and the server.
 
-Only the request and response formats live in `rest_server`; everything HTTP is KServe's (FastAPI on
+Only the request and response formats live in `rest_protocol`; everything HTTP is KServe's (FastAPI on
 uvicorn). tfflannel adds three settings KServe does not have: the address to bind (KServe listens on every
 interface; here 127.0.0.1 unless `--host` says otherwise), a request body limit (an ASGI middleware that
 answers 413 from the Content-Length header, or as soon as a streamed body passes the limit, so an oversized
@@ -18,8 +18,9 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from tfflannel.export.predict import latest_version
-from tfflannel.export.rest_server import (
+from tfflannel.serving.encoded_guard import IMAGE_LIMITS_FILE
+from tfflannel.serving.predict import latest_version
+from tfflannel.serving.rest_protocol import (
     SIGNATURE,
     BadRequest,
     describe_graph_refusal,
@@ -77,7 +78,7 @@ class ExportedModel(kserve.Model):
         """Load the SavedModel and its recorded image limits; the model is ready afterwards."""
         version = latest_version(self.export_dir)
         self.signature = tf.saved_model.load(str(version)).signatures[SIGNATURE]
-        limits = version / "assets.extra" / "image_limits.json"
+        limits = version / "assets.extra" / IMAGE_LIMITS_FILE
         self.image_limits = json.loads(limits.read_text()) if limits.is_file() else {}
         self.version = version
         self.ready = True
