@@ -11,7 +11,8 @@ from click.testing import CliRunner
 
 import tfflannel
 from tfflannel.backbone_names import BACKBONE_NAMES
-from tfflannel.cli import BadInput, main, reports_input_errors
+from tfflannel.cli import main
+from tfflannel.cli.common import BadInput, reports_input_errors
 from tfflannel.config import ExperimentConfig, load_config
 from tfflannel.errors import InputError
 
@@ -89,6 +90,15 @@ def test_backbone_choices_equal_the_registry():
     for command in ("train-patch", "train-global"):
         option = next(p for p in main.commands[command].params if p.name == "backbone")
         assert list(option.type.choices) == list_backbones()
+
+
+def test_segmenter_choices_equal_the_fc_densenet_presets():
+    from tfflannel.backbone_names import SEGMENTER_NAMES
+    from tfflannel.models.fc_densenet import FC_DENSENET_PRESETS
+
+    assert list(SEGMENTER_NAMES) == sorted(FC_DENSENET_PRESETS)
+    option = next(p for p in main.commands["train-seg"].params if p.name == "preset")
+    assert list(option.type.choices) == sorted(FC_DENSENET_PRESETS)
 
 
 def test_import_weights_choices_equal_the_mappable_backbones():
@@ -194,3 +204,14 @@ def test_stderr_is_quiet_by_default_and_verbose_with_v(tmp_path):
     verbose = _run_cli(["-v", *args], env_drop=("TF_CPP_MIN_LOG_LEVEL",))
     assert verbose.returncode == 2
     assert len(verbose.stderr.strip().splitlines()) > 1, "-v shows TensorFlow's own start-up log"
+
+
+def test_cli_reference_is_up_to_date():
+    """docs/cli.md is what the commands' --help prints (regenerate: python tools/make_cli_reference.py)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_cli_reference", REPO / "tools" / "make_cli_reference.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert (REPO / "docs" / "cli.md").read_text() == tool.render_reference(), (
+        "docs/cli.md is out of date: run python tools/make_cli_reference.py")

@@ -39,7 +39,7 @@ def _fields(kind):
 def test_packaged_configs_are_the_only_copies():
     assert [p.name for p in PACKAGED] == ["data.yaml", "demo.yaml", "ensemble.yaml", "flannel_torchvision.yaml",
                                           "global.yaml", "patched.yaml",
-                                          "segmentation.yaml"]
+                                          "segmentation.yaml", "segmenter_shipped.yaml"]
     for path in PACKAGED:
         user_copy = REPO / "configs" / path.name
         if user_copy.exists():                   # a checkout: configs/ links to the package files
@@ -148,3 +148,29 @@ def test_config_errors_are_input_errors_and_value_errors():
 def test_range_rule(rule, inside, outside, words):
     assert all(rule.contains(v) for v in inside) and not any(rule.contains(v) for v in outside)
     assert rule.describe() == words
+
+
+def test_a_removed_setting_is_refused_with_its_reason(tmp_path):
+    path = tmp_path / "old.yaml"
+    path.write_text("segmentation:\n  keep_aspect: true\n")
+    with pytest.raises(ConfigError, match=r"old.yaml: 'segmentation.keep_aspect' was removed in 0.3: films are "
+                                          r"always letterboxed"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="keep_aspect' was removed"):
+        load_config(None, ["segmentation.keep_aspect=false"])
+
+
+def test_patches_input_is_checked_when_the_config_is_loaded():
+    with pytest.raises(ConfigError, match=r"'patches.input' must be one of \['equalized', 'raw'\]. Received: 'rwa'. "
+                                          r"Did you mean 'raw'\?"):
+        load_config(None, ["patches.input=rwa"])
+
+
+def test_every_lr_milestone_is_a_fraction_of_the_run():
+    """One meaning everywhere: ensemble, global learners and the segmenter scale fractions by their epochs."""
+    from tfflannel.schedules import scale_milestones
+
+    config = load_config()
+    assert scale_milestones(config.ensemble.lr_milestones, config.ensemble.epochs) == (50,)   # the original's epoch 50
+    assert scale_milestones(config.global_learner.lr_milestones, config.global_learner.epochs) == (150, 225)
+    assert scale_milestones(config.segmentation.lr_milestones, config.segmentation.epochs) == (70, 80, 90)

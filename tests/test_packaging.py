@@ -72,7 +72,7 @@ def test_installed_wheel_runs_outside_the_checkout(installed):
     demo_help = _run([str(venv / "bin" / "tfflannel"), "demo", "--help"], cwd=root)
     assert "configs/demo.yaml" in demo_help.stdout
     script = ("import tfflannel\n"
-              "from tfflannel.cli import load_cli_config\n"
+              "from tfflannel.cli.common import load_cli_config\n"
               "config = load_cli_config('configs/demo.yaml', ['inference.k=3'], 'configs/demo.yaml')\n"
               "print(tfflannel.__file__)\n"
               "print(config.demo.backbones, config.data.folds, config.inference.k)\n")

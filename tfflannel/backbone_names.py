@@ -26,3 +26,6 @@ The one definition of "the paper's five": `reproduce --backbones` defaults to it
 `tools/bench_train_step.py --backbone flannel` measures it. None of them has Keras ImageNet weights:
 convert torchvision's files with `import-weights` and pass them with `reproduce --weights-dir`.
 """
+
+SEGMENTER_NAMES = ("fcdn103", "fcdn56", "fcdn67", "fcdn_medium", "fcdn_small")
+"""Sorted FC-DenseNet presets (`tfflannel.models.fc_densenet.FC_DENSENET_PRESETS`): the `train-seg --model` choices."""

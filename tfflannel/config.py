@@ -79,6 +79,13 @@ Share = Annotated[float, Range(0, 1, high_open=True)]            # a share of so
 Probability = Annotated[float, Range(0, 1)]
 Momentum = Annotated[float, Range(0, 1, high_open=True)]
 BackboneName = Literal[BACKBONE_NAMES]
+PATCH_INPUTS = ("equalized", "raw")
+"""What the patch learners see: the histogram-equalised + gamma film (the original's) or the grey film."""
+
+REMOVED_KEYS = {
+    "segmentation.keep_aspect": "films are always letterboxed (padded, never stretched); delete the line",
+}
+"""Settings that existed once: a config that still sets one is refused with the reason instead of 'unknown key'."""
 
 
 @dataclass
@@ -123,7 +130,6 @@ class SegmentationConfig:
     validation_share: Share = 0.2
     seed: NonNegativeInt = 0
     cache_size: PositiveInt = 1024
-    keep_aspect: Literal[True] = True   # films are always letterboxed (padded, never stretched)
     min_lung_fraction: Probability = 0.08
     max_lung_fraction: Probability = 0.65
     min_mask_confidence: Probability = 0.0     # QC: mean max-probability inside the mask; 0: off
@@ -161,7 +167,7 @@ class PatchedConfig:
 class PatchesConfig:
     """The masked view the patch learners see (`segment` caches it, the export serves it)."""
 
-    input: str = "equalized"         # equalized (histogram equalisation + gamma, as the original) | raw (grey film)
+    input: Literal[PATCH_INPUTS] = "equalized"   # equalized (equalisation + gamma, as the original) | raw (grey film)
 
 
 @dataclass
@@ -205,7 +211,7 @@ class EnsembleConfig:
     gamma: NonNegativeFloat = 10.0   # focal-loss gamma of the original code (the focal-loss paper: 2)
     learning_rate: PositiveFloat = 1e-5
     weight_decay: NonNegativeFloat = 1e-4
-    lr_milestones: tuple = (50,)     # epochs at which lr x 0.1
+    lr_milestones: tuple = (0.25,)   # lr x 0.1 at these fractions of the epochs (epoch 50 of 200), as everywhere
     epochs: PositiveInt = 200
     batch_size: PositiveInt = 20
     seed: NonNegativeInt = 0
@@ -336,6 +342,8 @@ def _apply(section, values, source, prefix=""):
     for key, value in values.items():
         dotted = f"{prefix}{key}"
         if key not in names:
+            if dotted in REMOVED_KEYS:
+                raise ConfigError(f"{source}: '{dotted}' was removed in 0.3: {REMOVED_KEYS[dotted]}.")
             close = difflib.get_close_matches(key, names, n=1)
             if close:
                 hint = f"did you mean '{prefix}{close[0]}'?"

@@ -24,9 +24,9 @@ from dataclasses import asdict, dataclass
 
 import tensorflow as tf
 
+from tfflannel.config import PATCH_INPUTS
 from tfflannel.errors import InputError
 
-PATCH_INPUTS = ("equalized", "raw")
 CONDITIONS = ("normal", "lungs_only", "lungs_removed")
 """What a learner is shown (`apply_condition`): its usual input, only the lungs, or everything but the lungs."""
 # Mask-confidence QC bounds at which they check nothing: off by default, and then not part of a cache key.

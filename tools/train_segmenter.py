@@ -10,6 +10,9 @@ by image sha256 and patients linked across duplicates. Writes, under --out:
           descriptor turns flip TTA on when it raised the CV Jaccard index
 `--table DIR [DIR ...]` prints the CV figures of several --out folders as one Markdown table.
 
+The recipe is a config file (`--recipe`, default the shipped one, `tfflannel/configs/segmenter_shipped.yaml`);
+`--model`, `--epochs`, ... and `--set segmentation.KEY=VALUE` override single values of it.
+
 The command that produced the shipped tfflannel/weights/ is in tfflannel/weights/README.md.
 """
 
@@ -21,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tfflannel.config import load_config  # noqa: E402
+from tfflannel.config import load_config, packaged_config  # noqa: E402
 from tfflannel.segmentation.cross_validation import (  # noqa: E402
     RECIPE_KEYS,
     cross_validate,
@@ -82,13 +85,11 @@ def main():
     parser.add_argument("--pairs", action="append", help="folder or CSV of image/mask pairs (repeatable)")
     parser.add_argument("--cv", type=int, default=5, metavar="K", help="patient-grouped K-fold cross-validation")
     parser.add_argument("--table", nargs="+", metavar="DIR", help="print the CV table of these --out folders")
-    parser.add_argument("--model", default="fcdn_small")
-    parser.add_argument("--epochs", type=int, default=150)
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
-    parser.add_argument("--input-size", type=int, default=128)
-    parser.add_argument("--loss", choices=["weighted_ce", "dice_weighted_ce"], default="dice_weighted_ce")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--recipe", help="config file of the recipe  [default: the shipped segmenter's, "
+                        "tfflannel/configs/segmenter_shipped.yaml]")
+    for flag, kind in (("--model", str), ("--epochs", int), ("--batch-size", int), ("--learning-rate", float),
+                       ("--input-size", int), ("--loss", str), ("--seed", int)):
+        parser.add_argument(flag, type=kind, help=f"override segmentation.{flag[2:].replace('-', '_')} of --recipe")
     parser.add_argument("--stage", choices=["cv", "final", "both"], default="both")
     parser.add_argument("--max-minutes", type=float, default=None, help="stop each training run after this long")
     parser.add_argument("--out")
@@ -102,14 +103,13 @@ def main():
     if not args.pairs or not args.out:
         parser.error("--pairs and --out are required")
 
-    overrides = [f"segmentation.model={args.model}", f"segmentation.epochs={args.epochs}",
-                 f"segmentation.batch_size={args.batch_size}", f"segmentation.learning_rate={args.learning_rate}",
-                 f"segmentation.input_size={args.input_size}", f"segmentation.loss={args.loss}",
-                 f"segmentation.seed={args.seed}", *args.overrides]
+    flags = ("model", "epochs", "batch_size", "learning_rate", "input_size", "loss", "seed")
+    overrides = [f"segmentation.{key}={getattr(args, key)}" for key in flags if getattr(args, key) is not None]
+    recipe = args.recipe or packaged_config("segmenter_shipped.yaml")
     pairs, dropped = deduplicate_pairs([pair for source in args.pairs for pair in read_pairs(source)])
     print(f"{len(pairs)} pairs of {len({p.patient_id for p in pairs})} patients ({dropped} duplicates dropped)")
     out = Path(args.out)
-    config = load_config(overrides=overrides)
+    config = load_config(recipe, [*overrides, *args.overrides])
     result = None
     if args.stage in ("cv", "both"):
         result = cross_validate(config, pairs, out / "cv", folds=args.cv)

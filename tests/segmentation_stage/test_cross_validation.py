@@ -170,3 +170,16 @@ def test_cross_validation_killed_resumes_and_scores_against_numpy(sample_seg_dir
     again = cross_validate(config, pairs, out, folds=2, progress=False, echo=lambda line: None)
     assert again["summary"] == result["summary"]
     assert stamps == {p: p.stat().st_mtime_ns for p in stamps}, "nothing finished is redone"
+
+
+def test_shipped_recipe_file_is_the_recipe_the_shipped_segmenter_records():
+    """tools/train_segmenter.py's default recipe file reruns exactly the shipped segmenter's recipe."""
+    import json
+
+    from tfflannel.config import load_config, packaged_config
+    from tfflannel.segmentation.cross_validation import RECIPE_KEYS
+
+    config = load_config(packaged_config("segmenter_shipped.yaml")).segmentation
+    descriptor = json.loads((REPO / "tfflannel" / "weights" / "lung_segmenter.json").read_text())
+    assert {key: getattr(config, key) for key in RECIPE_KEYS} == {key: descriptor["training"][key]
+                                                                  for key in RECIPE_KEYS}

@@ -29,7 +29,7 @@ from tfflannel.models.ensemble import build_ensemble, inverse_frequency_alpha
 from tfflannel.predictions import read_predictions, read_provenance, write_predictions
 from tfflannel.resume import ResumableFit, config_fingerprint
 from tfflannel.run_info import RunInfo, file_sha256, load_run_info, relative_to_run, save_run_info
-from tfflannel.schedules import step_decay
+from tfflannel.schedules import scale_milestones, step_decay
 from tfflannel.tf_epochs import seed_run
 from tfflannel.utils import write_text_atomic
 
@@ -198,7 +198,8 @@ def train_ensemble(config, run_dirs, out_dir, fold=None, progress=True, force=Fa
                           loss=keras.losses.CategoricalFocalCrossentropy(alpha=alpha, gamma=cfg.gamma),
                           metrics=[keras.metrics.F1Score(average="macro", name="macro_f1"), "accuracy"])
         callbacks = [
-            keras.callbacks.LearningRateScheduler(step_decay(cfg.lr_milestones, cfg.learning_rate)),  # epochs here
+            keras.callbacks.LearningRateScheduler(step_decay(scale_milestones(cfg.lr_milestones, cfg.epochs),
+                                                                  cfg.learning_rate)),
             keras.callbacks.TensorBoard(log_dir=str(out_dir / "logs")),
         ]
         validation = (scores[hold_rows], one_hot[labels[hold_rows]]) if len(hold_rows) else None

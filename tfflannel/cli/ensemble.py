@@ -1,0 +1,52 @@
+"""Ensemble and evaluation commands: `train-ensemble`, `evaluate`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from tfflannel import DISCLAIMER
+from tfflannel.cli.common import config_options, load_cli_config, reports_input_errors, run_list
+
+
+@click.command("train-ensemble")
+@click.option("--fold", type=click.IntRange(min=1), help="Fold of the runs (checked against their run.yaml).")
+@click.option("--runs", "run_dirs", required=True, multiple=True,
+              help="Base-learner run directories with predictions/ (repeat --runs, or separate with commas).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Ensemble run directory.")
+@click.option("--fit-on", type=click.Choice(["valid", "train"]),
+              help="valid: out-of-fold predictions (default); train: in-sample, as the original.")
+@click.option("--force", is_flag=True,
+              help="Start over even if --out holds a complete run or one made with other settings.")
+@config_options("configs/ensemble.yaml")
+@reports_input_errors
+def train_ensemble_command(fold, run_dirs, out, fit_on, force, config_path, overrides):
+    """Fit the FLANNEL neural weight module with a focal loss on predictions joined by image_id."""
+    from tfflannel.ensemble.train import train_ensemble
+
+    config = load_cli_config(config_path, overrides, "configs/ensemble.yaml")
+    if fit_on:
+        config.ensemble.fit_on = fit_on
+    summary = train_ensemble(config, run_list(run_dirs), out, fold, force=force, echo=click.echo)
+    click.echo(json.dumps(summary, indent=2))
+    click.echo(f"model -> {Path(out) / 'model.keras'}; test predictions -> {Path(out) / 'predictions' / 'test.csv'}")
+
+
+@click.command("evaluate")
+@click.option("--runs", "run_dirs", required=True, multiple=True,
+              help="Run directories (base learners and ensembles, any folds; repeat --runs, or separate with commas).")
+@click.option("--out", default="report", show_default=True, type=click.Path(file_okay=False), help="Output directory.")
+@reports_input_errors
+def evaluate_command(run_dirs, out):
+    """Per-class F1, macro-F1, Table 3 over folds, confusion matrices, PR/ROC curves and report.md."""
+    from tfflannel.evaluation.report import evaluate_runs
+
+    evaluate_runs(run_list(run_dirs), out)
+    click.echo((Path(out) / "table3.md").read_text())
+    click.echo(f"report -> {Path(out) / 'report.md'}")
+    click.echo(DISCLAIMER)
+
+
+COMMANDS = (train_ensemble_command, evaluate_command)
