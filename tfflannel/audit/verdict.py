@@ -27,6 +27,10 @@ def chance_f1(prevalence):
     return 2.0 * prevalence / (1.0 + prevalence)
 
 
+TOLERANCE = 1e-9
+""""At least" in the rule holds at the threshold itself, whatever the rounding of `kept_share * F1`."""
+
+
 def shortcut_classes(labels, conditions, kept_share=0.8, min_gain=0.1):
     """The classes a learner still recognises without the lungs: the rule of the audit.
 
@@ -51,7 +55,7 @@ def shortcut_classes(labels, conditions, kept_share=0.8, min_gain=0.1):
             continue
         normal = conditions["normal"]["f1"][name]
         removed = conditions["lungs_removed"]["f1"][name]
-        if normal >= chance_f1(prevalence) + min_gain and removed >= kept_share * normal:
+        if normal >= chance_f1(prevalence) + min_gain - TOLERANCE and removed >= kept_share * normal - TOLERANCE:
             flagged.append(name)
     return flagged
 
