@@ -4,6 +4,7 @@ The job graph, in dependency order:
 
     segment -> train-patch / train-global -> predict-base   (one learner per fold, backbone and mode)
             -> train-ensemble (one per fold and mode, over that fold's learners) -> evaluate
+            -> audit (one per fold: that fold's learners and its patched ensemble, on the test partition)
 
 Every job is a `tfflannel` command line, run in this process exactly as a user would type it (`--dry-run`
 prints the lines for any scheduler). Each command resumes and skips on its own (train runs resume per
@@ -48,7 +49,7 @@ class Job:
 
     Args:
         name: str. Unique, readable id (`train-patch f1 densenet161`), also the lock and log file name.
-        kind: str. `segment`, `train`, `predict`, `ensemble` or `evaluate`.
+        kind: str. `segment`, `train`, `predict`, `ensemble`, `evaluate` or `audit`.
         args: tuple of str. The command line after the program name.
         target: Path. The directory the job writes (cache, run or report).
         needs: tuple of str. Names of the jobs whose outputs it reads.
@@ -165,7 +166,7 @@ def build_jobs(data, out, folds, backbones=PAPER_BACKBONES, modes=MODES, weights
     Args:
         data: str or Path. Work directory of prepare-data (manifest.csv).
         out: str or Path. Where runs go: OUT/f<fold>/<mode>_<backbone>, OUT/f<fold>/ensemble_{patched,global},
-            OUT/report.
+            OUT/report, OUT/report/audit_f<fold>.
         folds: list of int. Validation folds.
         backbones: list of str. Registered backbone names. Defaults to the paper's five.
         modes: list of str. `patch` and/or `global`. Defaults to both.
@@ -215,6 +216,13 @@ def build_jobs(data, out, folds, backbones=PAPER_BACKBONES, modes=MODES, weights
     run_dirs = [str(p.target) for group in learners.values() for p in group] + [str(e.target) for e in ensembles]
     jobs.append(Job("evaluate", "evaluate", ("evaluate", "--runs", ",".join(run_dirs), "--out", str(out / "report")),
                     out / "report", tuple(j.name for j in jobs if j.kind in ("predict", "ensemble")), 0))
+    for index, fold in enumerate(folds):
+        members = [str(p.target) for mode in modes for p in learners[(fold, mode)]]
+        ensemble = next(e for mode in modes for e in ensembles if e.name == f"train-ensemble f{fold} {mode}")
+        jobs.append(Job(f"audit f{fold}", "audit",
+                        ("audit", "--runs", ",".join(members), "--ensemble", str(ensemble.target), "--data", data,
+                         "--out", str(out / "report" / f"audit_f{fold}")) + config_args,
+                        out / "report" / f"audit_f{fold}", ("evaluate",), index % parts))
     return jobs
 
 
@@ -278,6 +286,8 @@ def is_complete(job):
     if job.kind == "ensemble":
         return (bool(_json(target / "resume" / "state.json").get("complete"))
                 and (target / "learner_weights.json").is_file() and (target / "predictions" / "test.csv").is_file())
+    if job.kind == "audit":
+        return (target / "audit.json").is_file()
     return (target / "table3.csv").is_file()
 
 
