@@ -128,3 +128,17 @@ def write_audit(result, out_dir):
     write_text_atomic(out_dir / "audit.json", json.dumps(result, indent=2, allow_nan=False) + "\n")
     write_text_atomic(out_dir / "audit.md", format_audit(result))
     return out_dir / "audit.md"
+
+
+def append_audit_section(report_md, audit_md):
+    """Append audit.md (its title as a `##` section) to an evaluation report.md, atomically; once only."""
+    report_md, audit_md = Path(report_md), Path(audit_md)
+    text = report_md.read_text()
+    marker = "\n## Does it look at the lungs?"
+    if marker in text:
+        text = text[:text.index(marker)]
+    body = audit_md.read_text().replace("# Does it look at the lungs?", "## Does it look at the lungs?", 1)
+    body = "\n".join(("#" + line) if line.startswith("## ") and not line.startswith("## Does") else line
+                      for line in body.splitlines())
+    write_text_atomic(report_md, text.rstrip("\n") + "\n\n" + body.rstrip("\n") + "\n")
+    return report_md

@@ -76,8 +76,8 @@ def _cached_views(workdir, segmenter, view):
 def _decode_view(pngs):
     import tensorflow as tf
 
-    return {"image": tf.io.decode_png(pngs[0], channels=1)[..., 0].numpy(),
-            "mask": tf.io.decode_png(pngs[1], channels=1)[..., 0].numpy()}
+    mask = tf.io.decode_png(pngs[1], channels=1)[..., 0].numpy()        # stored as 0 / 255
+    return {"image": tf.io.decode_png(pngs[0], channels=1)[..., 0].numpy(), "mask": (mask > 0).astype("uint8")}
 
 
 def _views(films, rows, view, segmenter, cached, batch):
