@@ -1,10 +1,10 @@
 """`test_cnn`: a tiny test model (timm's `test_*` spirit), not a classifier for results.
 
 Four stride-2 3x3 convolutions (16, 32, 64, 64 channels, ReLU) and, as its reference head, global MAX pooling:
-about 61,000 weights with a 4-class head, trained in seconds on a CPU. Global max pooling lets it pick up one bright, local cue
-anywhere in the image within a few hundred steps (global average pooling did not, in the trial recorded in
-issue 22), which is what the shortcut-audit test plants (`tests/audit/test_planted_shortcut.py`). Usable by
-every command like any registered backbone; never report its numbers as a result.
+about 61,000 weights with a 4-class head, trained in seconds on a CPU. Global max pooling lets it pick up one
+bright, local cue anywhere in the image within a few hundred steps (global average pooling did not, in the
+trial recorded in issue 22), which is what the shortcut-audit test plants (`tests/audit/test_planted_shortcut.py`).
+Usable by every command like any registered backbone; never report its numbers as a result.
 """
 
 from __future__ import annotations
