@@ -398,3 +398,47 @@ def test_the_torchvision_preset_names_the_five_and_reproduce_reads_backbones_fro
     assert result.exit_code == 0, result.output
     trained = {line.split("--backbone ")[1].split()[0] for line in result.output.splitlines() if "--backbone " in line}
     assert trained == {"mobilenet_v2", "resnet50"}
+
+
+def test_baselines_are_rows_of_their_own_not_ensemble_members():
+    jobs = build_jobs("work", "runs", [1, 2], ["mobilenet_v2", "resnet50"], ["patch", "global"],
+                      baselines=["covidnet_cxr", "efficientnet_b4"])
+    kinds = [j.kind for j in jobs]
+    assert kinds.count("train") == kinds.count("predict") == 2 * 4 * 2 and kinds.count("ensemble") == 4
+    for ensemble in (j for j in jobs if j.kind == "ensemble"):
+        members = ensemble.args[ensemble.args.index("--runs") + 1]
+        assert "covidnet" not in members and "efficientnet" not in members
+        assert not any("covidnet" in n or "efficientnet" in n for n in ensemble.needs)
+    evaluate = jobs[-1]
+    runs = evaluate.args[evaluate.args.index("--runs") + 1].split(",")
+    for fold in (1, 2):                       # same folds, both modes, one row each beside the ensembles
+        for mode in ("patch", "global"):
+            for name in ("covidnet_cxr", "efficientnet_b4"):
+                assert str(Path(f"runs/f{fold}/{mode}_{name}")) in runs
+                assert f"predict-base f{fold} {mode} {name}" in evaluate.needs
+    assert runs[-4:] == [str(Path(f"runs/f{f}/ensemble_{m}")) for f in (1, 2) for m in ("global", "patched")]
+    with pytest.raises(reproduce.InputError, match="either an ensemble member or a baseline"):
+        build_jobs("work", "runs", [1], ["mobilenet_v2"], ["global"], baselines=["mobilenet_v2"])
+
+
+def test_baselines_preset_and_scratch_weights(sample_work, tmp_path):
+    weights = tmp_path / "w"
+    weights.mkdir()
+    for name in ("densenet161", "inception_v3_tv", "resnet152_tv", "resnext101_32x8d", "vgg19_bn"):
+        (weights / f"{name}.weights.h5").write_bytes(b"x")
+    (weights / "efficientnet_b4.h5").write_bytes(b"x")              # Keras' own ImageNet file, renamed
+    result = _dry_run(sample_work, tmp_path / "runs", "--config", str(REPO / "configs" / "baselines.yaml"),
+                      "--weights-dir", str(weights))
+    assert result.exit_code == 0, result.output
+    given = _weights_of(result.output.splitlines())
+    assert given["covidnet_cxr"] == "none"                          # no ImageNet weights anywhere: from scratch
+    assert given["efficientnet_b4"] == str(weights / "efficientnet_b4.h5")
+    assert given["vgg19_bn"] == str(weights / "vgg19_bn.weights.h5") and len(given) == 7
+    ensemble = next(line for line in result.output.splitlines() if " train-ensemble " in line)
+    assert "covidnet" not in ensemble and "vgg19_bn" in ensemble
+    none = _dry_run(sample_work, tmp_path / "runs", "--config", str(REPO / "configs" / "baselines.yaml"),
+                    "--baselines", "none", "--backbones", "mobilenet_v2")
+    assert none.exit_code == 0 and list(_weights_of(none.output.splitlines())) == ["mobilenet_v2"]
+    assert _weights_of(_dry_run(sample_work, tmp_path / "runs", "--backbones", "mobilenet_v2", "--baselines",
+                                "covidnet_cxr", "--weights", "imagenet").output.splitlines()) == {
+        "mobilenet_v2": "imagenet", "covidnet_cxr": "none"}

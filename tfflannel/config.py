@@ -232,6 +232,8 @@ class StudyConfig:
     """`reproduce`: the base learners of the study (the paper's five, torchvision layout, by default)."""
 
     backbones: tuple[BackboneName, ...] = TORCHVISION_BACKBONE_NAMES
+    # learners trained and evaluated on the same folds but not ensemble members (configs/baselines.yaml)
+    baselines: tuple[BackboneName, ...] = ()
 
 
 @dataclass

@@ -111,8 +111,9 @@ def run_demo(config, out_dir):
                    f"{learner['shortcut_classes'] or 'none'}")
     click.echo(f"audit -> {out / 'report' / 'audit.md'} ({time.time() - started_audit:.0f} s)")
     _stage("8/8 export the Patched FLANNEL pipeline as a SavedModel, then predict with it")
-    from tfflannel.export.predict import load_exported, predict_files
-    from tfflannel.export.saved_model import export_pipeline, pipeline_from_config
+    from tfflannel.export.saved_model import export_pipeline
+    from tfflannel.serving.builder import pipeline_from_config
+    from tfflannel.serving.predict import load_exported, predict_files
 
     shutil.rmtree(out / "export", ignore_errors=True)
     pipeline = pipeline_from_config(config, load_segmenter(), patch_runs, runs / "ensemble_patched")

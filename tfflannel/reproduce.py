@@ -30,13 +30,14 @@ import time
 import traceback
 from pathlib import Path
 
-from tfflannel.backbone_names import BACKBONE_NAMES, TORCHVISION_BACKBONE_NAMES
+from tfflannel.backbone_names import BACKBONE_NAMES, SCRATCH_BACKBONE_NAMES, TORCHVISION_BACKBONE_NAMES
 from tfflannel.errors import InputError
 from tfflannel.utils import read_csv
 
 PAPER_BACKBONES = TORCHVISION_BACKBONE_NAMES      # the paper's five, defined once in backbone_names
-WEIGHT_SUFFIXES = (".weights.h5", ".safetensors", ".pth")
-"""What `--weights-dir DIR` looks for, in this order: the first of DIR/<backbone><suffix> that exists is used."""
+WEIGHT_SUFFIXES = (".weights.h5", ".safetensors", ".pth", ".h5")
+"""What `--weights-dir DIR` looks for, in this order: the first of DIR/<backbone><suffix> that exists is used
+(`.h5`: Keras' own ImageNet file, e.g. `efficientnetb4_notop.h5` saved as `DIR/efficientnet_b4.h5`)."""
 STALE = "stale run"
 MODES = ("patch", "global")
 ENSEMBLE_NAMES = {"patch": "ensemble_patched", "global": "ensemble_global"}
@@ -113,7 +114,8 @@ def resolve_weights(backbones, weights="none", weights_dir=None):
             Defaults to `None` (use `weights`).
 
     Returns:
-        dict. {backbone: `--weights` value}.
+        dict. {backbone: `--weights` value}. Backbones that have no ImageNet weights anywhere
+        (`SCRATCH_BACKBONE_NAMES`: COVID-Net) get `none` with `--weights imagenet` or `--weights-dir`.
 
     Raises:
         InputError: `--weights` and `--weights-dir` both given; a weights file for several backbones; a missing
@@ -121,6 +123,11 @@ def resolve_weights(backbones, weights="none", weights_dir=None):
             weights (all named, with the fix).
     """
     weights = "none" if weights in (None, "None") else str(weights)
+    scratch = [b for b in backbones if b in SCRATCH_BACKBONE_NAMES]
+    if scratch and (weights_dir is not None or weights == "imagenet"):
+        found = resolve_weights([b for b in backbones if b not in scratch], weights, weights_dir) if len(
+            scratch) < len(backbones) else {}
+        return {b: found.get(b, "none") for b in backbones}
     if weights_dir is not None:
         if weights != "none":
             raise InputError(f"--weights {weights} and --weights-dir {weights_dir}: give one of them.")
@@ -160,8 +167,11 @@ def resolve_weights(backbones, weights="none", weights_dir=None):
 
 
 def build_jobs(data, out, folds, backbones=PAPER_BACKBONES, modes=MODES, weights="none", config_args=(),
-               shard=(1, 1), weights_dir=None):
+               shard=(1, 1), weights_dir=None, baselines=()):
     """The grid's jobs in dependency order, each assigned to a shard.
+
+    Baselines are learners trained, predicted and evaluated on the same folds and films as the ensemble's
+    members, but not members: each is a Table-3 row of its own beside FLANNEL and Patched FLANNEL.
 
     Args:
         data: str or Path. Work directory of prepare-data (manifest.csv).
@@ -175,23 +185,30 @@ def build_jobs(data, out, folds, backbones=PAPER_BACKBONES, modes=MODES, weights
         config_args: tuple of str. `--config FILE` / `--set KEY=VALUE` passed to every configurable command.
         shard: (I, N). This process's shard; only used for the segment job's own `--shard I/N`.
         weights_dir: str or Path. One weights file per backbone (see `resolve_weights`). Defaults to `None`.
+        baselines: list of str. Registered backbones trained in every mode and fold but left out of the
+            ensembles (`configs/baselines.yaml`: COVID-Net and EfficientNet-B4). Defaults to none.
 
     Returns:
         list of Job.
 
     Raises:
-        InputError: weights that cannot work (see `resolve_weights`), before any job exists.
+        InputError: weights that cannot work (see `resolve_weights`), or a backbone named both as an ensemble
+            member and a baseline, before any job exists.
     """
-    per_backbone = resolve_weights(backbones, weights, weights_dir)
+    both = sorted(set(backbones) & set(baselines))
+    if both:
+        raise InputError(f"--baselines: {', '.join(both)} also in --backbones; a learner is either an ensemble "
+                         f"member or a baseline.")
+    per_backbone = resolve_weights([*backbones, *baselines], weights, weights_dir)
     data, out, config_args = str(data), Path(out), tuple(config_args)
     part, parts = shard
     jobs, learners = [], {}
     if "patch" in modes:
         segment_args = ("segment", "--data", data) + (("--shard", f"{part}/{parts}") if parts > 1 else ())
         jobs.append(Job("segment", "segment", segment_args + config_args, Path(data) / "cache", shard=None))
-    unit = 0
+    unit, standalone = 0, []
     for fold in folds:
-        for backbone in backbones:
+        for backbone in [*backbones, *baselines]:
             for mode in modes:
                 run = out / f"f{fold}" / f"{mode}_{backbone}"
                 train = Job(f"train-{mode} f{fold} {backbone}", "train",
@@ -202,7 +219,10 @@ def build_jobs(data, out, folds, backbones=PAPER_BACKBONES, modes=MODES, weights
                               ("predict-base", "--run", str(run), "--data", data) + config_args,
                               run, (train.name,), unit % parts)
                 jobs += [train, predict]
-                learners.setdefault((fold, mode), []).append(predict)
+                if backbone in baselines:
+                    standalone.append(predict)
+                else:
+                    learners.setdefault((fold, mode), []).append(predict)
                 unit += 1
     ensembles = []
     for index, ((fold, mode), predicts) in enumerate(sorted(learners.items())):
@@ -213,7 +233,8 @@ def build_jobs(data, out, folds, backbones=PAPER_BACKBONES, modes=MODES, weights
                              + config_args,
                              target, tuple(p.name for p in predicts), index % parts))
     jobs += ensembles
-    run_dirs = [str(p.target) for group in learners.values() for p in group] + [str(e.target) for e in ensembles]
+    run_dirs = ([str(p.target) for group in learners.values() for p in group] + [str(p.target) for p in standalone]
+                + [str(e.target) for e in ensembles])
     jobs.append(Job("evaluate", "evaluate", ("evaluate", "--runs", ",".join(run_dirs), "--out", str(out / "report")),
                     out / "report", tuple(j.name for j in jobs if j.kind in ("predict", "ensemble")), 0))
     for index, fold in enumerate(folds):

@@ -45,7 +45,7 @@ class RunInfo:
         fit_on: str. Which partition an ensemble was fit on (`valid` or `train`).
         manifest_sha256: str. SHA-256 of the manifest.csv the run was made from.
         cache_key: dict. A patch run's `cache/cache.json` key when it was trained (segmenter fingerprint, view
-            size, QC bounds, patches.input); serving checks it (`export.saved_model.check_runs_match`).
+            size, QC bounds, patches.input); serving checks it (`serving.checks.check_runs_match`).
     """
 
     kind: str

@@ -18,10 +18,10 @@ from tfflannel.cli import main
 from tfflannel.config import load_config
 from tfflannel.data.io import read_image
 from tfflannel.data.manifest import load_manifest
-from tfflannel.export.saved_model import build_pipeline
 from tfflannel.models.classifier import build_classifier
 from tfflannel.segmentation.cache import read_cache_records
 from tfflannel.segmentation.inference import load_segmenter
+from tfflannel.serving.builder import build_pipeline
 from tfflannel.utils import read_csv
 
 K = 6
@@ -277,7 +277,7 @@ def test_single_learner_export_and_predict_with_runs_and_explain(tiny_runs, tmp_
 
 def test_only_finished_scores_of_the_present_model_set_the_k_to_serve(tiny_runs, tmp_path):
     """A killed predict-base (nothing done), scores of a model trained since, or an unreadable provenance: no check."""
-    from tfflannel.export.saved_model import _scored_with
+    from tfflannel.serving.checks import scored_with
 
     runs, _ = tiny_runs
     run = tmp_path / "run"
@@ -286,14 +286,14 @@ def test_only_finished_scores_of_the_present_model_set_the_k_to_serve(tiny_runs,
     recorded = json.loads((runs[0] / "predictions" / "provenance.json").read_text())
     provenance = run / "predictions" / "provenance.json"
     provenance.write_text(json.dumps(recorded))
-    assert _scored_with(run)["k"] == K and recorded["done"]
+    assert scored_with(run)["k"] == K and recorded["done"]
     provenance.write_text(json.dumps({**recorded, "identity": {**recorded["identity"], "k": 99}, "done": []}))
-    assert _scored_with(run) == {}, "a predict-base killed before its first partition describes no scores"
+    assert scored_with(run) == {}, "a predict-base killed before its first partition describes no scores"
     provenance.write_text(json.dumps({**recorded, "identity": {**recorded["identity"], "model_sha256": "0" * 64}}))
-    assert _scored_with(run) == {}, "scores of another model"
+    assert scored_with(run) == {}, "scores of another model"
     provenance.write_text("{half")
     with pytest.warns(UserWarning, match="unreadable"):
-        assert _scored_with(run) == {}
+        assert scored_with(run) == {}
 
 
 def test_serving_refuses_a_view_segmenter_k_or_seed_other_than_evaluated(tiny_runs, sample_cls_dir, tmp_path):
@@ -336,10 +336,10 @@ def test_training_records_the_cache_key_and_a_copied_run_is_checked_against_it(s
     """_start_run refuses a cache of other view settings and writes cache.json's key into run.yaml; a run folder
     copied without its work directory is checked against that record."""
     from tfflannel.errors import InputError
-    from tfflannel.export.saved_model import check_runs_match
     from tfflannel.film_pipeline import ViewSettings
     from tfflannel.learners.train import _run_info, _start_run
     from tfflannel.run_info import load_run_info, save_run_info
+    from tfflannel.serving.checks import check_runs_match
 
     run = tmp_path / "work" / "run"
     shutil.copytree(sample_workdir, tmp_path / "work", ignore=shutil.ignore_patterns("*.tfrecord"))

@@ -110,7 +110,7 @@ def test_qc_grid_shows_the_least_confident_masks_first_with_their_numbers(sample
 
 
 def test_min_mask_confidence_fails_doubtful_masks_changes_the_key_and_export_agrees(tmp_path, sample_cls_dir):
-    from tfflannel.export.saved_model import InferencePipeline
+    from tfflannel.serving.pipeline import InferencePipeline
 
     work, _ = _small_workdir(tmp_path, sample_cls_dir)
     segmenter = load_segmenter()

@@ -90,9 +90,9 @@ def random_segmenter():
 
 def test_flip_tta_averages_the_mirrored_output_and_export_masks_equal_the_cache(random_segmenter, sample_cls_dir):
     from tfflannel.data.io import read_image
-    from tfflannel.export.saved_model import InferencePipeline
     from tfflannel.film_pipeline import ViewSettings
     from tfflannel.segmentation.cache import ViewMaker
+    from tfflannel.serving.pipeline import InferencePipeline
 
     batch = np.random.default_rng(0).random((2, 64, 64, 1), dtype=np.float32)
     plain = random_segmenter.model.predict_on_batch(batch)

@@ -25,8 +25,9 @@ from tfflannel.cli.common import BadInput, config_options, load_cli_config, repo
 @reports_input_errors
 def export_command(seg_path, run_dirs, ensemble_dir, out, version, config_path, overrides):
     """Write one SavedModel (raw image -> 4 class probabilities) in TF Serving's EXPORT_DIR/<version>/ layout."""
-    from tfflannel.export.saved_model import export_pipeline, new_version_dir, pipeline_from_config
+    from tfflannel.export.saved_model import export_pipeline, new_version_dir
     from tfflannel.segmentation.inference import load_segmenter
+    from tfflannel.serving.builder import pipeline_from_config
 
     config = load_cli_config(config_path, overrides, "configs/patched.yaml")
     runs = served_runs(run_dirs, ensemble_dir)
@@ -62,7 +63,7 @@ def predict_command(images, model_dir, run_dirs, ensemble_dir, seg_path, output_
     import sys
 
     from tfflannel.data.io import IMAGE_SUFFIXES
-    from tfflannel.export.predict import expand_inputs, load_exported, predict_files
+    from tfflannel.serving.predict import expand_inputs, load_exported, predict_files
 
     if bool(model_dir) == bool(run_dirs):
         raise click.UsageError("give either --model EXPORT_DIR or --runs (with --ensemble)")
@@ -77,8 +78,8 @@ def predict_command(images, model_dir, run_dirs, ensemble_dir, seg_path, output_
     if model_dir:
         predict_fn = load_exported(model_dir)
     else:
-        from tfflannel.export.saved_model import pipeline_from_config
         from tfflannel.segmentation.inference import load_segmenter
+        from tfflannel.serving.builder import pipeline_from_config
 
         segmenter = load_segmenter(seg_path)
         pipeline = pipeline_from_config(config, segmenter, runs, ensemble_dir)

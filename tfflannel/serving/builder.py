@@ -1,0 +1,59 @@
+"""Build an InferencePipeline from run directories, checked against what the runs were evaluated with."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+
+from tfflannel.errors import InputError
+from tfflannel.film_pipeline import ViewSettings
+from tfflannel.serving.checks import check_runs_match
+from tfflannel.serving.pipeline import InferencePipeline, load_learner_runs
+
+
+def build_pipeline(segmenter, run_dirs, ensemble_dir=None, k=100, seed=0, view=None):
+    """An InferencePipeline from run directories, checked against what the runs were evaluated with.
+
+    An ensemble's own learner order is enforced, and `check_runs_match` refuses a segmenter, view, K or seed
+    other than those the runs were trained and evaluated with.
+
+    Args:
+        segmenter: `segmentation.inference.Segmenter`.
+        run_dirs: list of str or Path. Base-learner runs (the ensemble's order).
+        ensemble_dir: str or Path or None. A train-ensemble run. Defaults to `None`.
+        k: int. Patches per image. Defaults to `100`.
+        seed: int. Patch seed. Defaults to `0`.
+        view: ViewSettings. Defaults to `ViewSettings()`.
+
+    Returns:
+        InferencePipeline.
+
+    Raises:
+        InputError: runs not in the ensemble's order, an ensemble run among the learners, or a mismatch.
+    """
+    import tfflannel.models.ensemble  # noqa: F401  (registers the ensemble layers for loading)
+    from tfflannel.run_info import load_run_info
+
+    infos = [load_run_info(r) for r in run_dirs]
+    for run_dir, info in zip(run_dirs, infos, strict=True):
+        if info.kind == "ensemble":
+            raise InputError(f"{run_dir} is a train-ensemble run; pass it as --ensemble and its learners as --runs")
+    ensemble, score = None, "prob"
+    if ensemble_dir:
+        info = load_run_info(ensemble_dir)
+        expected = [str(p.resolve()) for p in info.run_paths(ensemble_dir)]
+        given = [str(Path(r).resolve()) for r in run_dirs]
+        if given != expected:
+            raise InputError(f"{ensemble_dir} was trained on runs {expected} in this order; received {given}")
+    check_runs_match(segmenter, run_dirs, infos, ensemble_dir, k, seed, view)
+    if ensemble_dir:
+        ensemble = keras.saving.load_model(Path(ensemble_dir) / "model.keras", compile=False)
+        score = info.score or "prob"
+    return InferencePipeline(segmenter, load_learner_runs(run_dirs), ensemble, k=k, seed=seed, score=score, view=view)
+
+
+def pipeline_from_config(config, segmenter, run_dirs, ensemble_dir=None):
+    """`build_pipeline` with K and seed from `config.inference`, the view (QC, size, patches.input) from the config."""
+    return build_pipeline(segmenter, run_dirs, ensemble_dir, k=config.inference.k, seed=config.inference.seed,
+                          view=ViewSettings.from_config(config))
