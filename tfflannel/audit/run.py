@@ -42,7 +42,7 @@ def _run_view(run_dir):
 
 def _load_learners(run_dirs, segmenter, k, seed):
     """[(run_dir, model, info, view)]; patch runs checked against the segmenter and view they were trained on."""
-    from tfflannel.export.saved_model import check_runs_match
+    from tfflannel.serving.checks import check_runs_match
     from tfflannel.learners.infer import read_run
 
     learners = []
@@ -155,7 +155,7 @@ def audit_runs(run_dirs, workdir, out_dir, config, ensemble_dir=None, segmenter=
         config: ExperimentConfig. `audit.*` (thresholds, probe) and `inference.k` / `inference.seed` (patches).
         ensemble_dir: str or Path or None. A train-ensemble run over (some of) `run_dirs`. Defaults to `None`.
         segmenter: `segmentation.inference.Segmenter`. Defaults to the shipped one; a patch run's recorded
-            segmenter and view must match (`export.saved_model.check_runs_match`).
+            segmenter and view must match (`serving.checks.check_runs_match`).
         progress: bool. Progress bar. Defaults to `True`.
 
     Returns:
