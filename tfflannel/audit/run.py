@@ -165,7 +165,7 @@ def audit_runs(run_dirs, workdir, out_dir, config, ensemble_dir=None, segmenter=
         InputError: no runs, an ensemble among the runs, a mismatching segmenter or view, an empty test partition.
         FileNotFoundError: a run or the manifest is missing.
     """
-    from tfflannel.audit.report import write_audit
+    from tfflannel.audit.report import finite, write_audit
     from tfflannel.data.manifest import load_manifest, partition_rows
     from tfflannel.segmentation.inference import load_segmenter
 
@@ -203,5 +203,6 @@ def audit_runs(run_dirs, workdir, out_dir, config, ensemble_dir=None, segmenter=
     if ensemble_dir:
         result["ensemble"], normal = _ensemble_conditions(Path(ensemble_dir), learners, scored, labels)
         result["strata"] += strata_rows(result["ensemble"]["run"], labels, normal, rows)
+    result = json.loads(json.dumps(finite(result)))
     write_audit(result, out_dir)
-    return json.loads(json.dumps(result))
+    return result
