@@ -42,8 +42,8 @@ def _run_view(run_dir):
 
 def _load_learners(run_dirs, segmenter, k, seed):
     """[(run_dir, model, info, view)]; patch runs checked against the segmenter and view they were trained on."""
-    from tfflannel.serving.checks import check_runs_match
     from tfflannel.learners.infer import read_run
+    from tfflannel.serving.checks import check_runs_match
 
     learners = []
     for run_dir in run_dirs:
