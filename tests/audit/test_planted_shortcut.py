@@ -1,11 +1,12 @@
 """The audit is proven to catch a shortcut (issue 22, point 5).
 
 From the bundled sample, one class (`normal`: adults and children in both the training folds and the test
-partition of the default split) gets a white square in the top-left corner of every film, far outside the lungs. A global `test_cnn` learner trained on those films must list that class in
-`shortcut_classes` (it still recognises it on `lungs_removed` input); a patch learner trained on the same films must
-not (the marker is outside the lung mask it sees). Trained on the same films without the marker, a global learner
-scores that class clearly lower on `lungs_removed` input, so the verdict follows the planted shortcut, not chance.
-Fixed seeds (split, weights, epochs); the margins were measured on this machine (docs/evaluation.md).
+partition of the default split) gets a white square in the top-left corner of every film, far outside the
+lungs. A global `test_cnn` learner trained on those films must list that class in `shortcut_classes` (it still
+recognises it on `lungs_removed` input); a patch learner trained on the same films must not (the marker is outside
+the lung mask it sees). Trained on the same films without the marker, a global learner scores that class clearly
+lower on `lungs_removed` input, so the verdict follows the planted shortcut, not chance. Fixed seeds (split,
+weights, epochs); the margins measured are in docs/evaluation.md.
 """
 
 import json
