@@ -151,3 +151,38 @@ def test_condition_metrics_and_strata_match_sklearn():
 def test_audit_thresholds_are_validated_at_config_load(item):
     with pytest.raises(ConfigError, match=item.split("=")[0].split(".")[1]):
         load_config(overrides=[item])
+
+
+def _m(value):
+    return {"macro_f1": value, "accuracy": value, "f1": dict.fromkeys(CLASS_NAMES, value), "n": 4}
+
+
+def test_audit_files_state_the_rule_write_null_for_nan_and_append_once_to_a_report(tmp_path):
+    import json
+
+    from tfflannel.audit.report import append_audit_section, write_audit
+
+    learner = {"run": "global:x", "mode": "global", "dir": "r",
+               "conditions": {"normal": _m(0.9), "lungs_only": _m(0.5), "lungs_removed": _m(0.85)},
+               "lung_attention": float("nan"), "source_probe": None, "view_probe": None, "age_group_probe": None,
+               "probe_notes": {"source": "only one value present (ccx) among the films scored"},
+               "shortcut": True, "shortcut_classes": ["covid19"]}
+    result = {"partition": "test", "learners": [learner], "ensemble": None,
+              "strata": [{"run": "global:x", "by": "source", "value": "ccx", "n": 4, "macro_f1": 0.9,
+                          "accuracy": 0.9, "counts": {"covid19": 4}}],
+              "rule": {"kept_share": 0.75, "min_gain": 0.2}, "k": 8, "seed": 0,
+              "single_source_classes": {"covid19": "ccx"}, "n": 4}
+    write_audit(result, tmp_path)
+    stored = json.loads((tmp_path / "audit.json").read_text())
+    assert stored["learners"][0]["lung_attention"] is None and stored["learners"][0]["source_probe"] is None
+    text = (tmp_path / "audit.md").read_text()
+    assert "at least 0.75 of its F1 on `normal`" in text and "at least 0.2 above" in text
+    assert "| global:x | global | 0.900 | 0.500 | 0.850 | n/a | n/a (only one value present" in text
+    assert "every `covid19` film comes from `ccx`" in text and (tmp_path / "plots" / "audit_conditions.png").is_file()
+    report = tmp_path / "report.md"
+    report.write_text("# evaluation\n\nTable 3 here.\n")
+    append_audit_section(report, tmp_path / "audit.md")
+    append_audit_section(report, tmp_path / "audit.md")
+    merged = report.read_text()
+    assert merged.startswith("# evaluation\n\nTable 3 here.\n\n## Does it look at the lungs?")
+    assert merged.count("## Does it look at the lungs?") == 1 and "\n### Rule\n" in merged
