@@ -31,6 +31,9 @@ from tfflannel.film_pipeline import (
     unmasked_view,
 )
 
+MAX_ROWS = 256
+"""Inputs (patches or crops) per model call."""
+
 
 def feature_model(model):
     """The learner as `input -> (probabilities, penultimate features)` (the input of its `head_logits` layer)."""
@@ -122,17 +125,23 @@ def score_films(model, info, films, views, k, seed, settings, conditions=CONDITI
     scorer = feature_model(model)
     out = {condition: {"probs": [], "votes": [], "features": []} for condition in conditions}
     first_inputs, first_masks = [], []
-    for film, view in zip(films, views, strict=True):
-        for condition in conditions:
-            inputs, masks = learner_inputs(film, view, info, condition, k, seed, settings)
-            probabilities, features = scorer(inputs, training=False)
-            votes, means = aggregate_scores(tf.reshape(probabilities, [1, -1, probabilities.shape[-1]]))
-            out[condition]["probs"].append(means.numpy()[0])
-            out[condition]["votes"].append(votes.numpy()[0])
-            out[condition]["features"].append(np.asarray(features, float).mean(axis=0))
-            if condition == conditions[0]:
-                first_inputs.append(inputs.numpy())
-                first_masks.append(masks.numpy())
+    for condition in conditions:
+        batches = [learner_inputs(film, view, info, condition, k, seed, settings)
+                   for film, view in zip(films, views, strict=True)]
+        if not batches:
+            continue
+        per_film = int(batches[0][0].shape[0])
+        stacked = tf.concat([inputs for inputs, _ in batches], axis=0)
+        parts = [scorer(stacked[start:start + MAX_ROWS], training=False) for start in range(0, len(stacked), MAX_ROWS)]
+        probabilities = tf.reshape(tf.concat([p for p, _ in parts], axis=0), [len(films), per_film, -1])
+        features = np.concatenate([np.asarray(f, float) for _, f in parts])
+        votes, means = aggregate_scores(probabilities)
+        out[condition]["probs"] += list(means.numpy())
+        out[condition]["votes"] += list(votes.numpy())
+        out[condition]["features"] += list(features.reshape(len(films), per_film, -1).mean(axis=1))
+        if condition == conditions[0]:
+            first_inputs = [inputs.numpy() for inputs, _ in batches]
+            first_masks = [masks.numpy() for _, masks in batches]
     result = {condition: {name: np.asarray(values, float) for name, values in parts.items()}
               for condition, parts in out.items()}
     predicted = np.argmax(result[conditions[0]]["probs"], axis=1) if films else np.zeros(0, int)
