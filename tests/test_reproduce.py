@@ -257,7 +257,7 @@ def test_is_complete_segment_only_for_a_cache_of_the_current_manifest(tmp_path):
 
 
 def test_jobs_start_and_end_with_a_fresh_process_global_state(tmp_path):
-    """_start_run sets the precision policy both ways; run_cli_job resets policy and op determinism."""
+    """_start_run sets the precision policy both ways; each job runs in its own process, leaving this one as it was."""
     import keras
     from tensorflow.python.framework import config as tf_framework_config
 
@@ -274,11 +274,14 @@ def test_jobs_start_and_end_with_a_fresh_process_global_state(tmp_path):
         assert tf_framework_config.is_op_determinism_enabled()
         _start_run(load_config(None), "global_learner", tmp_path / "plain", info, None, False)
         assert keras.mixed_precision.global_policy().name == "float32"
-        keras.mixed_precision.set_global_policy("mixed_float16")     # as a mixed-precision job leaves it
+        keras.mixed_precision.set_global_policy("mixed_float16")     # what a job run in this process would leak
         assert reproduce.run_cli_job(Job("help", "evaluate", ("--help",), tmp_path), tmp_path / "help.log") is None
-        assert keras.mixed_precision.global_policy().name == "float32"
-        assert not tf_framework_config.is_op_determinism_enabled()
-        assert "Usage" in (tmp_path / "help.log").read_text()
+        assert keras.mixed_precision.global_policy().name == "mixed_float16", "the job ran in this process"
+        assert "Usage:" in (tmp_path / "help.log").read_text()
+        error = reproduce.run_cli_job(Job("bad", "evaluate", ("evaluate", "--runs", str(tmp_path / "absent"),
+                                                               "--out", str(tmp_path / "r")), tmp_path),
+                                      tmp_path / "bad.log")
+        assert error and "absent" in error, error
     finally:
         keras.mixed_precision.set_global_policy("float32")
         tf_framework_config.disable_op_determinism()
@@ -351,7 +354,12 @@ def test_shards_and_an_interrupted_run_give_the_same_table(tmp_path, sample_cls_
     for line in shards[1].stdout:                # shard 2: its first global learner, then the second one
         killed.append(line)
         if "predict-base f1 global mobilenet_v2" in line:
-            time.sleep(3)                        # inside train-global f1 resnet50
+            # the event: train-global f1 resnet50 has written its run.yaml (it trains from there on)
+            started = tmp_path / "sharded" / "f1" / "global_resnet50" / "run.yaml"
+            deadline = time.monotonic() + 600
+            while not started.is_file() and time.monotonic() < deadline:
+                assert shards[1].poll() is None, "".join(killed)
+                time.sleep(0.05)
             os.killpg(shards[1].pid, signal.SIGKILL)
             break
     shards[1].wait(timeout=60)

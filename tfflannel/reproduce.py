@@ -6,8 +6,8 @@ The job graph, in dependency order:
             -> train-ensemble (one per fold and mode, over that fold's learners) -> evaluate
             -> audit (one per fold: that fold's learners and its patched ensemble, on the test partition)
 
-Every job is a `tfflannel` command line, run in this process exactly as a user would type it (`--dry-run`
-prints the lines for any scheduler). Each command resumes and skips on its own (train runs resume per
+Every job is a `tfflannel` command line, run as its own process (`python -m tfflannel ARGS`, the lines
+`--dry-run` prints for any scheduler). Each command resumes and skips on its own (train runs resume per
 epoch; a complete run, up-to-date predictions or a complete cache return at once; a run made with other
 settings stops with a clear error), so rerunning `reproduce` after a failure or a kill finishes the grid.
 
@@ -23,11 +23,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
-import json
 import re
 import shlex
 import time
-import traceback
 from pathlib import Path
 
 from tfflannel.backbone_names import BACKBONE_NAMES, SCRATCH_BACKBONE_NAMES, TORCHVISION_BACKBONE_NAMES
@@ -247,11 +245,25 @@ def build_jobs(data, out, folds, backbones=PAPER_BACKBONES, modes=MODES, weights
     return jobs
 
 
-def _json(path):
+def _run_complete(run_dir):
+    """Whether a run's resume state says it finished (an unreadable state counts as not)."""
+    from tfflannel.resume_state import read_fit_state
+
     try:
-        return json.loads(Path(path).read_text())
+        state = read_fit_state(run_dir)
+    except InputError:
+        return False
+    return state is not None and bool(state.complete)
+
+
+def _predicted_roles(run_dir):
+    """The partitions a run's predict-base finished (an unreadable provenance counts as none)."""
+    from tfflannel.predictions import read_provenance
+
+    try:
+        return set(read_provenance(run_dir).get("done", []))
     except (OSError, ValueError):
-        return {}
+        return set()
 
 
 def cache_matches_manifest(cache):
@@ -269,8 +281,13 @@ def cache_matches_manifest(cache):
     """
     cache = Path(cache)
     manifest_path = cache.parent / "manifest.csv"
-    recorded = _json(cache / "cache.json")
-    if not recorded.get("shards") or not (cache / "index.csv").is_file() or not manifest_path.is_file():
+    from tfflannel.segmentation.cache_record import read_cache_record
+
+    try:
+        recorded = read_cache_record(cache.parent)
+    except InputError:
+        return False
+    if recorded is None or not recorded.shards or not (cache / "index.csv").is_file() or not manifest_path.is_file():
         return False
     try:
         index = read_csv(cache / "index.csv")
@@ -280,7 +297,7 @@ def cache_matches_manifest(cache):
         shards = {r["shard"] for r in index}
     except (OSError, KeyError, ValueError):
         return False
-    return have == wanted and shards <= set(recorded["shards"])
+    return have == wanted and shards <= set(recorded.shards)
 
 
 def is_complete(job):
@@ -301,11 +318,11 @@ def is_complete(job):
     if job.kind == "segment":
         return cache_matches_manifest(target)
     if job.kind == "train":
-        return bool(_json(target / "resume" / "state.json").get("complete"))
+        return _run_complete(target)
     if job.kind == "predict":
-        return set(ROLES) <= set(_json(target / "predictions" / "provenance.json").get("done", []))
+        return set(ROLES) <= _predicted_roles(target)
     if job.kind == "ensemble":
-        return (bool(_json(target / "resume" / "state.json").get("complete"))
+        return (_run_complete(target)
                 and (target / "learner_weights.json").is_file() and (target / "predictions" / "test.csv").is_file())
     if job.kind == "audit":
         return (target / "audit.json").is_file()
@@ -332,65 +349,40 @@ def job_lock(path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def reset_global_state(free_memory=True):
-    """Give the next in-process job the global state a fresh process has.
-
-    Clears Keras' session, sets the dtype policy back to `float32` (a `mixed_precision` job sets
-    `mixed_float16`) and turns TensorFlow's op determinism off again (a `runtime.deterministic` job turns it
-    on; TensorFlow's public API can only enable it, so this uses `disable_op_determinism` from
-    `tensorflow.python.framework.config`, present since TF 2.9). Each job sets what its config says itself.
-
-    Args:
-        free_memory: bool. Also run Python's garbage collection (frees the last job's models and graphs; a full
-            collection costs up to seconds in a process that has run jobs). Defaults to `True`.
-    """
-    import keras
-
-    keras.backend.clear_session(free_memory=free_memory)
-    keras.mixed_precision.set_global_policy("float32")
-    from tensorflow.python.framework import config as tf_framework_config
-
-    tf_framework_config.disable_op_determinism()
-
-
 def run_cli_job(job, log_path):
-    """Run one job's command line in this process (as `tfflannel ARGS`), its output appended to `log_path`.
+    """Run one job's command line as its own process (`python -m tfflannel ARGS`), its output appended to `log_path`.
 
-    Every job starts (and ends) with the global state a fresh process has (`reset_global_state`), so what a run
-    records (e.g. its mixed-precision setting) is what it computed with.
+    A fresh process per job: no job inherits another's global state (precision policy, op determinism,
+    Keras session, a strategy that can be created once per process), and nothing has to be reset by hand.
 
     Args:
         job: Job.
         log_path: Path. The job's log file (appended to).
 
     Returns:
-        str or None. None on success, else the error (a traceback for bugs). For a run made with other
-        settings, the last line starts with `stale run` and gives the exact command that starts the job over.
+        str or None. None on success, else the error (the command's `Error:` line, or a traceback's last line).
+        For a run made with other settings, the last line starts with `stale run` and gives the exact command
+        that starts the job over.
     """
-    import click
+    import subprocess
+    import sys
 
-    from tfflannel.cli import main
-    from tfflannel.resume import StaleRunError
+    from tfflannel.resume import STALE_HINT
 
-    reset_global_state(free_memory=False)   # the previous job's own reset already collected its garbage
-    with open(log_path, "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        print(f"$ {job.command_line()}", flush=True)
-        try:
-            main.main(args=list(job.args), prog_name="tfflannel", standalone_mode=False)
-        except click.ClickException as error:
-            print(f"error: {error.format_message()}")
-            if isinstance(error.__cause__, StaleRunError):
-                return (f"{error.format_message()}\n{STALE}: if the change is intended, start it over with "
-                        f"`{job.command_line(main_program())} --force`, then rerun reproduce")
-            return error.format_message()
-        except Exception:   # a bug in one job must not stop the independent ones; its traceback is kept
-            text = traceback.format_exc()
-            print(text)
-            return text.strip().splitlines()[-1]
-        finally:
-            log.flush()
-            reset_global_state()       # and leaves it so: a mixed-precision job's policy does not outlive it
-    return None
+    with open(log_path, "a") as log:
+        log.write(f"$ {job.command_line()}\n")
+        log.flush()
+        code = subprocess.run([sys.executable, "-m", "tfflannel", *job.args], stdout=log, stderr=subprocess.STDOUT,
+                              stdin=subprocess.DEVNULL, check=False).returncode
+    if code == 0:
+        return None
+    lines = [line for line in Path(log_path).read_text(errors="replace").splitlines() if line.strip()]
+    errors = [line[len("Error: "):] for line in lines if line.startswith("Error: ")]
+    message = errors[-1] if errors else (lines[-1] if lines else f"exit status {code}")
+    if STALE_HINT in message:
+        return (f"{message}\n{STALE}: if the change is intended, start it over with "
+                f"`{job.command_line(main_program())} --force`, then rerun reproduce")
+    return message
 
 
 class Runner:
@@ -402,7 +394,7 @@ class Runner:
         shard: (I, N). This process's shard. Defaults to `(1, 1)`.
         wait: float. Seconds to wait for inputs that another process makes. Defaults to one day.
         poll: float. Seconds between checks while waiting. Defaults to `5`.
-        execute: callable(Job, Path) -> str or None. Runs one job. Defaults to `run_cli_job`.
+        execute: callable(Job, Path) -> str or None. Runs one job. Defaults to `run_cli_job` (a process per job).
         echo: callable(str). Where progress lines go. Defaults to `print`.
     """
 

@@ -13,7 +13,6 @@ side, so a thumbnail is rejected with a reason instead of classified.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -91,26 +90,6 @@ class ImageReadError(InputError):
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{path}: {reason}")
-
-
-def sha256_of_file(path, chunk_size=1 << 20):
-    """Hex sha256 of a file's bytes (identical files share it, whatever their name).
-
-    Args:
-        path: str or `pathlib.Path`. The file, read in binary chunks.
-        chunk_size: int. Bytes read at a time. Defaults to `1 << 20` (1 MiB).
-
-    Returns:
-        str. 64 lowercase hex digits.
-
-    Raises:
-        FileNotFoundError: if `path` does not exist.
-    """
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(chunk_size), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def to_uint8(array):

@@ -18,12 +18,12 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from tfflannel import CLASS_NAMES
-from tfflannel.data.io import ImageReadError, read_image, sha256_of_file
+from tfflannel.data.io import ImageReadError, read_image
 from tfflannel.data.linkage import Link, fingerprint_image, group_patients, link_near_identical
 from tfflannel.data.sources import DatasetError, read_ccx, read_folder, read_kcx
 from tfflannel.data.split import assign_external_splits, assign_splits
 from tfflannel.errors import InputError
-from tfflannel.utils import read_csv, write_csv_atomic, write_text_atomic
+from tfflannel.utils import read_csv, sha256_of_file, write_csv_atomic, write_text_atomic
 
 REQUIRED_COLUMNS = ("image_id", "path", "source", "patient_id", "view", "label", "sha256", "split", "fold",
                     "group_id")

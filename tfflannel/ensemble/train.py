@@ -28,10 +28,11 @@ from tfflannel.learners.strategy import chief_writes, make_strategy, replica_bat
 from tfflannel.models.ensemble import build_ensemble, inverse_frequency_alpha
 from tfflannel.predictions import read_predictions, read_provenance, write_predictions
 from tfflannel.resume import ResumableFit, config_fingerprint
-from tfflannel.run_info import RunInfo, file_sha256, load_run_info, relative_to_run, save_run_info
+from tfflannel.resume_state import member_key
+from tfflannel.run_info import RunInfo, load_run_info, relative_to_run, save_run_info
 from tfflannel.schedules import scale_milestones, step_decay
 from tfflannel.tf_epochs import seed_run
-from tfflannel.utils import write_text_atomic
+from tfflannel.utils import file_sha256, write_text_atomic
 
 
 class JoinError(InputError):
@@ -124,10 +125,10 @@ def _member_provenance(run_dirs, roles):
     members = {}
     for index, run_dir in enumerate(run_dirs):
         identity = read_provenance(run_dir).get("identity", {})
-        members[f"member{index}.k"] = identity.get("k")
-        members[f"member{index}.seed"] = identity.get("seed")
+        members[member_key(index, "k")] = identity.get("k")
+        members[member_key(index, "seed")] = identity.get("seed")
         for role in roles:
-            members[f"member{index}.{role}_sha256"] = file_sha256(Path(run_dir) / "predictions" / f"{role}.csv")
+            members[member_key(index, f"{role}_sha256")] = file_sha256(Path(run_dir) / "predictions" / f"{role}.csv")
     return members
 
 

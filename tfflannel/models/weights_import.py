@@ -190,7 +190,7 @@ def _tensor_names(layer, module):
     return [f"{module}.weight"] + ([f"{module}.bias"] if len(layer.weights) > 1 else [])
 
 
-def _convert(layer, tensors, module, state):
+def _convert(layer, tensors, module, state, model):
     """The layer's `set_weights` list from its torch tensors (by layer type), shapes checked by Keras."""
     import keras
 
@@ -199,7 +199,7 @@ def _convert(layer, tensors, module, state):
     weight = state[f"{module}.weight"]
     if isinstance(layer, keras.layers.Dense):
         weight = weight.reshape(weight.shape[0], -1).T          # timm's conv-shaped fc1/fc2 flatten to Linear's
-        spatial = _flattened_from(layer)
+        spatial = _flattened_from(layer, model)
         if spatial is not None:                                  # rows: torch CHW flatten order -> Keras HWC
             h, w, c = spatial
             weight = weight.reshape(c, h, w, -1).transpose(1, 2, 0, 3).reshape(h * w * c, -1)
@@ -208,16 +208,15 @@ def _convert(layer, tensors, module, state):
     return [weight] + ([state[f"{module}.bias"]] if len(tensors) > 1 else [])
 
 
-def _flattened_from(layer):
-    """(h, w, c) when a Dense layer reads a Flatten of a spatial map (VGG's fc1), else None."""
+def _flattened_from(layer, model):
+    """(h, w, c) when a Dense layer of `model` reads a Flatten of a spatial map (VGG's fc1), else None."""
     import keras
 
-    history = getattr(layer.input, "_keras_history", None)
-    source = history.operation if history is not None else None
-    if isinstance(source, keras.layers.Flatten):
-        shape = source.input.shape
-        if len(shape) == 4:
-            return tuple(int(d) for d in shape[1:])
+    for source in model.layers:
+        if isinstance(source, keras.layers.Flatten) and source.output is layer.input:
+            shape = source.input.shape
+            if len(shape) == 4:
+                return tuple(int(d) for d in shape[1:])
     return None
 
 
@@ -259,7 +258,7 @@ def assign_state_dict(model, backbone, state, skip=()):
         raise InputError(f"the state dict does not fit {backbone!r}: {len(missing)} missing tensors "
                          f"{_short(missing)}, {len(unexpected)} unexpected tensors {_short(unexpected)}")
     for layer, module, tensors in plan:
-        values = [np.asarray(v, dtype=np.float32) for v in _convert(layer, tensors, module, state)]
+        values = [np.asarray(v, dtype=np.float32) for v in _convert(layer, tensors, module, state, model)]
         shapes = [tuple(v.shape) for v in layer.get_weights()]
         if shapes != [v.shape for v in values]:
             raise InputError(f"{module}: shapes {[v.shape for v in values]} (converted) do not fit Keras layer "

@@ -32,7 +32,8 @@ from tfflannel.data.io import ImageReadError, read_image
 from tfflannel.data.manifest import load_manifest
 from tfflannel.errors import InputError
 from tfflannel.film_pipeline import ViewSettings, lung_bbox, masked_view, segment_quality
-from tfflannel.utils import atomic_path, read_csv, write_csv_atomic, write_image_grid, write_text_atomic
+from tfflannel.segmentation.cache_record import CacheRecord, read_cache_record, remove_cache_record, write_cache_record
+from tfflannel.utils import atomic_path, read_csv, write_csv_atomic, write_image_grid
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = 2
@@ -256,10 +257,13 @@ def build_cache(workdir, segmenter, settings=None, shard=(1, 1), progress=True):
     (cache / "parts").mkdir(parents=True, exist_ok=True)
     key = settings.key(segmenter)
     plan = plan_shards(rows, settings, key)
-    recorded = json.loads((cache / "cache.json").read_text()) if (cache / "cache.json").is_file() else None
-    if recorded is None or recorded.get("key") != key:
+    try:
+        recorded = read_cache_record(workdir)
+    except InputError:
+        recorded = None                      # unreadable: of unknown provenance
+    if recorded is None or recorded.key != key:
         # Records made another way (segmenter, size, QC, input) or of unknown provenance: no reader may use them.
-        (cache / "cache.json").unlink(missing_ok=True)
+        remove_cache_record(workdir)
         (cache / "index.csv").unlink(missing_ok=True)
         recorded = None
     mine = {name for number, (name, _) in enumerate(plan) if number % parts == part - 1}
@@ -281,7 +285,7 @@ def build_cache(workdir, segmenter, settings=None, shard=(1, 1), progress=True):
     complete = all(_finished(cache, name) for name, _ in plan)
     removed = 0
     errors = [e for name, _ in plan if _parts(cache, name)[1].exists() for e in read_csv(_parts(cache, name)[1])]
-    state = {"key": key, "shard_size": settings.shard_size, "shards": [name for name, _ in plan]}
+    state = CacheRecord(key=key, shard_size=settings.shard_size, shards=[name for name, _ in plan])
     if complete and (todo or recorded != state or not (cache / "index.csv").is_file()):
         index = [row for name, _ in plan for row in read_csv(_parts(cache, name)[0])]
         write_csv_atomic(cache / "errors.csv", errors, ERROR_COLUMNS)
@@ -296,7 +300,7 @@ def build_cache(workdir, segmenter, settings=None, shard=(1, 1), progress=True):
             if old.name.split(".")[0] not in stems:
                 old.unlink()
         write_qc_grid(cache)
-        write_text_atomic(cache / "cache.json", json.dumps(state, indent=2) + "\n")   # last: the cache is complete
+        write_cache_record(workdir, state)   # last: the cache is complete
     return {"shards": len(plan), "written": len(todo), "skipped": skipped, "errors": len(errors),
             "complete": complete, "removed": removed, "cache": str(cache)}
 

@@ -41,12 +41,13 @@ def recorded_cache_key(run_dir, info):
     Returns:
         tuple: `(key, source)`: a dict (or `None` if neither is available) and a description of its origin.
     """
+    from tfflannel.segmentation.cache_record import cache_record_path
+    from tfflannel.segmentation.cache_record import recorded_cache_key as workdir_cache_key
+
     if info.cache_key:
         return info.cache_key, f"{Path(run_dir) / 'run.yaml'}"
-    path = info.workdir_path(run_dir) / "cache" / "cache.json"
-    if path.is_file():
-        return json.loads(path.read_text()).get("key"), str(path)
-    return None, str(path)
+    workdir = info.workdir_path(run_dir)
+    return workdir_cache_key(workdir), str(cache_record_path(workdir))
 
 
 def scored_with(run_dir):
@@ -63,7 +64,7 @@ def scored_with(run_dir):
         dict. The scores' identity, or `{}`.
     """
     from tfflannel.predictions import read_provenance
-    from tfflannel.run_info import file_sha256
+    from tfflannel.utils import file_sha256
 
     try:
         recorded = read_provenance(run_dir)
@@ -154,17 +155,16 @@ def ensemble_k_seed_problems(ensemble_dir, run_dirs, infos, k, seed):
     Returns:
         list of str. One line per differing value.
     """
-    from tfflannel.resume import STATE_FILE
+    from tfflannel.resume_state import member_value, read_fit_state
     from tfflannel.run_info import load_run_info
 
-    state = Path(ensemble_dir) / "resume" / STATE_FILE
-    members = json.loads(state.read_text()).get("fingerprint", {}) if state.is_file() else {}
+    state = read_fit_state(ensemble_dir)
     problems = []
     for index, (run_dir, info) in enumerate(zip(run_dirs, infos, strict=True)):
         if info.kind != "patch":
             continue
-        fit_k = members.get(f"member{index}.k", load_run_info(ensemble_dir).k)
-        fit_seed = members.get(f"member{index}.seed")
+        fit_k = member_value(state, index, "k", load_run_info(ensemble_dir).k)
+        fit_seed = member_value(state, index, "seed")
         if fit_k is not None and int(fit_k) != int(k):
             problems.append(f"{ensemble_dir}: fit on {run_dir}'s predictions with K={fit_k}, served with "
                             f"K={k}; fix: --set inference.k={fit_k}")
