@@ -417,8 +417,11 @@ def test_baselines_are_rows_of_their_own_not_ensemble_members():
         members = ensemble.args[ensemble.args.index("--runs") + 1]
         assert "covidnet" not in members and "efficientnet" not in members
         assert not any("covidnet" in n or "efficientnet" in n for n in ensemble.needs)
-    evaluate = jobs[-1]
+    evaluate = next(j for j in jobs if j.kind == "evaluate")
     runs = evaluate.args[evaluate.args.index("--runs") + 1].split(",")
+    audit = jobs[-1]                          # the baselines are audited beside the ensemble members
+    audited = audit.args[audit.args.index("--runs") + 1]
+    assert audit.kind == "audit" and str(Path("runs/f2/global_covidnet_cxr")) in audited
     for fold in (1, 2):                       # same folds, both modes, one row each beside the ensembles
         for mode in ("patch", "global"):
             for name in ("covidnet_cxr", "efficientnet_b4"):

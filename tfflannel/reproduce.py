@@ -12,7 +12,7 @@ epoch; a complete run, up-to-date predictions or a complete cache return at once
 settings stops with a clear error), so rerunning `reproduce` after a failure or a kill finishes the grid.
 
 `--shard I/N` lets N processes (a Slurm array, Kubernetes indexed Jobs, N shells) share the grid: shard I
-runs its part of the segmentation cache and every N-th learner and ensemble; shard 1 also evaluates. A job
+runs its part of the segmentation cache and every N-th learner and ensemble; shard 1 also evaluates and audits. A job
 whose inputs another shard makes waits for them (up to `--wait` seconds) or reports them missing. One
 lock file per job (`fcntl.flock`, released by the OS if the process dies) keeps two processes from
 running one job. Each command's output goes to RUNS/logs/<job>.log; the console gets one line per job.
@@ -235,13 +235,14 @@ def build_jobs(data, out, folds, backbones=PAPER_BACKBONES, modes=MODES, weights
                 + [str(e.target) for e in ensembles])
     jobs.append(Job("evaluate", "evaluate", ("evaluate", "--runs", ",".join(run_dirs), "--out", str(out / "report")),
                     out / "report", tuple(j.name for j in jobs if j.kind in ("predict", "ensemble")), 0))
-    for index, fold in enumerate(folds):
+    for fold in folds:
         members = [str(p.target) for mode in modes for p in learners[(fold, mode)]]
+        members += [str(p.target) for p in standalone if Path(p.target).parent.name == f"f{fold}"]
         ensemble = next(e for mode in modes for e in ensembles if e.name == f"train-ensemble f{fold} {mode}")
         jobs.append(Job(f"audit f{fold}", "audit",
                         ("audit", "--runs", ",".join(members), "--ensemble", str(ensemble.target), "--data", data,
                          "--out", str(out / "report" / f"audit_f{fold}")) + config_args,
-                        out / "report" / f"audit_f{fold}", ("evaluate",), index % parts))
+                        out / "report" / f"audit_f{fold}", ("evaluate",), 0))
     return jobs
 
 
