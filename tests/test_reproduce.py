@@ -12,7 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from tfflannel import reproduce
-from tfflannel.reproduce import Job, Runner, build_jobs, is_complete, job_lock, parse_folds, shard_jobs
+from tfflannel.job_runner import Runner, is_complete, job_lock, run_cli_job
+from tfflannel.reproduce import Job, build_jobs, parse_folds, shard_jobs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -275,10 +276,10 @@ def test_jobs_start_and_end_with_a_fresh_process_global_state(tmp_path):
         _start_run(load_config(None), "global_learner", tmp_path / "plain", info, None, False)
         assert keras.mixed_precision.global_policy().name == "float32"
         keras.mixed_precision.set_global_policy("mixed_float16")     # what a job run in this process would leak
-        assert reproduce.run_cli_job(Job("help", "evaluate", ("--help",), tmp_path), tmp_path / "help.log") is None
+        assert run_cli_job(Job("help", "evaluate", ("--help",), tmp_path), tmp_path / "help.log") is None
         assert keras.mixed_precision.global_policy().name == "mixed_float16", "the job ran in this process"
         assert "Usage:" in (tmp_path / "help.log").read_text()
-        error = reproduce.run_cli_job(Job("bad", "evaluate", ("evaluate", "--runs", str(tmp_path / "absent"),
+        error = run_cli_job(Job("bad", "evaluate", ("evaluate", "--runs", str(tmp_path / "absent"),
                                                                "--out", str(tmp_path / "r")), tmp_path),
                                       tmp_path / "bad.log")
         assert error and "absent" in error, error

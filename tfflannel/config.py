@@ -215,6 +215,8 @@ class EnsembleConfig:
     epochs: PositiveInt = 200
     batch_size: PositiveInt = 20
     seed: NonNegativeInt = 0
+    # temperature: fit one T on validation films after the weights (served probabilities softmax(log p / T))
+    calibration: Literal["temperature", "none"] = "temperature"
 
 
 @dataclass

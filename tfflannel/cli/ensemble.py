@@ -40,7 +40,11 @@ def train_ensemble_command(fold, run_dirs, out, fit_on, force, config_path, over
 @click.option("--out", default="report", show_default=True, type=click.Path(file_okay=False), help="Output directory.")
 @reports_input_errors
 def evaluate_command(run_dirs, out):
-    """Per-class F1, macro-F1, Table 3 over folds, confusion matrices, PR/ROC curves and report.md."""
+    """F1, macro-F1, accuracy with 95 % intervals, Table 3, calibration, curves and report.md.
+
+    Patient-bootstrap intervals, calibration (ECE, Brier, NLL, reliability diagrams; an ensemble's
+    temperature applied), confusion matrices, PR/ROC curves.
+    """
     from tfflannel.evaluation.report import evaluate_runs
 
     evaluate_runs(run_list(run_dirs), out)

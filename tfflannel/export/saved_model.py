@@ -33,6 +33,7 @@ def export_pipeline(pipeline, export_dir, version=1):
     (extra / "README.txt").write_text(
         f"tfflannel pipeline export. Classes in output order: {', '.join(CLASS_NAMES)}.\n"
         f"K={pipeline.k} patches, seed {pipeline.seed}, score '{pipeline.score}', view {pipeline.view}.\n"
+        f"Ensemble temperature: {'none (T = 1)' if pipeline.temperature is None else pipeline.temperature}.\n"
         f"{DISCLAIMER}\n")
     tmp.rename(target)
     return target

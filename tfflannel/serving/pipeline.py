@@ -24,6 +24,7 @@ from tfflannel.film_pipeline import (
     segment_quality,
     segmenter_input,
 )
+from tfflannel.models.calibration import TemperatureScaling
 
 
 class InferencePipeline(tf.Module):
@@ -37,9 +38,12 @@ class InferencePipeline(tf.Module):
         seed: int. Patch seed (`inference.seed`). Defaults to `0`.
         score: str. `prob` (mean probabilities) or `vote` (vote fractions) into the ensemble. Defaults to `"prob"`.
         view: ViewSettings. Defaults to `ViewSettings()`.
+        temperature: float or None. The ensemble's fitted temperature, applied to its probabilities by
+            `models.calibration.TemperatureScaling` (what `evaluate` applies); `None` applies none. Defaults to
+            `None`.
     """
 
-    def __init__(self, segmenter, learners, ensemble=None, k=100, seed=0, score="prob", view=None):
+    def __init__(self, segmenter, learners, ensemble=None, k=100, seed=0, score="prob", view=None, temperature=None):
         super().__init__(name="tfflannel_pipeline")
         if int(k) < 1:
             raise ValueError(f"inference.k must be >= 1. Received: {k}.")
@@ -52,6 +56,8 @@ class InferencePipeline(tf.Module):
         self.ensemble = ensemble
         self.k, self.seed, self.score = int(k), int(seed), score
         self.view = view or ViewSettings()
+        self.temperature = None if temperature is None else float(temperature)
+        self.calibration = None if temperature is None else TemperatureScaling(temperature, name="temperature")
         self.class_names = tf.constant(CLASS_NAMES)
 
     def views(self, film_fn, count):
@@ -108,6 +114,8 @@ class InferencePipeline(tf.Module):
         if self.ensemble is not None:
             flat = tf.reshape(chosen, [count, len(self.learners) * len(CLASS_NAMES)])
             probabilities = tf.cast(self.ensemble(flat, training=False), tf.float32)
+            if self.calibration is not None:
+                probabilities = self.calibration(probabilities)
         else:
             probabilities = tf.reduce_mean(scores[:, :, 1], axis=1)
         return {"probabilities": probabilities,
