@@ -6,7 +6,7 @@ import tensorflow as tf
 from sklearn.metrics import f1_score, roc_auc_score
 
 from tfflannel import CLASS_NAMES
-from tfflannel.audit.probe import attribute_probe, group_bootstrap_interval, roc_auc
+from tfflannel.audit.probe import attribute_probe, roc_auc
 from tfflannel.audit.verdict import (
     chance_f1,
     condition_metrics,
@@ -68,24 +68,6 @@ def test_roc_auc_equals_sklearn_binary_with_ties_and_one_vs_rest():
     assert roc_auc(three, probs) == pytest.approx(roc_auc_score(three, probs, multi_class="ovr", average="macro"),
                                                   abs=1e-12)
     assert np.isnan(roc_auc(np.zeros(5, int), probabilities[:5]))
-
-
-def test_group_bootstrap_interval_equals_a_numpy_count_weighted_bootstrap():
-    rng = np.random.default_rng(5)
-    groups = np.repeat([f"p{i}" for i in range(30)], rng.integers(1, 4, 30))
-    values = rng.normal(size=len(groups))
-    low, high, used = group_bootstrap_interval(lambda idx: values[idx].mean(), groups, resamples=500, seed=11)
-    # Oracle: the same draws of group numbers, each resample as per-group counts and sums.
-    names, inverse = np.unique(groups, return_inverse=True)
-    sums, sizes = np.bincount(inverse, values), np.bincount(inverse)
-    draws = np.random.default_rng(11)
-    means = []
-    for _ in range(500):
-        counts = np.bincount(draws.integers(0, len(names), len(names)), minlength=len(names))
-        means.append((counts * sums).sum() / (counts * sizes).sum())
-    assert used == 500
-    assert (low, high) == pytest.approx(tuple(np.percentile(means, [2.5, 97.5])), abs=1e-12)
-    assert low < values.mean() < high
 
 
 def test_probe_reads_a_source_carried_by_the_features_and_not_one_that_is_not():

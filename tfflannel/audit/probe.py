@@ -3,7 +3,8 @@
 `attribute_probe` fits scikit-learn's logistic regression on the penultimate features of the films scored,
 with patient-grouped cross-validation (`StratifiedGroupKFold`: one patient group never in both a training
 and a held-out fold), and scores the out-of-fold probabilities by ROC AUC (one-vs-rest macro average for
-more than two values) with a patient-bootstrap percentile interval (`group_bootstrap_interval`).
+more than two values) with a patient-bootstrap percentile interval (`evaluation.intervals.bootstrap_interval`,
+the one `evaluate` uses).
 """
 
 from __future__ import annotations
@@ -16,36 +17,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-
-def group_bootstrap_interval(statistic, groups, resamples=2000, seed=0, level=0.95):
-    """Percentile interval of `statistic` over resamples of whole patient groups (drawn with replacement).
-
-    Args:
-        statistic: callable(indices (M,) int array) -> float, or NaN where a resample leaves it undefined
-            (such resamples are skipped).
-        groups: sequence of str. The patient group of each item.
-        resamples: int. Bootstrap resamples. Defaults to `2000`.
-        seed: int. Seeds the resampling. Defaults to `0`.
-        level: float. Coverage. Defaults to `0.95`.
-
-    Returns:
-        tuple: `(low, high, used)`: the percentiles (NaN if no resample was defined) and the resamples used.
-    """
-    groups = np.asarray(groups)
-    names, inverse = np.unique(groups, return_inverse=True)
-    members = [np.flatnonzero(inverse == number) for number in range(len(names))]
-    rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(int(resamples)):
-        drawn = rng.integers(0, len(names), len(names))
-        value = statistic(np.concatenate([members[g] for g in drawn]))
-        if np.isfinite(value):
-            values.append(value)
-    if not values:
-        return float("nan"), float("nan"), 0
-    tail = (1.0 - level) / 2.0 * 100.0
-    low, high = np.percentile(values, [tail, 100.0 - tail])
-    return float(low), float(high), len(values)
+from tfflannel.evaluation.intervals import bootstrap_interval
 
 
 def binary_auc(positive, scores):
@@ -118,6 +90,6 @@ def attribute_probe(features, values, groups, folds=5, seed=0, resamples=2000):
             model.fit(features[train], targets[train])
             out_of_fold[np.ix_(held, present)] = model.predict_proba(features[held])
     auc = roc_auc(targets, out_of_fold)
-    low, high, _ = group_bootstrap_interval(lambda idx: roc_auc(targets, out_of_fold, idx), groups, resamples, seed)
-    return {"auc": auc, "ci_low": low, "ci_high": high, "n": int(len(values)), "folds": int(splits),
-            "values": names}, ""
+    interval = bootstrap_interval(lambda idx: roc_auc(targets, out_of_fold, idx), groups, resamples, seed)
+    return {"auc": auc, "ci_low": interval["low"], "ci_high": interval["high"], "n": int(len(values)),
+            "folds": int(splits), "values": names, "resamples_defined": interval["n_valid"]}, ""
