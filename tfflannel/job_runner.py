@@ -99,6 +99,8 @@ def is_complete(job):
     if job.kind == "ensemble":
         return (_run_complete(target)
                 and (target / "learner_weights.json").is_file() and (target / "predictions" / "test.csv").is_file())
+    if job.kind == "audit":
+        return (target / "audit.json").is_file()
     return (target / "table3.csv").is_file()
 
 

@@ -4,6 +4,7 @@ The job graph, in dependency order:
 
     segment -> train-patch / train-global -> predict-base   (one learner per fold, backbone and mode)
             -> train-ensemble (one per fold and mode, over that fold's learners) -> evaluate
+            -> audit (one per fold: that fold's learners and its patched ensemble, on the test partition)
 
 Every job is a `tfflannel` command line, run as its own process (`python -m tfflannel ARGS`, the lines
 `--dry-run` prints for any scheduler). Each command resumes and skips on its own (train runs resume per
@@ -11,7 +12,7 @@ epoch; a complete run, up-to-date predictions or a complete cache return at once
 settings stops with a clear error), so rerunning `reproduce` after a failure or a kill finishes the grid.
 
 `--shard I/N` lets N processes (a Slurm array, Kubernetes indexed Jobs, N shells) share the grid: shard I
-runs its part of the segmentation cache and every N-th learner and ensemble; shard 1 also evaluates. A job
+runs its part of the segmentation cache and every N-th learner and ensemble; shard 1 also evaluates and audits. A job
 whose inputs another shard makes waits for them (up to `--wait` seconds) or reports them missing. One
 lock file per job (`fcntl.flock`, released by the OS if the process dies) keeps two processes from
 running one job. Each command's output goes to RUNS/logs/<job>.log; the console gets one line per job.
@@ -41,7 +42,7 @@ class Job:
 
     Args:
         name: str. Unique, readable id (`train-patch f1 densenet161`), also the lock and log file name.
-        kind: str. `segment`, `train`, `predict`, `ensemble` or `evaluate`.
+        kind: str. `segment`, `train`, `predict`, `ensemble`, `evaluate` or `audit`.
         args: tuple of str. The command line after the program name.
         target: Path. The directory the job writes (cache, run or report).
         needs: tuple of str. Names of the jobs whose outputs it reads.
@@ -167,7 +168,7 @@ def build_jobs(data, out, folds, backbones=PAPER_BACKBONES, modes=MODES, weights
     Args:
         data: str or Path. Work directory of prepare-data (manifest.csv).
         out: str or Path. Where runs go: OUT/f<fold>/<mode>_<backbone>, OUT/f<fold>/ensemble_{patched,global},
-            OUT/report.
+            OUT/report, OUT/report/audit_f<fold>.
         folds: list of int. Validation folds.
         backbones: list of str. Registered backbone names. Defaults to the paper's five.
         modes: list of str. `patch` and/or `global`. Defaults to both.
@@ -228,6 +229,14 @@ def build_jobs(data, out, folds, backbones=PAPER_BACKBONES, modes=MODES, weights
                 + [str(e.target) for e in ensembles])
     jobs.append(Job("evaluate", "evaluate", ("evaluate", "--runs", ",".join(run_dirs), "--out", str(out / "report")),
                     out / "report", tuple(j.name for j in jobs if j.kind in ("predict", "ensemble")), 0))
+    for fold in folds:
+        members = [str(p.target) for mode in modes for p in learners[(fold, mode)]]
+        members += [str(p.target) for p in standalone if Path(p.target).parent.name == f"f{fold}"]
+        ensemble = next(e for mode in modes for e in ensembles if e.name == f"train-ensemble f{fold} {mode}")
+        jobs.append(Job(f"audit f{fold}", "audit",
+                        ("audit", "--runs", ",".join(members), "--ensemble", str(ensemble.target), "--data", data,
+                         "--out", str(out / "report" / f"audit_f{fold}")) + config_args,
+                        out / "report" / f"audit_f{fold}", ("evaluate",), 0))
     return jobs
 
 
