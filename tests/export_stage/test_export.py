@@ -18,6 +18,7 @@ from tfflannel.cli import main
 from tfflannel.config import load_config
 from tfflannel.data.io import read_image
 from tfflannel.data.manifest import load_manifest
+from tfflannel.evaluation.report import _load_run
 from tfflannel.models.classifier import build_classifier
 from tfflannel.segmentation.cache import read_cache_records
 from tfflannel.segmentation.inference import load_segmenter
@@ -54,6 +55,11 @@ def tiny_runs(tmp_path_factory, sample_workdir):
         runs.append(run)
     config = load_config(None, ["ensemble.epochs=5", "ensemble.learning_rate=0.05"])
     train_ensemble(config, runs, root / "ensemble", fold=1, progress=False)
+    # These untrained learners' fitted temperature flattens the ensemble's probabilities to almost uniform; a
+    # sharpening T recorded in its place keeps the served probabilities varied, so the parity checks could fail.
+    record = json.loads((root / "ensemble" / "calibration.json").read_text())
+    assert record["method"] == "temperature" and record["temperature"] > 0
+    (root / "ensemble" / "calibration.json").write_text(json.dumps({**record, "temperature": 0.5}))
     return runs, root / "ensemble"
 
 
@@ -68,10 +74,16 @@ def exported(tmp_path_factory, tiny_runs):
 
 
 def test_export_serves_what_segment_predict_base_and_the_ensemble_computed(exported, tiny_runs, sample_workdir):
-    """For the fold's test films: the SavedModel's probabilities equal the ensemble's predictions/test.csv."""
+    """For the fold's test films: the SavedModel's probabilities are what `evaluate` scores: the ensemble's
+    predictions/test.csv with the run's temperature applied (one implementation, `evaluation.report._load_run`)."""
     runs, ensemble = tiny_runs
     loaded = tf.saved_model.load(str(exported / "1"))
-    expected = {row["image_id"]: row for row in read_csv(ensemble / "predictions" / "test.csv")}
+    evaluated = _load_run(ensemble, "test")
+    assert evaluated["temperature"].fitted and evaluated["temperature"].temperature == 0.5
+    assert f"Ensemble temperature: {evaluated['temperature'].temperature}" in \
+        (exported / "1" / "assets.extra" / "README.txt").read_text()
+    expected = {image_id: {f"prob_{c}": p for c, p in zip(CLASS_NAMES, probs, strict=True)}
+                for image_id, probs in zip(evaluated["ids"], evaluated["probabilities"], strict=True)}
     learner_rows = [{row["image_id"]: row for row in read_csv(run / "predictions" / "test.csv")} for run in runs]
     cache = {r["image_id"]: r for r in read_cache_records(sample_workdir / "cache")}
     rows = [r for r in load_manifest(sample_workdir) if r["split"] == "test"]

@@ -35,6 +35,7 @@ def export_pipeline(pipeline, export_dir, version=1):
     (extra / "README.txt").write_text(
         f"tfflannel pipeline export. Classes in output order: {', '.join(CLASS_NAMES)}.\n"
         f"K={pipeline.k} patches, seed {pipeline.seed}, score '{pipeline.score}', view {pipeline.view}.\n"
+        f"Ensemble temperature: {'none (T = 1)' if pipeline.temperature is None else pipeline.temperature}.\n"
         f"serving_default refuses images over {pipeline.max_megapixels:g} megapixels (data.max_megapixels) or under "
         f"{pipeline.min_side} px a side (data.min_side), read from their headers before decoding.\n"
         f"{DISCLAIMER}\n")

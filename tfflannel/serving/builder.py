@@ -15,7 +15,8 @@ from tfflannel.serving.pipeline import InferencePipeline, load_learner_runs
 def build_pipeline(segmenter, run_dirs, ensemble_dir=None, k=100, seed=0, view=None, limits=None):
     """An InferencePipeline from run directories, checked against what the runs were evaluated with.
 
-    An ensemble's own learner order is enforced, and `check_runs_match` refuses a segmenter, view, K or seed
+    An ensemble's own learner order is enforced, its recorded temperature applied (`served_temperature`), and
+    `check_runs_match` refuses a segmenter, view, K or seed
     other than those the runs were trained and evaluated with.
 
     Args:
@@ -40,7 +41,7 @@ def build_pipeline(segmenter, run_dirs, ensemble_dir=None, k=100, seed=0, view=N
     for run_dir, info in zip(run_dirs, infos, strict=True):
         if info.kind == "ensemble":
             raise InputError(f"{run_dir} is a train-ensemble run; pass it as --ensemble and its learners as --runs")
-    ensemble, score = None, "prob"
+    ensemble, score, temperature = None, "prob", None
     if ensemble_dir:
         info = load_run_info(ensemble_dir)
         expected = [str(p.resolve()) for p in info.run_paths(ensemble_dir)]
@@ -51,8 +52,25 @@ def build_pipeline(segmenter, run_dirs, ensemble_dir=None, k=100, seed=0, view=N
     if ensemble_dir:
         ensemble = keras.saving.load_model(Path(ensemble_dir) / "model.keras", compile=False)
         score = info.score or "prob"
+        temperature = served_temperature(ensemble_dir)
     return InferencePipeline(segmenter, load_learner_runs(run_dirs), ensemble, k=k, seed=seed, score=score, view=view,
-                             limits=limits)
+                             temperature=temperature, limits=limits)
+
+
+def served_temperature(ensemble_dir):
+    """The fitted temperature an ensemble is served with, or `None` (T = 1, with a warning for an older run).
+
+    Raises:
+        InputError: the run's calibration.json was fitted for another model.keras.
+    """
+    import warnings
+
+    from tfflannel.ensemble.calibration import CALIBRATION_FILE, run_temperature
+
+    temperature = run_temperature(ensemble_dir)
+    if not temperature.fitted and not (Path(ensemble_dir) / CALIBRATION_FILE).is_file():
+        warnings.warn(f"{ensemble_dir}: {temperature.note}", stacklevel=3)
+    return temperature.temperature if temperature.fitted else None
 
 
 def pipeline_from_config(config, segmenter, run_dirs, ensemble_dir=None):

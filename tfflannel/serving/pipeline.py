@@ -25,6 +25,7 @@ from tfflannel.film_pipeline import (
     segment_quality,
     segmenter_input,
 )
+from tfflannel.models.calibration import TemperatureScaling
 from tfflannel.serving.encoded_guard import checked_encoded_images
 
 
@@ -39,12 +40,16 @@ class InferencePipeline(tf.Module):
         seed: int. Patch seed (`inference.seed`). Defaults to `0`.
         score: str. `prob` (mean probabilities) or `vote` (vote fractions) into the ensemble. Defaults to `"prob"`.
         view: ViewSettings. Defaults to `ViewSettings()`.
+        temperature: float or None. The ensemble's fitted temperature, applied to its probabilities by
+            `models.calibration.TemperatureScaling` (what `evaluate` applies); `None` applies none. Defaults to
+            `None`.
         limits: dict or None. `max_megapixels` and `min_side` that `serving_default` enforces from each encoded
             image's header (`serving.encoded_guard`); `None` takes those in force (`data.io.image_limits`).
             Defaults to `None`.
     """
 
-    def __init__(self, segmenter, learners, ensemble=None, k=100, seed=0, score="prob", view=None, limits=None):
+    def __init__(self, segmenter, learners, ensemble=None, k=100, seed=0, score="prob", view=None, temperature=None,
+                 limits=None):
         super().__init__(name="tfflannel_pipeline")
         if int(k) < 1:
             raise ValueError(f"inference.k must be >= 1. Received: {k}.")
@@ -57,6 +62,8 @@ class InferencePipeline(tf.Module):
         self.ensemble = ensemble
         self.k, self.seed, self.score = int(k), int(seed), score
         self.view = view or ViewSettings()
+        self.temperature = None if temperature is None else float(temperature)
+        self.calibration = None if temperature is None else TemperatureScaling(temperature, name="temperature")
         limits = dict(image_limits(), **(limits or {}))
         self.max_megapixels, self.min_side = float(limits["max_megapixels"]), int(limits["min_side"])
         self.class_names = tf.constant(CLASS_NAMES)
@@ -115,6 +122,8 @@ class InferencePipeline(tf.Module):
         if self.ensemble is not None:
             flat = tf.reshape(chosen, [count, len(self.learners) * len(CLASS_NAMES)])
             probabilities = tf.cast(self.ensemble(flat, training=False), tf.float32)
+            if self.calibration is not None:
+                probabilities = self.calibration(probabilities)
         else:
             probabilities = tf.reduce_mean(scores[:, :, 1], axis=1)
         return {"probabilities": probabilities,
