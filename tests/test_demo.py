@@ -1,6 +1,7 @@
 """A reduced `demo` end to end: every stage runs on the bundled sample and the report is complete."""
 
 import csv
+import json
 
 import pytest
 from click.testing import CliRunner
@@ -34,7 +35,11 @@ def test_reduced_demo_end_to_end(tmp_path):
     with open(report / "calibration.csv") as handle:
         assert len(list(csv.DictReader(handle))) == 4
     plots = list((report / "plots").glob("*.png"))
-    assert len(plots) == 1 + 3 * 4 and all(p.stat().st_size > 5000 for p in plots)
+    assert len(plots) == 1 + 3 * 4 + 1 and all(p.stat().st_size > 5000 for p in plots)     # + audit_conditions
+    audit = json.loads((report / "audit.json").read_text())
+    assert [learner["run"] for learner in audit["learners"]] == ["patch:mobilenet_v2", "global:mobilenet_v2"]
+    assert audit["ensemble"]["run"].startswith("ensemble:") and audit["partition"] == "test"
+    assert "## Does it look at the lungs?" in text and "shortcut class" in text
     assert "report ->" in result.output and "RESEARCH USE ONLY" in result.output
     assert (out / "export" / "1" / "saved_model.pb").is_file()
     assert "predict --model on" in result.output and '"lung_fraction"' in result.output

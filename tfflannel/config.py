@@ -100,6 +100,7 @@ class DataConfig:
     min_side: PositiveInt = 64                 # smaller images are rejected (too small to classify)
     link_max_distance: Annotated[int, Range(0, 64)] = 8     # dHash Hamming distance of a near-identical pair (64 bits)
     link_min_correlation: Annotated[float, Range(0, 1, low_open=True)] = 0.97  # thumbnail correlation confirming it
+    test_sources: tuple[str, ...] = ()        # external validation: these sources are the test set, the rest is folded
 
 
 @dataclass
@@ -248,6 +249,21 @@ class RuntimeConfig:
 
 
 @dataclass
+class AuditConfig:
+    """`audit`: the shortcut rule's thresholds and the source probe (docs/evaluation.md)."""
+
+    # A class is a shortcut class when F1(lungs_removed) >= kept_share * F1(normal) while
+    # F1(normal) >= 2p / (1 + p) + min_gain (p: its prevalence among the films audited).
+    kept_share: Annotated[float, Range(0, 1, low_open=True)] = 0.8
+    min_gain: Annotated[float, Range(0, 1, high_open=True)] = 0.1
+    probe_folds: Annotated[int, Range(2)] = 5           # patient-grouped CV folds of the source probe
+    bootstrap_resamples: PositiveInt = 2000             # patient-bootstrap resamples of the probe's AUC
+    seed: NonNegativeInt = 0                            # probe folds and bootstrap
+    gradcam: bool = True                                # lung_attention of global learners (Grad-CAM)
+    films_per_batch: PositiveInt = 16                   # films segmented and scored together
+
+
+@dataclass
 class ExperimentConfig:
     """Every stage's settings; a run writes the resolved tree as config.yaml."""
 
@@ -261,6 +277,7 @@ class ExperimentConfig:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     patches: PatchesConfig = field(default_factory=PatchesConfig)
     study: StudyConfig = field(default_factory=StudyConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
 
 
 def _coerce(value, default, where):

@@ -1,4 +1,4 @@
-"""Serving commands: `export`, `predict`, `explain`."""
+"""Serving commands: `export`, `serve`, `predict`, `explain`."""
 
 from __future__ import annotations
 
@@ -169,4 +169,34 @@ def explain_command(image, run_dir, out, class_name, k, seg_path, config_path, o
     click.echo(DISCLAIMER)
 
 
-COMMANDS = (export_command, predict_command, explain_command)
+@click.command("serve")
+@click.option("--model", "model_dir", required=True, type=click.Path(file_okay=False, exists=True),
+              help="Export directory (from `export`; its highest version is served).")
+@click.option("--port", default=8501, show_default=True, type=click.IntRange(0, 65535), help="HTTP port.")
+@click.option("--name", default="tfflannel", show_default=True, help="Model name in the URLs (/v1/models/NAME).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (put a gateway with authentication in front before widening it).")
+@click.option("--max-body-mb", default=64.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Largest request body in MB; larger ones get 413 unread.")
+@click.option("--max-instances", default=16, show_default=True, type=click.IntRange(min=1),
+              help="Most images in one predict request.")
+@reports_input_errors
+def serve_command(model_dir, port, name, host, max_body_mb, max_instances):
+    """Serve an export over TF Serving's REST API on KServe's ModelServer (needs the `serve` extra).
+
+    GET /v1/models/NAME is ready; POST /v1/models/NAME:predict takes {"instances": [{"b64": ...}]}.
+    Research use only; not a diagnosis.
+    """
+    from tfflannel.serving.predict import latest_version
+
+    version = latest_version(model_dir)
+    try:
+        from tfflannel.serving.kserve_app import serve_export
+    except ImportError as error:
+        raise click.UsageError(str(error)) from None
+    click.echo(f"serving {version} as {name!r} at http://{host}:{port}/v1/models/{name}", err=True)
+    click.echo(DISCLAIMER, err=True)
+    serve_export(model_dir, name, host, port, max_body_mb, max_instances)
+
+
+COMMANDS = (export_command, serve_command, predict_command, explain_command)

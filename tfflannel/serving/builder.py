@@ -12,7 +12,7 @@ from tfflannel.serving.checks import check_runs_match
 from tfflannel.serving.pipeline import InferencePipeline, load_learner_runs
 
 
-def build_pipeline(segmenter, run_dirs, ensemble_dir=None, k=100, seed=0, view=None):
+def build_pipeline(segmenter, run_dirs, ensemble_dir=None, k=100, seed=0, view=None, limits=None):
     """An InferencePipeline from run directories, checked against what the runs were evaluated with.
 
     An ensemble's own learner order is enforced, its recorded temperature applied (`served_temperature`), and
@@ -26,6 +26,7 @@ def build_pipeline(segmenter, run_dirs, ensemble_dir=None, k=100, seed=0, view=N
         k: int. Patches per image. Defaults to `100`.
         seed: int. Patch seed. Defaults to `0`.
         view: ViewSettings. Defaults to `ViewSettings()`.
+        limits: dict or None. Image size limits for `serving_default` (see `InferencePipeline`). Defaults to `None`.
 
     Returns:
         InferencePipeline.
@@ -53,7 +54,7 @@ def build_pipeline(segmenter, run_dirs, ensemble_dir=None, k=100, seed=0, view=N
         score = info.score or "prob"
         temperature = served_temperature(ensemble_dir)
     return InferencePipeline(segmenter, load_learner_runs(run_dirs), ensemble, k=k, seed=seed, score=score, view=view,
-                             temperature=temperature)
+                             temperature=temperature, limits=limits)
 
 
 def served_temperature(ensemble_dir):
@@ -73,9 +74,10 @@ def served_temperature(ensemble_dir):
 
 
 def pipeline_from_config(config, segmenter, run_dirs, ensemble_dir=None):
-    """`build_pipeline` with K and seed from `config.inference`, the view (QC, size, patches.input) from the config."""
+    """`build_pipeline` with K, seed, view (QC, size, patches.input) and image limits (`data.*`) from the config."""
+    limits = {"max_megapixels": config.data.max_megapixels, "min_side": config.data.min_side}
     return build_pipeline(segmenter, run_dirs, ensemble_dir, k=config.inference.k, seed=config.inference.seed,
-                          view=ViewSettings.from_config(config))
+                          view=ViewSettings.from_config(config), limits=limits)
 
 
 def take_recorded_inference(config, run_dirs, ensemble_dir=None, explicit=()):
