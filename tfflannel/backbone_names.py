@@ -16,6 +16,7 @@ BACKBONE_NAMES = (
     "resnet152_tv",
     "resnet50",
     "resnext101_32x8d",
+    "test_cnn",
     "vgg19_bn",
 )
 """Sorted names of every backbone in `tfflannel.models.backbones` (what `list_backbones()` returns)."""

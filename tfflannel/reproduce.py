@@ -4,6 +4,7 @@ The job graph, in dependency order:
 
     segment -> train-patch / train-global -> predict-base   (one learner per fold, backbone and mode)
             -> train-ensemble (one per fold and mode, over that fold's learners) -> evaluate
+            -> audit (one per fold: that fold's learners and its patched ensemble, on the test partition)
 
 Every job is a `tfflannel` command line, run as its own process (`python -m tfflannel ARGS`, the lines
 `--dry-run` prints for any scheduler). Each command resumes and skips on its own (train runs resume per
@@ -11,7 +12,7 @@ epoch; a complete run, up-to-date predictions or a complete cache return at once
 settings stops with a clear error), so rerunning `reproduce` after a failure or a kill finishes the grid.
 
 `--shard I/N` lets N processes (a Slurm array, Kubernetes indexed Jobs, N shells) share the grid: shard I
-runs its part of the segmentation cache and every N-th learner and ensemble; shard 1 also evaluates. A job
+runs its part of the segmentation cache and every N-th learner and ensemble; shard 1 also evaluates and audits. A job
 whose inputs another shard makes waits for them (up to `--wait` seconds) or reports them missing. One
 lock file per job (`fcntl.flock`, released by the OS if the process dies) keeps two processes from
 running one job. Each command's output goes to RUNS/logs/<job>.log; the console gets one line per job.
@@ -19,26 +20,21 @@ running one job. Each command's output goes to RUNS/logs/<job>.log; the console 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import re
 import shlex
-import time
 from pathlib import Path
 
 from tfflannel.backbone_names import BACKBONE_NAMES, SCRATCH_BACKBONE_NAMES, TORCHVISION_BACKBONE_NAMES
 from tfflannel.errors import InputError
-from tfflannel.utils import read_csv
+from tfflannel.models.weights_files import check_weights_file
 
 PAPER_BACKBONES = TORCHVISION_BACKBONE_NAMES      # the paper's five, defined once in backbone_names
 WEIGHT_SUFFIXES = (".weights.h5", ".safetensors", ".pth", ".h5")
 """What `--weights-dir DIR` looks for, in this order: the first of DIR/<backbone><suffix> that exists is used
 (`.h5`: Keras' own ImageNet file, e.g. `efficientnetb4_notop.h5` saved as `DIR/efficientnet_b4.h5`)."""
-STALE = "stale run"
 MODES = ("patch", "global")
 ENSEMBLE_NAMES = {"patch": "ensemble_patched", "global": "ensemble_global"}
-ROLES = ("train", "valid", "test")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +43,7 @@ class Job:
 
     Args:
         name: str. Unique, readable id (`train-patch f1 densenet161`), also the lock and log file name.
-        kind: str. `segment`, `train`, `predict`, `ensemble` or `evaluate`.
+        kind: str. `segment`, `train`, `predict`, `ensemble`, `evaluate` or `audit`.
         args: tuple of str. The command line after the program name.
         target: Path. The directory the job writes (cache, run or report).
         needs: tuple of str. Names of the jobs whose outputs it reads.
@@ -116,7 +112,8 @@ def resolve_weights(backbones, weights="none", weights_dir=None):
 
     Raises:
         InputError: `--weights` and `--weights-dir` both given; a weights file for several backbones; a missing
-            file (all backbones' missing files are listed at once); `imagenet` for backbones without Keras ImageNet
+            file (all backbones' missing files are listed at once); a truncated or corrupt file
+            (`check_weights_file`); `imagenet` for backbones without Keras ImageNet
             weights (all named, with the fix).
     """
     weights = "none" if weights in (None, "None") else str(weights)
@@ -143,6 +140,8 @@ def resolve_weights(backbones, weights="none", weights_dir=None):
                              f"{', '.join(missing)} (nor .safetensors/.pth of the same name); make each with "
                              f"`tfflannel import-weights --backbone NAME --from TORCHVISION_FILE --out "
                              f"{directory}/NAME.weights.h5`.")
+        for path in found.values():
+            check_weights_file(path)
         return found
     if weights not in ("none", "imagenet"):
         if len(backbones) > 1:
@@ -151,6 +150,7 @@ def resolve_weights(backbones, weights="none", weights_dir=None):
                              f"--weights-dir DIR.")
         if not Path(weights).is_file():
             raise InputError(f"--weights {weights}: weights file not found.")
+        check_weights_file(weights)
     if weights == "imagenet":
         from tfflannel.models.backbones import backbone_config
 
@@ -173,7 +173,7 @@ def build_jobs(data, out, folds, backbones=PAPER_BACKBONES, modes=MODES, weights
     Args:
         data: str or Path. Work directory of prepare-data (manifest.csv).
         out: str or Path. Where runs go: OUT/f<fold>/<mode>_<backbone>, OUT/f<fold>/ensemble_{patched,global},
-            OUT/report.
+            OUT/report, OUT/report/audit_f<fold>.
         folds: list of int. Validation folds.
         backbones: list of str. Registered backbone names. Defaults to the paper's five.
         modes: list of str. `patch` and/or `global`. Defaults to both.
@@ -234,235 +234,15 @@ def build_jobs(data, out, folds, backbones=PAPER_BACKBONES, modes=MODES, weights
                 + [str(e.target) for e in ensembles])
     jobs.append(Job("evaluate", "evaluate", ("evaluate", "--runs", ",".join(run_dirs), "--out", str(out / "report")),
                     out / "report", tuple(j.name for j in jobs if j.kind in ("predict", "ensemble")), 0))
+    for fold in folds:
+        members = [str(p.target) for mode in modes for p in learners[(fold, mode)]]
+        members += [str(p.target) for p in standalone if Path(p.target).parent.name == f"f{fold}"]
+        ensemble = next(e for mode in modes for e in ensembles if e.name == f"train-ensemble f{fold} {mode}")
+        jobs.append(Job(f"audit f{fold}", "audit",
+                        ("audit", "--runs", ",".join(members), "--ensemble", str(ensemble.target), "--data", data,
+                         "--out", str(out / "report" / f"audit_f{fold}")) + config_args,
+                        out / "report" / f"audit_f{fold}", ("evaluate",), 0))
     return jobs
-
-
-def _run_complete(run_dir):
-    """Whether a run's resume state says it finished (an unreadable state counts as not)."""
-    from tfflannel.resume_state import read_fit_state
-
-    try:
-        state = read_fit_state(run_dir)
-    except InputError:
-        return False
-    return state is not None and bool(state.complete)
-
-
-def _predicted_roles(run_dir):
-    """The partitions a run's predict-base finished (an unreadable provenance counts as none)."""
-    from tfflannel.predictions import read_provenance
-
-    try:
-        return set(read_provenance(run_dir).get("done", []))
-    except (OSError, ValueError):
-        return set()
-
-
-def cache_matches_manifest(cache):
-    """Whether the segmentation cache `cache` is complete for the manifest next to it (file reads only).
-
-    Complete means: `cache.json` (written last by `segment`) lists every shard `index.csv` names, and `index.csv`
-    holds exactly the manifest's images (image_id and sha256) except those `errors.csv` lists. A cache of an
-    older manifest, or one another shard is still rebuilding, is not complete.
-
-    Args:
-        cache: str or Path. WORKDIR/cache, next to WORKDIR/manifest.csv.
-
-    Returns:
-        bool.
-    """
-    cache = Path(cache)
-    manifest_path = cache.parent / "manifest.csv"
-    from tfflannel.segmentation.cache_record import read_cache_record
-
-    try:
-        recorded = read_cache_record(cache.parent)
-    except InputError:
-        return False
-    if recorded is None or not recorded.shards or not (cache / "index.csv").is_file() or not manifest_path.is_file():
-        return False
-    try:
-        index = read_csv(cache / "index.csv")
-        failed = {r["image_id"] for r in read_csv(cache / "errors.csv")} if (cache / "errors.csv").is_file() else set()
-        wanted = {r["image_id"]: r["sha256"] for r in read_csv(manifest_path) if r["image_id"] not in failed}
-        have = {r["image_id"]: r["sha256"] for r in index}
-        shards = {r["shard"] for r in index}
-    except (OSError, KeyError, ValueError):
-        return False
-    return have == wanted and shards <= set(recorded.shards)
-
-
-def is_complete(job):
-    """Whether the job's outputs exist and say they are complete (file reads only; no TensorFlow).
-
-    For the segmentation cache this includes that it matches the current manifest (`cache_matches_manifest`),
-    so other shards wait for a rebuild instead of training on a stale cache. For the other jobs the commands
-    themselves decide whether complete outputs are still up to date; this only tells a waiting job that its
-    inputs are there.
-
-    Args:
-        job: Job.
-
-    Returns:
-        bool.
-    """
-    target = Path(job.target)
-    if job.kind == "segment":
-        return cache_matches_manifest(target)
-    if job.kind == "train":
-        return _run_complete(target)
-    if job.kind == "predict":
-        return set(ROLES) <= _predicted_roles(target)
-    if job.kind == "ensemble":
-        return (_run_complete(target)
-                and (target / "learner_weights.json").is_file() and (target / "predictions" / "test.csv").is_file())
-    return (target / "table3.csv").is_file()
-
-
-@contextlib.contextmanager
-def job_lock(path):
-    """An exclusive `fcntl.flock` on `path`, taken without waiting.
-
-    Yields:
-        bool. True when this process holds the lock; False when another process does.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def run_cli_job(job, log_path):
-    """Run one job's command line as its own process (`python -m tfflannel ARGS`), its output appended to `log_path`.
-
-    A fresh process per job: no job inherits another's global state (precision policy, op determinism,
-    Keras session, a strategy that can be created once per process), and nothing has to be reset by hand.
-
-    Args:
-        job: Job.
-        log_path: Path. The job's log file (appended to).
-
-    Returns:
-        str or None. None on success, else the error (the command's `Error:` line, or a traceback's last line).
-        For a run made with other settings, the last line starts with `stale run` and gives the exact command
-        that starts the job over.
-    """
-    import subprocess
-    import sys
-
-    from tfflannel.resume import STALE_HINT
-
-    with open(log_path, "a") as log:
-        log.write(f"$ {job.command_line()}\n")
-        log.flush()
-        code = subprocess.run([sys.executable, "-m", "tfflannel", *job.args], stdout=log, stderr=subprocess.STDOUT,
-                              stdin=subprocess.DEVNULL, check=False).returncode
-    if code == 0:
-        return None
-    lines = [line for line in Path(log_path).read_text(errors="replace").splitlines() if line.strip()]
-    errors = [line[len("Error: "):] for line in lines if line.startswith("Error: ")]
-    message = errors[-1] if errors else (lines[-1] if lines else f"exit status {code}")
-    if STALE_HINT in message:
-        return (f"{message}\n{STALE}: if the change is intended, start it over with "
-                f"`{job.command_line(main_program())} --force`, then rerun reproduce")
-    return message
-
-
-class Runner:
-    """Runs this shard's jobs in order, waiting for inputs made elsewhere; one console line per job.
-
-    Args:
-        jobs: list of Job. From `build_jobs`.
-        out: str or Path. The runs directory (locks in OUT/.jobs, logs in OUT/logs).
-        shard: (I, N). This process's shard. Defaults to `(1, 1)`.
-        wait: float. Seconds to wait for inputs that another process makes. Defaults to one day.
-        poll: float. Seconds between checks while waiting. Defaults to `5`.
-        execute: callable(Job, Path) -> str or None. Runs one job. Defaults to `run_cli_job` (a process per job).
-        echo: callable(str). Where progress lines go. Defaults to `print`.
-    """
-
-    def __init__(self, jobs, out, shard=(1, 1), wait=86400.0, poll=5.0, execute=run_cli_job, echo=print):
-        self.jobs, self.out, self.shard = jobs, Path(out), shard
-        self.wait, self.poll, self.execute, self.echo = wait, poll, execute, echo
-        self.by_name = {j.name: j for j in jobs}
-        self.mine = [j for j in jobs if j.shard is None or j.shard == shard[0] - 1]
-        self.states = {}
-
-    def _slug(self, job):
-        """The job's lock, marker and log name: each shard's part of the segment job is a job of its own."""
-        part, parts = self.shard
-        return f"{job.slug}-{part}of{parts}" if job.kind == "segment" and parts > 1 else job.slug
-
-    def _marker(self, job):
-        return self.out / ".jobs" / f"{self._slug(job)}.failed"
-
-    def _failed_elsewhere(self, job):
-        """The job failed in another process, and nobody is running it again now."""
-        if not self._marker(job).exists():
-            return False
-        with job_lock(self.out / ".jobs" / f"{self._slug(job)}.lock") as free:
-            return free
-
-    def _wait_for(self, names):
-        """None when every named job is complete, else the reason why not (failed, or still missing)."""
-        deadline = time.monotonic() + self.wait
-        while True:
-            pending = [n for n in names if not is_complete(self.by_name[n])]
-            if not pending:
-                return None
-            failed = [n for n in pending if self.states.get(n) in ("failed", "blocked", "missing")
-                      or (n not in self.states and self._failed_elsewhere(self.by_name[n]))]
-            if failed:
-                return f"input failed: {', '.join(failed)}"
-            waiting_on_self = [n for n in pending if self.states.get(n) == "done"]   # done, yet not complete
-            if waiting_on_self or time.monotonic() >= deadline:
-                return f"missing input: {', '.join(pending)}"
-            time.sleep(self.poll)
-
-    def run(self):
-        """Run the shard's jobs.
-
-        Returns:
-            dict. {job name: state}, state one of `done`, `complete` (nothing to do), `failed`, `blocked`
-            (an input failed), `missing` (an input never came), `busy` (another process holds its lock).
-        """
-        (self.out / "logs").mkdir(parents=True, exist_ok=True)
-        for index, job in enumerate(self.mine, 1):
-            started = time.monotonic()
-            state, detail = self._run_one(job)
-            self.states[job.name] = state
-            line = f"[{index}/{len(self.mine)}] {state:<8} {time.monotonic() - started:8.1f} s  {job.name}"
-            self.echo(line + (f"  ({detail})" if detail else ""))
-        return dict(self.states)
-
-    def _run_one(self, job):
-        reason = self._wait_for([n for n in job.needs if job.kind != "segment"])
-        if reason:
-            return ("blocked" if reason.startswith("input failed") else "missing"), reason
-        with job_lock(self.out / ".jobs" / f"{self._slug(job)}.lock") as mine:
-            if not mine:
-                return "busy", "another process runs it"
-            was_complete = is_complete(job) and job.shard is not None
-            error = self.execute(job, self.out / "logs" / f"{self._slug(job)}.log")
-            marker = self._marker(job)
-            if error:
-                marker.write_text(error + "\n")
-                last = error.splitlines()[-1]
-                last = last if last.startswith(STALE) else last[:200]     # the command to rerun is never cut
-                return "failed", f"{last}; log: {self.out / 'logs' / (self._slug(job) + '.log')}"
-            marker.unlink(missing_ok=True)
-        if job.kind == "segment":
-            reason = self._wait_for(["segment"])      # the other shards' parts of the cache
-            if reason:
-                return "missing", "other shards' parts of the segmentation cache"
-        return ("complete" if was_complete else "done"), ""
 
 
 def check_names(backbones):
@@ -482,8 +262,3 @@ def describe_plan(jobs, shard):
 def shard_jobs(jobs, shard):
     """The jobs that shard (I, N) runs, in dependency order."""
     return [j for j in jobs if j.shard is None or j.shard == shard[0] - 1]
-
-
-def main_program():
-    """How the dry-run lines start: `tfflannel` (the installed command; `python cli.py` in a checkout is the same)."""
-    return "tfflannel"

@@ -19,8 +19,9 @@ from tfflannel.cli import main
 from tfflannel.data.io import read_image
 from tfflannel.data.manifest import load_manifest, prepare_manifest
 from tfflannel.film_pipeline import ViewSettings, equalize_gamma_tf, letterbox, to_uint8
-from tfflannel.segmentation.cache import CacheSettings, build_cache, qc_order, qc_tile, read_cache_records
+from tfflannel.segmentation.cache import CacheSettings, build_cache, read_cache_records
 from tfflannel.segmentation.inference import load_segmenter
+from tfflannel.segmentation.qc_grid import qc_order, qc_tile
 from tfflannel.utils import read_csv, write_csv_atomic
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -208,6 +209,36 @@ def test_changed_file_or_setting_rebuilds_only_what_is_stale(tmp_path, sample_cl
     film = read_image(victim["path"])[0]
     np.testing.assert_array_equal(record["image"], to_uint8(letterbox(film[..., None], 1024)[..., 0]).numpy()
                                   * record["mask"])
+
+
+def test_new_shard_size_repacks_the_records_without_the_segmenter(tmp_path, sample_cls_dir, monkeypatch):
+    import tfflannel.segmentation.cache as cache_module
+
+    work, _ = _small_workdir(tmp_path, sample_cls_dir)
+    segmenter = load_segmenter()
+    build_cache(work, segmenter, CacheSettings(shard_size=4), progress=False)
+    before, index_before = _records(work), read_csv(work / "cache" / "index.csv")
+
+    def no_segmenter(*args):
+        raise AssertionError("re-packing must not run the segmenter")
+
+    monkeypatch.setattr(cache_module, "view_maker", no_segmenter)
+    summary = build_cache(work, segmenter, CacheSettings(shard_size=5), progress=False)
+    assert summary["complete"] and summary["written"] == 3 and summary["removed"] == 3
+    assert len(list((work / "cache").glob("shard-*.tfrecord"))) == 3
+    after, index_after = _records(work), read_csv(work / "cache" / "index.csv")
+    assert set(after) == set(before) and all(after[i]["raw"] == before[i]["raw"] for i in before)
+    assert [{k: v for k, v in r.items() if k != "shard"} for r in index_after] == \
+        [{k: v for k, v in r.items() if k != "shard"} for r in index_before]
+    assert [len(rows) for rows in _rows_per_shard(index_after)] == [5, 5, 2]
+    assert json.loads((work / "cache" / "cache.json").read_text())["shard_size"] == 5
+
+
+def _rows_per_shard(index):
+    shards = {}
+    for row in index:
+        shards.setdefault(row["shard"], []).append(row)
+    return [shards[name] for name in sorted(shards)]
 
 
 @pytest.mark.slow

@@ -64,7 +64,7 @@ def reproduce_command(data, out, folds, backbones, baselines, modes, weights, we
     A run made with other settings is not overwritten: its job fails with the exact command (with --force)
     that starts it over.
     """
-    from tfflannel import reproduce
+    from tfflannel import job_runner, reproduce
 
     part = parse_shard(shard)
     if backbones is None or baselines is None:
@@ -82,13 +82,13 @@ def reproduce_command(data, out, folds, backbones, baselines, modes, weights, we
         check_fold(data, fold)
     mine = reproduce.shard_jobs(jobs, part)
     if dry_run:
-        program = reproduce.main_program()
+        program = job_runner.main_program()
         for job in mine:
             click.echo(job.command_line(program))
         return
     click.echo(f"shard {part[0]}/{part[1]}: {len(mine)} of {len(jobs)} jobs ({reproduce.describe_plan(jobs, part)}); "
                f"logs -> {Path(out) / 'logs'}")
-    states = reproduce.Runner(jobs, out, part, wait=wait, echo=click.echo).run()
+    states = job_runner.Runner(jobs, out, part, wait=wait, echo=click.echo).run()
     bad = {name: state for name, state in states.items() if state not in ("done", "complete")}
     if bad:
         click.echo(f"{len(bad)} job(s) not complete: {', '.join(f'{n} ({s})' for n, s in bad.items())}; "

@@ -11,6 +11,7 @@ from pathlib import Path
 import tensorflow as tf
 
 from tfflannel import CLASS_NAMES, DISCLAIMER
+from tfflannel.serving.encoded_guard import IMAGE_LIMITS_FILE
 
 
 def new_version_dir(export_dir, version):
@@ -30,9 +31,13 @@ def export_pipeline(pipeline, export_dir, version=1):
     extra = tmp / "assets.extra"
     extra.mkdir(exist_ok=True)
     (extra / "class_names.json").write_text(json.dumps(list(CLASS_NAMES)))
+    (extra / IMAGE_LIMITS_FILE).write_text(json.dumps(pipeline.image_limits()))
     (extra / "README.txt").write_text(
         f"tfflannel pipeline export. Classes in output order: {', '.join(CLASS_NAMES)}.\n"
         f"K={pipeline.k} patches, seed {pipeline.seed}, score '{pipeline.score}', view {pipeline.view}.\n"
+        f"Ensemble temperature: {'none (T = 1)' if pipeline.temperature is None else pipeline.temperature}.\n"
+        f"serving_default refuses images over {pipeline.max_megapixels:g} megapixels (data.max_megapixels) or under "
+        f"{pipeline.min_side} px a side (data.min_side), read from their headers before decoding.\n"
         f"{DISCLAIMER}\n")
     tmp.rename(target)
     return target

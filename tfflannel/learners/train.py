@@ -33,6 +33,7 @@ from tfflannel.learners.strategy import chief_writes, make_strategy, replica_bat
 from tfflannel.models.backbones import backbone_config
 from tfflannel.models.classifier import build_classifier, inference_model
 from tfflannel.models.precise_bn import recompute_batchnorm_statistics
+from tfflannel.models.weights_files import check_weights_file
 from tfflannel.resume import ResumableFit, config_fingerprint, save_model_without_optimizer
 from tfflannel.run_info import RunInfo, manifest_sha256, relative_to_run, save_run_info
 from tfflannel.schedules import scale_milestones, step_decay
@@ -179,6 +180,12 @@ def _check_fold(workdir, fold):
         raise InputError(f"--fold {fold}: {Path(workdir) / 'manifest.csv'} has folds {folds}")
 
 
+def _check_weights(weights):
+    """A `--weights FILE` that is missing, truncated or of another kind is refused before the run directory exists."""
+    if weights not in (None, "none", "None", "imagenet"):
+        check_weights_file(weights)
+
+
 @chief_writes
 def train_patch_learner(config, backbone, fold, workdir, out_dir, weights=None, progress=True, extra_callbacks=(),
                         force=False):
@@ -205,6 +212,7 @@ def train_patch_learner(config, backbone, fold, workdir, out_dir, weights=None, 
 
     cfg = config.patched
     _check_fold(workdir, fold)
+    _check_weights(weights)
     size = cfg.patch_size or backbone_config(backbone).input_size
     info = _run_info("patch", backbone, fold, workdir, out_dir, size, cfg.val_patches, cfg.seed)
     fit = _start_run(config, "patched", out_dir, info, weights, force)
@@ -242,6 +250,7 @@ def train_global_learner(config, backbone, fold, workdir, out_dir, weights=None,
 
     cfg = config.global_learner
     _check_fold(workdir, fold)
+    _check_weights(weights)
     crop = cfg.crop_size or backbone_config(backbone).input_size
     resize = max(cfg.resize, crop)
     rows = load_manifest(workdir)

@@ -128,6 +128,7 @@ def build_classifier(backbone="mobilenet_v2", input_size=None, num_classes=len(C
             auxiliary head on an input below 299 px.
         FileNotFoundError: a weights file that does not exist.
     """
+    from tfflannel.models.weights_files import check_weights_file
     from tfflannel.models.weights_import import is_state_dict_file, reference_backbone_of
 
     config = backbone_config(backbone)
@@ -144,6 +145,8 @@ def build_classifier(backbone="mobilenet_v2", input_size=None, num_classes=len(C
     if weights is not None and weights != "imagenet" and not Path(weights).is_file():
         raise FileNotFoundError(
             f"{weights}: weights file not found (pass --weights none, imagenet or an existing file)")
+    if weights is not None and weights != "imagenet":
+        check_weights_file(weights)
     pretrained = weights is not None and (is_state_dict_file(weights) or (
         weights.endswith(".weights.h5") and reference_backbone_of(weights) is not None))
     inputs = keras.Input((size, size, 1), name="patch")

@@ -27,11 +27,10 @@ from pathlib import Path
 import numpy as np
 
 from tfflannel.errors import InputError
+from tfflannel.models.weights_files import SAFETENSORS_SUFFIX, TORCH_SUFFIXES, check_weights_file
 
 log = logging.getLogger(__name__)
 
-TORCH_SUFFIXES = (".pth", ".pt")
-SAFETENSORS_SUFFIX = ".safetensors"
 REFERENCE_ATTR = "tfflannel_reference_backbone"
 BN_PARAMS = ("weight", "bias", "running_mean", "running_var")
 
@@ -132,21 +131,27 @@ def read_state_dict(path):
 
     Raises:
         FileNotFoundError: `path` does not exist.
-        ValueError: an unknown suffix, or torch is not installed for a `.pth` file.
+        ValueError: an unknown suffix, a truncated or corrupt file (`check_weights_file`), or torch is not
+            installed for a `.pth` file.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: weights file not found")
     suffix = path.suffix.lower()
-    if suffix == SAFETENSORS_SUFFIX:
-        from safetensors.numpy import load_file
-
-        state = load_file(str(path))
-    elif suffix in TORCH_SUFFIXES:
-        state = _read_torch_file(path)
-    else:
+    if suffix not in (SAFETENSORS_SUFFIX, *TORCH_SUFFIXES):
         raise InputError(f"{path}: expected a torchvision .pth/.pt or a .safetensors state dict. "
                          f"Received suffix {suffix or '(none)'!r}.")
+    check_weights_file(path)
+    if suffix == SAFETENSORS_SUFFIX:
+        from safetensors import SafetensorError
+        from safetensors.numpy import load_file
+
+        try:
+            state = load_file(str(path))
+        except SafetensorError as error:
+            raise InputError(f"{path}: corrupt safetensors file: {' '.join(str(error).split())}") from None
+    else:
+        state = _read_torch_file(path)
     return normalise_keys(state)
 
 
@@ -157,7 +162,13 @@ def _read_torch_file(path):
         raise InputError(f"{path}: reading a .pth file needs PyTorch: pip install 'tfflannel[torch]' (or torch), "
                          f"or pass the same weights as a .safetensors file (for example timm's *.tv_in1k "
                          f"model.safetensors), which needs no torch.") from None
-    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    import pickle
+
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, OSError, KeyError, ValueError) as error:
+        raise InputError(f"{path}: truncated or corrupt PyTorch file ({type(error).__name__}: "
+                         f"{' '.join(str(error).split())[:200]})") from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

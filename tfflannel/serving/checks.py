@@ -79,6 +79,43 @@ def scored_with(run_dir):
     return identity
 
 
+def recorded_inference(run_dirs, ensemble_dir=None):
+    """K and the patch seed the served runs were evaluated with, where they record them.
+
+    The records `check_runs_match` compares against: with an ensemble, the member predictions it was fit on
+    (its `resume/state.json` fingerprint, else K from its run.yaml); without one, each patch run's current
+    `predict-base` scores (`predictions/provenance.json`). Global runs draw no patches and record neither.
+
+    Args:
+        run_dirs: list of str or Path. The base-learner runs.
+        ensemble_dir: str or Path or None. The ensemble run. Defaults to `None`.
+
+    Returns:
+        dict: `k` and `seed` (int) where the records hold one value (absent where none or several are recorded),
+        and `source` (str): where they were read.
+    """
+    from tfflannel.resume_state import member_value, read_fit_state
+    from tfflannel.run_info import load_run_info
+
+    infos = [load_run_info(r) for r in run_dirs]
+    found = {"k": set(), "seed": set()}
+    if ensemble_dir:
+        state = read_fit_state(ensemble_dir)
+        for index, info in enumerate(infos):
+            if info.kind == "patch":
+                found["k"].add(member_value(state, index, "k", load_run_info(ensemble_dir).k))
+                found["seed"].add(member_value(state, index, "seed"))
+        source = f"{ensemble_dir} (the member predictions it was fit on)"
+    else:
+        for run_dir, info in zip(run_dirs, infos, strict=True):
+            scored = scored_with(run_dir) if info.kind == "patch" else {}
+            for key in found:
+                found[key].add(scored.get(key))
+        source = f"{', '.join(map(str, run_dirs))} (predictions/provenance.json of predict-base)"
+    values = {key: {v for v in seen if v is not None} for key, seen in found.items()}
+    return {**{key: int(next(iter(v))) for key, v in values.items() if len(v) == 1}, "source": source}
+
+
 def segmenter_and_view_problems(segmenter, run_dirs, infos, view=None):
     """Each patch run's recorded cache key against the segmenter and view to serve (global runs: not checked).
 

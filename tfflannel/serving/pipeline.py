@@ -14,6 +14,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from tfflannel import CLASS_NAMES
+from tfflannel.data.io import image_limits
 from tfflannel.film_pipeline import (
     ViewSettings,
     aggregate_scores,
@@ -24,6 +25,8 @@ from tfflannel.film_pipeline import (
     segment_quality,
     segmenter_input,
 )
+from tfflannel.models.calibration import TemperatureScaling
+from tfflannel.serving.encoded_guard import checked_encoded_images
 
 
 class InferencePipeline(tf.Module):
@@ -37,9 +40,16 @@ class InferencePipeline(tf.Module):
         seed: int. Patch seed (`inference.seed`). Defaults to `0`.
         score: str. `prob` (mean probabilities) or `vote` (vote fractions) into the ensemble. Defaults to `"prob"`.
         view: ViewSettings. Defaults to `ViewSettings()`.
+        temperature: float or None. The ensemble's fitted temperature, applied to its probabilities by
+            `models.calibration.TemperatureScaling` (what `evaluate` applies); `None` applies none. Defaults to
+            `None`.
+        limits: dict or None. `max_megapixels` and `min_side` that `serving_default` enforces from each encoded
+            image's header (`serving.encoded_guard`); `None` takes those in force (`data.io.image_limits`).
+            Defaults to `None`.
     """
 
-    def __init__(self, segmenter, learners, ensemble=None, k=100, seed=0, score="prob", view=None):
+    def __init__(self, segmenter, learners, ensemble=None, k=100, seed=0, score="prob", view=None, temperature=None,
+                 limits=None):
         super().__init__(name="tfflannel_pipeline")
         if int(k) < 1:
             raise ValueError(f"inference.k must be >= 1. Received: {k}.")
@@ -52,6 +62,10 @@ class InferencePipeline(tf.Module):
         self.ensemble = ensemble
         self.k, self.seed, self.score = int(k), int(seed), score
         self.view = view or ViewSettings()
+        self.temperature = None if temperature is None else float(temperature)
+        self.calibration = None if temperature is None else TemperatureScaling(temperature, name="temperature")
+        limits = dict(image_limits(), **(limits or {}))
+        self.max_megapixels, self.min_side = float(limits["max_megapixels"]), int(limits["min_side"])
         self.class_names = tf.constant(CLASS_NAMES)
 
     def views(self, film_fn, count):
@@ -108,6 +122,8 @@ class InferencePipeline(tf.Module):
         if self.ensemble is not None:
             flat = tf.reshape(chosen, [count, len(self.learners) * len(CLASS_NAMES)])
             probabilities = tf.cast(self.ensemble(flat, training=False), tf.float32)
+            if self.calibration is not None:
+                probabilities = self.calibration(probabilities)
         else:
             probabilities = tf.reduce_mean(scores[:, :, 1], axis=1)
         return {"probabilities": probabilities,
@@ -117,10 +133,16 @@ class InferencePipeline(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
     def serve_encoded(self, images):
-        """A batch of PNG/JPEG bytes (TF Serving's `{"b64": ...}` instances)."""
+        """A batch of PNG/JPEG bytes (TF Serving's `{"b64": ...}` instances), size-checked from their headers first."""
+        images = checked_encoded_images(images, self.image_limits())
+
         def film(index):
             return tf.io.decode_image(images[index], channels=1, dtype=tf.uint8, expand_animations=False)[..., 0]
         return self._batch(film, tf.shape(images)[0])
+
+    def image_limits(self):
+        """The limits `serving_default` enforces: a dict with `max_megapixels` and `min_side`."""
+        return {"max_megapixels": self.max_megapixels, "min_side": self.min_side}
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 1], tf.uint8, name="images")])
     def serve_uint8(self, images):
