@@ -454,8 +454,8 @@ def test_baselines_preset_and_scratch_weights(sample_work, tmp_path):
     weights = tmp_path / "w"
     weights.mkdir()
     for name in ("densenet161", "inception_v3_tv", "resnet152_tv", "resnext101_32x8d", "vgg19_bn"):
-        (weights / f"{name}.weights.h5").write_bytes(b"x")
-    (weights / "efficientnet_b4.h5").write_bytes(b"x")              # Keras' own ImageNet file, renamed
+        _write_weights_stub(weights / f"{name}.weights.h5")
+    _write_weights_stub(weights / "efficientnet_b4.h5")              # Keras' own ImageNet file, renamed
     result = _dry_run(sample_work, tmp_path / "runs", "--config", str(REPO / "configs" / "baselines.yaml"),
                       "--weights-dir", str(weights))
     assert result.exit_code == 0, result.output
