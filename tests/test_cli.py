@@ -181,11 +181,41 @@ def test_input_errors_exit_2_and_real_bugs_keep_their_traceback():
         bug()
 
 
-def test_version_lists_versions_and_gpus():
+def test_version_and_config_errors_answer_without_importing_tensorflow():
+    """`--version` reads versions from package metadata; a bad --config/--set is refused before TensorFlow loads."""
+    from importlib.metadata import version
+
+    script = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from tfflannel.cli import main\n"
+        "for args in (['--version'], ['predict-base', '--run', '.', '--set', 'inference.k=0'],\n"
+        "             ['export', '--runs', '.', '--out', 'x', '--config', 'missing.yaml'],\n"
+        "             ['train-patch', '--backbone', 'mobilenet_v2', '--fold', '1', '--data', '.', '--out', 'r',\n"
+        "              '--set', 'patched.lerning_rate=1']):\n"
+        "    result = CliRunner().invoke(main, args)\n"
+        "    print(result.exit_code, result.output.strip().replace(chr(10), ' | '))\n"
+        "print('tensorflow' in sys.modules, 'keras' in sys.modules)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120,
+                            cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines[0] == (f"0 tfflannel {tfflannel.__version__} | TensorFlow {version('tensorflow')}, Keras "
+                        f"{version('keras')} | GPU: not checked (tfflannel -v --version imports TensorFlow and lists "
+                        f"the visible GPUs)")
+    assert lines[1] == "2 Error: --set: 'inference.k' must be >= 1. Received: 0."
+    assert lines[2] == "2 Error: missing.yaml: config file not found"
+    assert lines[3].startswith("2 Error: ") and "did you mean 'patched.learning_rate'" in lines[3]
+    assert lines[4] == "False False", "neither TensorFlow nor Keras was imported"
+
+
+def test_verbose_version_lists_versions_and_gpus():
     import keras
     import tensorflow as tf
 
-    result = CliRunner().invoke(main, ["--version"])
+    result = CliRunner().invoke(main, ["-v", "--version"])
     assert result.exit_code == 0, result.output
     gpus = tf.config.list_physical_devices("GPU")
     assert result.output.splitlines() == [
@@ -197,10 +227,11 @@ def test_version_lists_versions_and_gpus():
 
 @pytest.mark.slow
 def test_stderr_is_quiet_by_default_and_verbose_with_v(tmp_path):
-    args = ["predict-base", "--run", str(tmp_path), "--set", "inference.k=0"]
+    args = ["predict-base", "--run", str(tmp_path)]             # refused after TensorFlow was imported
     quiet = _run_cli(args, env_drop=("TF_CPP_MIN_LOG_LEVEL",))
     assert quiet.returncode == 2
-    assert quiet.stderr.strip().splitlines() == ["Error: --set: 'inference.k' must be >= 1. Received: 0."]
+    assert quiet.stderr.strip().splitlines() == [f"Error: {tmp_path / 'run.yaml'}: missing; {tmp_path} is not a "
+                                                 f"train-patch, train-global or train-ensemble run"]
     verbose = _run_cli(["-v", *args], env_drop=("TF_CPP_MIN_LOG_LEVEL",))
     assert verbose.returncode == 2
     assert len(verbose.stderr.strip().splitlines()) > 1, "-v shows TensorFlow's own start-up log"

@@ -37,8 +37,8 @@ def _fields(kind):
 
 
 def test_packaged_configs_are_the_only_copies():
-    assert [p.name for p in PACKAGED] == ["data.yaml", "demo.yaml", "ensemble.yaml", "flannel_torchvision.yaml",
-                                          "global.yaml", "patched.yaml",
+    assert [p.name for p in PACKAGED] == ["baselines.yaml", "data.yaml", "demo.yaml", "ensemble.yaml",
+                                          "flannel_torchvision.yaml", "global.yaml", "patched.yaml",
                                           "segmentation.yaml", "segmenter_shipped.yaml"]
     for path in PACKAGED:
         user_copy = REPO / "configs" / path.name
@@ -52,7 +52,7 @@ def test_every_packaged_config_validates(path):
 
 
 def test_unknown_packaged_config_lists_the_known_ones():
-    with pytest.raises(FileNotFoundError, match=r"packaged: \['data.yaml'"):
+    with pytest.raises(FileNotFoundError, match=r"packaged: \['baselines.yaml', 'data.yaml'"):
         packaged_config("nope.yaml")
 
 

@@ -1,6 +1,7 @@
 """A reduced `demo` end to end: every stage runs on the bundled sample and the report is complete."""
 
 import csv
+import json
 
 import pytest
 from click.testing import CliRunner
@@ -23,15 +24,22 @@ def test_reduced_demo_end_to_end(tmp_path):
     assert "RESEARCH USE ONLY" in text and "Source confound" in text and "Per source" in text
     with open(report / "metrics.csv") as handle:
         rows = list(csv.DictReader(handle))
-    assert list(rows[0]) == ["run", "fold", "class", "precision", "recall", "f1", "support"]
+    assert list(rows[0]) == ["run", "fold", "class", "precision", "recall", "f1", "support", "ci_low", "ci_high"]
     runs = {r["run"] for r in rows}
     assert {"patch:mobilenet_v2", "global:mobilenet_v2"} <= runs and sum(r.startswith("ensemble:") for r in runs) == 2
     assert all(0.0 <= float(r["f1"]) <= 1.0 for r in rows)
     with open(report / "table3.csv") as handle:
         table = list(csv.DictReader(handle))
-    assert len(table) == 4 * 5
+    assert len(table) == 4 * 6          # 4 runs x (4 classes, macro, accuracy)
+    assert "## Calibration" in text and "patient-bootstrap" in text and "ECE before T" in text
+    with open(report / "calibration.csv") as handle:
+        assert len(list(csv.DictReader(handle))) == 4
     plots = list((report / "plots").glob("*.png"))
-    assert len(plots) == 1 + 2 * 4 and all(p.stat().st_size > 5000 for p in plots)
+    assert len(plots) == 1 + 3 * 4 + 1 and all(p.stat().st_size > 5000 for p in plots)     # + audit_conditions
+    audit = json.loads((report / "audit.json").read_text())
+    assert [learner["run"] for learner in audit["learners"]] == ["patch:mobilenet_v2", "global:mobilenet_v2"]
+    assert audit["ensemble"]["run"].startswith("ensemble:") and audit["partition"] == "test"
+    assert "## Does it look at the lungs?" in text and "shortcut class" in text
     assert "report ->" in result.output and "RESEARCH USE ONLY" in result.output
     assert (out / "export" / "1" / "saved_model.pb").is_file()
     assert "predict --model on" in result.output and '"lung_fraction"' in result.output

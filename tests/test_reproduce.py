@@ -1,5 +1,6 @@
 """`reproduce`: the job graph, shards, dry-run lines, locks; a real grid on the bundled sample (slow)."""
 
+import json
 import os
 import signal
 import subprocess
@@ -11,7 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from tfflannel import reproduce
-from tfflannel.reproduce import Job, Runner, build_jobs, is_complete, job_lock, parse_folds, shard_jobs
+from tfflannel.job_runner import Runner, is_complete, job_lock, run_cli_job
+from tfflannel.reproduce import Job, build_jobs, parse_folds, shard_jobs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,9 +25,13 @@ def _grid(parts=1, part=1, modes=("patch", "global")):
 def test_grid_counts_and_dependency_order():
     jobs = _grid()
     kinds = [j.kind for j in jobs]
-    # 1 segment + 2 folds x 2 backbones x 2 modes x (train + predict) + 2 x 2 ensembles + evaluate
+    # 1 segment + 2 folds x 2 backbones x 2 modes x (train + predict) + 2 x 2 ensembles + evaluate + 2 audits
     assert kinds.count("segment") == 1 and kinds.count("train") == 8 and kinds.count("predict") == 8
-    assert kinds.count("ensemble") == 4 and kinds == [*kinds[:-1], "evaluate"]
+    assert kinds.count("ensemble") == 4 and kinds[-3:] == ["evaluate", "audit", "audit"]
+    audit = jobs[-1]
+    assert audit.name == "audit f2" and audit.needs == ("evaluate",)
+    assert audit.args[audit.args.index("--ensemble") + 1] == str(Path("runs/f2/ensemble_patched"))
+    assert len(audit.args[audit.args.index("--runs") + 1].split(",")) == 4
     position = {j.name: i for i, j in enumerate(jobs)}
     for job in jobs:
         assert all(position[n] < position[job.name] for n in job.needs), job.name
@@ -74,9 +80,10 @@ def test_dry_run_prints_cli_lines_in_order(tmp_path, sample_cls_dir):
                                        "--set", "patched.epochs=1"])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert len(lines) == 22 and not (tmp_path / "runs").exists()
+    assert len(lines) == 24 and not (tmp_path / "runs").exists()
     assert [line.split()[1] for line in lines[:3]] == ["segment", "train-patch", "predict-base"]
-    assert lines[-1].split()[1] == "evaluate" and all("--set patched.epochs=1" in line for line in lines[:-1])
+    assert [line.split()[1] for line in lines[-3:]] == ["evaluate", "audit", "audit"]
+    assert all("--set patched.epochs=1" in line for line in lines[:-3] + lines[-2:])
     bad = CliRunner().invoke(main, ["reproduce", "--data", str(tmp_path / "work"), "--out", str(tmp_path / "runs"),
                                     "--backbones", "mobilenet_v2,alexnet", "--dry-run"])
     assert bad.exit_code == 2 and "--backbones" in bad.output
@@ -195,18 +202,35 @@ def test_imagenet_is_refused_for_backbones_without_keras_weights(sample_work, tm
     assert not (tmp_path / "runs").exists()
 
 
+def _write_weights_stub(path):
+    """A file whose header passes `check_weights_file` for its suffix (its contents fit no backbone)."""
+    import zipfile
+
+    import h5py
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    if path.suffix == ".pth":
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("archive/data.pkl", b"\x80\x02}q\x00.")
+    elif path.suffix == ".safetensors":
+        save_file({"x": np.zeros(1, np.float32)}, str(path))
+    else:
+        h5py.File(path, "w").close()
+
+
 def test_weights_dir_gives_each_backbone_its_file_and_lists_every_missing_one(sample_work, tmp_path):
     weights = tmp_path / "w"
     weights.mkdir()
     for name in ("densenet161.weights.h5", "densenet161.pth", "vgg19_bn.safetensors"):
-        (weights / name).write_bytes(b"")
+        _write_weights_stub(weights / name)
     backbones = ["--backbones", "densenet161,vgg19_bn,resnet152_tv,resnext101_32x8d"]
     missing = _dry_run(sample_work, tmp_path / "runs", "--weights-dir", str(weights), *backbones)
     assert missing.exit_code == 2, missing.output
     assert "resnet152_tv.weights.h5" in missing.output and "resnext101_32x8d.weights.h5" in missing.output
     assert "densenet161" not in missing.output and "vgg19_bn" not in missing.output
-    (weights / "resnet152_tv.pth").write_bytes(b"")
-    (weights / "resnext101_32x8d.weights.h5").write_bytes(b"")
+    _write_weights_stub(weights / "resnet152_tv.pth")
+    _write_weights_stub(weights / "resnext101_32x8d.weights.h5")
     result = _dry_run(sample_work, tmp_path / "runs", "--weights-dir", str(weights), *backbones)
     assert result.exit_code == 0, result.output
     assert _weights_of(result.output.splitlines()) == {   # .weights.h5 before .safetensors before .pth
@@ -251,7 +275,7 @@ def test_is_complete_segment_only_for_a_cache_of_the_current_manifest(tmp_path):
 
 
 def test_jobs_start_and_end_with_a_fresh_process_global_state(tmp_path):
-    """_start_run sets the precision policy both ways; run_cli_job resets policy and op determinism."""
+    """_start_run sets the precision policy both ways; each job runs in its own process, leaving this one as it was."""
     import keras
     from tensorflow.python.framework import config as tf_framework_config
 
@@ -268,11 +292,14 @@ def test_jobs_start_and_end_with_a_fresh_process_global_state(tmp_path):
         assert tf_framework_config.is_op_determinism_enabled()
         _start_run(load_config(None), "global_learner", tmp_path / "plain", info, None, False)
         assert keras.mixed_precision.global_policy().name == "float32"
-        keras.mixed_precision.set_global_policy("mixed_float16")     # as a mixed-precision job leaves it
-        assert reproduce.run_cli_job(Job("help", "evaluate", ("--help",), tmp_path), tmp_path / "help.log") is None
-        assert keras.mixed_precision.global_policy().name == "float32"
-        assert not tf_framework_config.is_op_determinism_enabled()
-        assert "Usage" in (tmp_path / "help.log").read_text()
+        keras.mixed_precision.set_global_policy("mixed_float16")     # what a job run in this process would leak
+        assert run_cli_job(Job("help", "evaluate", ("--help",), tmp_path), tmp_path / "help.log") is None
+        assert keras.mixed_precision.global_policy().name == "mixed_float16", "the job ran in this process"
+        assert "Usage:" in (tmp_path / "help.log").read_text()
+        error = run_cli_job(Job("bad", "evaluate", ("evaluate", "--runs", str(tmp_path / "absent"),
+                                                               "--out", str(tmp_path / "r")), tmp_path),
+                                      tmp_path / "bad.log")
+        assert error and "absent" in error, error
     finally:
         keras.mixed_precision.set_global_policy("float32")
         tf_framework_config.disable_op_determinism()
@@ -297,7 +324,8 @@ TINY = [a for kv in ("global_learner.epochs=1", "global_learner.crop_size=32", "
                      "global_learner.batch_size=16", "global_learner.precise_bn_batches=0",
                      "patched.epochs=1", "patched.patch_size=32", "patched.batch_size=16", "patched.val_patches=1",
                      "patched.images_per_batch=16", "patched.precise_bn_batches=0", "segmentation.cache_size=256",
-                     "inference.k=1", "inference.images_per_batch=16", "ensemble.epochs=1")
+                     "inference.k=1", "inference.images_per_batch=16", "ensemble.epochs=1",
+                     "audit.bootstrap_resamples=50", "audit.gradcam=false")
         for a in ("--set", kv)]
 LEARNERS = [f"{mode}_{backbone}" for mode in ("patch", "global") for backbone in ("mobilenet_v2", "resnet50")]
 # Issue 15's grid has 2 folds (TFFLANNEL_GRID_FOLDS=2, several minutes on 2 cores); the suite runs 1 to stay in budget.
@@ -344,7 +372,12 @@ def test_shards_and_an_interrupted_run_give_the_same_table(tmp_path, sample_cls_
     for line in shards[1].stdout:                # shard 2: its first global learner, then the second one
         killed.append(line)
         if "predict-base f1 global mobilenet_v2" in line:
-            time.sleep(3)                        # inside train-global f1 resnet50
+            # the event: train-global f1 resnet50 has written its run.yaml (it trains from there on)
+            started = tmp_path / "sharded" / "f1" / "global_resnet50" / "run.yaml"
+            deadline = time.monotonic() + 600
+            while not started.is_file() and time.monotonic() < deadline:
+                assert shards[1].poll() is None, "".join(killed)
+                time.sleep(0.05)
             os.killpg(shards[1].pid, signal.SIGKILL)
             break
     shards[1].wait(timeout=60)
@@ -360,7 +393,7 @@ def test_shards_and_an_interrupted_run_give_the_same_table(tmp_path, sample_cls_
     assert _state_of(shard1_out, f"train-patch f{GRID_FOLDS} resnet50") == "done" and "train-global" not in shard1_out
     assert _state_of(resumed_out, "train-ensemble f1 patch") == "done" and "train-patch" not in resumed_out
     assert _state_of(shard1_out, "evaluate") == "done" and "evaluate" not in resumed_out
-    assert _state_of(single_out, "segment") == "done" and f"all {2 + 10 * GRID_FOLDS} jobs complete" in single_out
+    assert _state_of(single_out, "segment") == "done" and f"all {2 + 11 * GRID_FOLDS} jobs complete" in single_out
 
     table = (tmp_path / "sharded" / "report" / "table3.csv").read_text()
     assert table == (tmp_path / "single" / "report" / "table3.csv").read_text()
@@ -374,6 +407,10 @@ def test_shards_and_an_interrupted_run_give_the_same_table(tmp_path, sample_cls_
             for role in (("test",) if run.startswith("ensemble") else ("train", "valid", "test")):
                 path = Path(fold) / run / "predictions" / f"{role}.csv"
                 assert (tmp_path / "sharded" / path).read_text() == (tmp_path / "single" / path).read_text(), path
+        audits = [json.loads((tmp_path / out / "report" / f"audit_{fold}" / "audit.json").read_text())
+                  for out in ("sharded", "single")]
+        assert [a["learners"][0]["conditions"] for a in audits] == [audits[1]["learners"][0]["conditions"]] * 2
+        assert audits[0]["ensemble"]["conditions"] == audits[1]["ensemble"]["conditions"]
 
 
 def test_the_torchvision_preset_names_the_five_and_reproduce_reads_backbones_from_the_config(sample_work, tmp_path):
@@ -387,3 +424,50 @@ def test_the_torchvision_preset_names_the_five_and_reproduce_reads_backbones_fro
     assert result.exit_code == 0, result.output
     trained = {line.split("--backbone ")[1].split()[0] for line in result.output.splitlines() if "--backbone " in line}
     assert trained == {"mobilenet_v2", "resnet50"}
+
+
+def test_baselines_are_rows_of_their_own_not_ensemble_members():
+    jobs = build_jobs("work", "runs", [1, 2], ["mobilenet_v2", "resnet50"], ["patch", "global"],
+                      baselines=["covidnet_cxr", "efficientnet_b4"])
+    kinds = [j.kind for j in jobs]
+    assert kinds.count("train") == kinds.count("predict") == 2 * 4 * 2 and kinds.count("ensemble") == 4
+    for ensemble in (j for j in jobs if j.kind == "ensemble"):
+        members = ensemble.args[ensemble.args.index("--runs") + 1]
+        assert "covidnet" not in members and "efficientnet" not in members
+        assert not any("covidnet" in n or "efficientnet" in n for n in ensemble.needs)
+    evaluate = next(j for j in jobs if j.kind == "evaluate")
+    runs = evaluate.args[evaluate.args.index("--runs") + 1].split(",")
+    audit = jobs[-1]                          # the baselines are audited beside the ensemble members
+    audited = audit.args[audit.args.index("--runs") + 1]
+    assert audit.kind == "audit" and str(Path("runs/f2/global_covidnet_cxr")) in audited
+    for fold in (1, 2):                       # same folds, both modes, one row each beside the ensembles
+        for mode in ("patch", "global"):
+            for name in ("covidnet_cxr", "efficientnet_b4"):
+                assert str(Path(f"runs/f{fold}/{mode}_{name}")) in runs
+                assert f"predict-base f{fold} {mode} {name}" in evaluate.needs
+    assert runs[-4:] == [str(Path(f"runs/f{f}/ensemble_{m}")) for f in (1, 2) for m in ("global", "patched")]
+    with pytest.raises(reproduce.InputError, match="either an ensemble member or a baseline"):
+        build_jobs("work", "runs", [1], ["mobilenet_v2"], ["global"], baselines=["mobilenet_v2"])
+
+
+def test_baselines_preset_and_scratch_weights(sample_work, tmp_path):
+    weights = tmp_path / "w"
+    weights.mkdir()
+    for name in ("densenet161", "inception_v3_tv", "resnet152_tv", "resnext101_32x8d", "vgg19_bn"):
+        _write_weights_stub(weights / f"{name}.weights.h5")
+    _write_weights_stub(weights / "efficientnet_b4.h5")              # Keras' own ImageNet file, renamed
+    result = _dry_run(sample_work, tmp_path / "runs", "--config", str(REPO / "configs" / "baselines.yaml"),
+                      "--weights-dir", str(weights))
+    assert result.exit_code == 0, result.output
+    given = _weights_of(result.output.splitlines())
+    assert given["covidnet_cxr"] == "none"                          # no ImageNet weights anywhere: from scratch
+    assert given["efficientnet_b4"] == str(weights / "efficientnet_b4.h5")
+    assert given["vgg19_bn"] == str(weights / "vgg19_bn.weights.h5") and len(given) == 7
+    ensemble = next(line for line in result.output.splitlines() if " train-ensemble " in line)
+    assert "covidnet" not in ensemble and "vgg19_bn" in ensemble
+    none = _dry_run(sample_work, tmp_path / "runs", "--config", str(REPO / "configs" / "baselines.yaml"),
+                    "--baselines", "none", "--backbones", "mobilenet_v2")
+    assert none.exit_code == 0 and list(_weights_of(none.output.splitlines())) == ["mobilenet_v2"]
+    assert _weights_of(_dry_run(sample_work, tmp_path / "runs", "--backbones", "mobilenet_v2", "--baselines",
+                                "covidnet_cxr", "--weights", "imagenet").output.splitlines()) == {
+        "mobilenet_v2": "imagenet", "covidnet_cxr": "none"}

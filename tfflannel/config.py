@@ -100,6 +100,7 @@ class DataConfig:
     min_side: PositiveInt = 64                 # smaller images are rejected (too small to classify)
     link_max_distance: Annotated[int, Range(0, 64)] = 8     # dHash Hamming distance of a near-identical pair (64 bits)
     link_min_correlation: Annotated[float, Range(0, 1, low_open=True)] = 0.97  # thumbnail correlation confirming it
+    test_sources: tuple[str, ...] = ()        # external validation: these sources are the test set, the rest is folded
 
 
 @dataclass
@@ -214,6 +215,8 @@ class EnsembleConfig:
     epochs: PositiveInt = 200
     batch_size: PositiveInt = 20
     seed: NonNegativeInt = 0
+    # temperature: fit one T on validation films after the weights (served probabilities softmax(log p / T))
+    calibration: Literal["temperature", "none"] = "temperature"
 
 
 @dataclass
@@ -231,6 +234,8 @@ class StudyConfig:
     """`reproduce`: the base learners of the study (the paper's five, torchvision layout, by default)."""
 
     backbones: tuple[BackboneName, ...] = TORCHVISION_BACKBONE_NAMES
+    # learners trained and evaluated on the same folds but not ensemble members (configs/baselines.yaml)
+    baselines: tuple[BackboneName, ...] = ()
 
 
 @dataclass
@@ -241,6 +246,21 @@ class RuntimeConfig:
     strategy: Literal["auto", "mirrored", "multi_worker", "default"] = "auto"
     mixed_precision: bool = False
     deterministic: bool = False      # tf.config.experimental.enable_op_determinism(): bit-identical GPU reruns, slower
+
+
+@dataclass
+class AuditConfig:
+    """`audit`: the shortcut rule's thresholds and the source probe (docs/evaluation.md)."""
+
+    # A class is a shortcut class when F1(lungs_removed) >= kept_share * F1(normal) while
+    # F1(normal) >= 2p / (1 + p) + min_gain (p: its prevalence among the films audited).
+    kept_share: Annotated[float, Range(0, 1, low_open=True)] = 0.8
+    min_gain: Annotated[float, Range(0, 1, high_open=True)] = 0.1
+    probe_folds: Annotated[int, Range(2)] = 5           # patient-grouped CV folds of the source probe
+    bootstrap_resamples: PositiveInt = 2000             # patient-bootstrap resamples of the probe's AUC
+    seed: NonNegativeInt = 0                            # probe folds and bootstrap
+    gradcam: bool = True                                # lung_attention of global learners (Grad-CAM)
+    films_per_batch: PositiveInt = 16                   # films segmented and scored together
 
 
 @dataclass
@@ -257,6 +277,7 @@ class ExperimentConfig:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     patches: PatchesConfig = field(default_factory=PatchesConfig)
     study: StudyConfig = field(default_factory=StudyConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
 
 
 def _coerce(value, default, where):
@@ -430,6 +451,34 @@ def load_config(path: Optional[str | Path] = None, overrides=()) -> ExperimentCo
             nested = {part: nested}
         _apply(config, nested, "--set")
     return validate(config, str(path) if path is not None and not overrides else "config")
+
+
+def explicit_keys(path=None, overrides=()):
+    """The dotted keys (`inference.k`) a YAML diff and `--set` items set, whatever their values.
+
+    Lets a command tell a value the user chose from a default (e.g. serving takes K from the runs unless
+    `inference.k` is set here). Call it after `load_config` accepted the same file and overrides.
+
+    Args:
+        path: str, Path or None. The YAML file the user gave (not a command's default config). Defaults to `None`.
+        overrides: iterable of str. `section.key=value` items. Defaults to `()`.
+
+    Returns:
+        set of str.
+    """
+    keys = set()
+
+    def walk(values, prefix):
+        for name, value in values.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{name}.")
+            else:
+                keys.add(f"{prefix}{name}")
+
+    if path is not None:
+        walk(_safe_load(Path(path).read_text(), str(path)) or {}, "")
+    keys.update(item.split("=", 1)[0].strip() for item in overrides if "=" in item)
+    return keys
 
 
 def packaged_config(name):

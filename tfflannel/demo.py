@@ -2,7 +2,7 @@
 
 prepare-data -> segment (shipped lung segmenter) -> train-patch and train-global
 for each demo backbone on one fold -> predict-base -> train-ensemble (patched
-and original FLANNEL) -> evaluate -> export + predict. A demonstration on 40
+and original FLANNEL) -> evaluate -> audit -> export + predict. A demonstration on 40
 images, not a result.
 """
 
@@ -41,7 +41,7 @@ def run_demo(config, out_dir):
 
     Writes `work/` (manifest, segment cache), `runs/` (one patch and one global
     learner per `config.demo.backbones` on fold `config.demo.fold`, the patched and
-    global ensembles), `report/` (metrics, table3.md, report.md, a Grad-CAM figure)
+    global ensembles), `report/` (metrics, table3.md, report.md with the audit, audit.json, a Grad-CAM figure)
     and `export/` (the SavedModel, replaced if present), then classifies up to 4
     test-split films with the export.
 
@@ -71,37 +71,49 @@ def run_demo(config, out_dir):
     work, runs = out / "work", out / "runs"
     demo = config.demo
     started = time.time()
-    _stage("1/7 prepare-data on the bundled sample")
+    _stage("1/8 prepare-data on the bundled sample")
     rows = prepare_manifest(work, folders=[CLS_DIR], seed=config.data.seed, folds=config.data.folds,
                             test_size=config.data.test_size, max_distance=config.data.link_max_distance,
                             min_correlation=config.data.link_min_correlation)
     click.echo(f"{len(rows)} images -> {work / 'manifest.csv'}")
-    _stage("2/7 segment with the shipped lung segmenter")
+    _stage("2/8 segment with the shipped lung segmenter")
     summary = build_cache(work, load_segmenter(), CacheSettings.from_config(config))
     click.echo(f"cache -> {summary['cache']} (QC grid: qc.png)")
     patch_runs, global_runs = [], []
     for backbone in demo.backbones:
-        _stage(f"3/7 train-patch {backbone}, fold {demo.fold}")
+        _stage(f"3/8 train-patch {backbone}, fold {demo.fold}")
         config.patched.epochs = demo.patch_epochs
         train_patch_learner(config, backbone, demo.fold, work, runs / f"patch_{backbone}")
         patch_runs.append(runs / f"patch_{backbone}")
-        _stage(f"3/7 train-global {backbone}, fold {demo.fold}")
+        _stage(f"3/8 train-global {backbone}, fold {demo.fold}")
         config.global_learner.epochs = demo.global_epochs
         train_global_learner(config, backbone, demo.fold, work, runs / f"global_{backbone}")
         global_runs.append(runs / f"global_{backbone}")
-    _stage(f"4/7 predict-base (K={config.inference.k} patches per image)")
+    _stage(f"4/8 predict-base (K={config.inference.k} patches per image)")
     for run in patch_runs + global_runs:
         speeds = predict_base(run, work, config.inference.k, config.inference.images_per_batch, config.inference.seed)
         click.echo(f"{run.name}: " + ", ".join(f"{role} {speed:.1f} img/s" for role, speed in speeds.items()))
-    _stage("5/7 train-ensemble: Patched FLANNEL and original FLANNEL")
+    _stage("5/8 train-ensemble: Patched FLANNEL and original FLANNEL")
     train_ensemble(config, patch_runs, runs / "ensemble_patched", fold=demo.fold)
     train_ensemble(config, global_runs, runs / "ensemble_global", fold=demo.fold)
-    _stage("6/7 evaluate")
+    _stage("6/8 evaluate")
     evaluate_runs(patch_runs + global_runs + [runs / "ensemble_patched", runs / "ensemble_global"], out / "report")
     click.echo((out / "report" / "table3.md").read_text())
-    _stage("7/7 export the Patched FLANNEL pipeline as a SavedModel, then predict with it")
-    from tfflannel.export.predict import load_exported, predict_files
-    from tfflannel.export.saved_model import export_pipeline, pipeline_from_config
+    started_audit = _stage("7/8 audit: does it look at the lungs? (counterfactual inputs, source probe, verdict)")
+    from tfflannel.audit.report import append_audit_section
+    from tfflannel.audit.run import audit_runs
+
+    audit = audit_runs(patch_runs + global_runs, work, out / "report", config, runs / "ensemble_patched",
+                       progress=False)
+    append_audit_section(out / "report" / "report.md", out / "report" / "audit.md")
+    for learner in audit["learners"]:
+        click.echo(f"{learner['run']}: lung attention {learner['lung_attention']}, shortcut classes "
+                   f"{learner['shortcut_classes'] or 'none'}")
+    click.echo(f"audit -> {out / 'report' / 'audit.md'} ({time.time() - started_audit:.0f} s)")
+    _stage("8/8 export the Patched FLANNEL pipeline as a SavedModel, then predict with it")
+    from tfflannel.export.saved_model import export_pipeline
+    from tfflannel.serving.builder import pipeline_from_config
+    from tfflannel.serving.predict import load_exported, predict_files
 
     shutil.rmtree(out / "export", ignore_errors=True)
     pipeline = pipeline_from_config(config, load_segmenter(), patch_runs, runs / "ensemble_patched")

@@ -27,6 +27,8 @@ import tensorflow as tf
 from tfflannel.config import PATCH_INPUTS
 from tfflannel.errors import InputError
 
+CONDITIONS = ("normal", "lungs_only", "lungs_removed")
+"""What a learner is shown (`apply_condition`): its usual input, only the lungs, or everything but the lungs."""
 # Mask-confidence QC bounds at which they check nothing: off by default, and then not part of a cache key.
 CONFIDENCE_QC_OFF = {"min_mask_confidence": 0.0, "max_flip_disagreement": 1.0}
 
@@ -350,7 +352,8 @@ def upsample_nearest(mask, size):
                    lambda: tf.image.resize(mask[..., None], [size, size], method="nearest")[..., 0])
 
 
-def masked_view(film, square_mask, settings, equalized=None, confidence=None, disagreement=None):
+def masked_view(film, square_mask, settings, equalized=None, confidence=None, disagreement=None,
+                condition="lungs_only"):
     """QC the lung mask and build the masked, letterboxed view the learners see.
 
     The lung fraction is measured on the segmenter's square (the mask's own resolution) over the film's
@@ -365,6 +368,8 @@ def masked_view(film, square_mask, settings, equalized=None, confidence=None, di
         equalized: optional (H, W) float32 `equalize_gamma_tf(film)`, when already computed.
         confidence: optional float32 scalar, the mask's `mask_confidence`. Needed if the settings bound it.
         disagreement: optional float32 scalar, the mask's `flip_disagreement`. Needed if the settings bound it.
+        condition: str. `lungs_only` (the view the patch learners see), `lungs_removed` (everything but the lungs,
+            for the shortcut audit) or `normal` (no mask applied). Defaults to `"lungs_only"`.
 
     Returns:
         dict: `image` (size, size) uint8 masked view, `mask` (size, size) uint8 in {0, 1}, `lung_fraction`
@@ -392,12 +397,45 @@ def masked_view(film, square_mask, settings, equalized=None, confidence=None, di
         ok = ok & (value >= bound if name.startswith("min") else value <= bound)
     small = tf.cast(tf.where(ok, lung, content), tf.uint8)
     mask = upsample_nearest(small, settings.size)
+    image = apply_condition(unmasked_view(film, settings, equalized), mask, condition)
+    return {"image": image, "mask": mask, "lung_fraction": fraction, "mask_ok": ok}
+
+
+def unmasked_view(film, settings, equalized=None):
+    """The letterboxed (size, size) uint8 view of a film before the lung mask (equalised or raw per `settings`).
+
+    Args:
+        film: (H, W) integer tensor.
+        settings: ViewSettings.
+        equalized: optional (H, W) float32 `equalize_gamma_tf(film)`, when already computed.
+    """
     if settings.input == "equalized":
         source = equalize_gamma_tf(film) if equalized is None else equalized
     else:
         source = tf.cast(film, tf.float32)
-    image = to_uint8(letterbox(source[..., None], settings.size)[..., 0]) * mask
-    return {"image": image, "mask": mask, "lung_fraction": fraction, "mask_ok": ok}
+    return to_uint8(letterbox(source[..., None], settings.size)[..., 0])
+
+
+def apply_condition(image, mask, condition):
+    """An image under one of `CONDITIONS`: as is, zero outside the lung mask, or zero inside it.
+
+    Args:
+        image: (..., H, W[, 1]) tensor.
+        mask: {0, 1} or bool tensor of the image's shape (or broadcastable to it): the lungs.
+        condition: str. `normal`, `lungs_only` or `lungs_removed`.
+
+    Returns:
+        Tensor of the image's shape and dtype.
+
+    Raises:
+        ValueError: an unknown condition.
+    """
+    if condition not in CONDITIONS:
+        raise ValueError(f"condition must be one of {list(CONDITIONS)}. Received: {condition!r}.")
+    if condition == "normal":
+        return image
+    lung = tf.cast(tf.cast(mask, tf.bool), image.dtype)
+    return image * (lung if condition == "lungs_only" else 1 - lung)
 
 
 def lung_bbox(mask):
@@ -460,15 +498,33 @@ def crop_patches(images, centres, size):
                                     method="nearest", extrapolation_value=0.0)
 
 
-def global_view(film, resize, crop):
+def global_view(film, resize, crop, square_mask=None, condition="normal"):
     """The original-FLANNEL learner's evaluation input: raw film letterboxed to `resize`, centre `crop`.
+
+    Args:
+        film: (H, W) integer tensor.
+        resize: int. Side of the letterboxed film.
+        crop: int. Side of the centre crop.
+        square_mask: optional (S, S) lung mask on the film's letterboxed square (a masked view's `mask`), needed
+            for a `condition` other than `normal`; resized (nearest) to `resize`.
+        condition: str. One of `CONDITIONS` (`apply_condition`). Defaults to `"normal"`.
 
     Returns:
         (crop, crop, 1) float32 (uint8 values).
     """
     offset = (resize - crop) // 2
     image = to_uint8(letterbox(film[..., None], resize))
+    if condition != "normal":
+        lung = letterbox(tf.cast(square_mask, tf.uint8)[..., None], resize, "nearest")
+        image = apply_condition(image, lung, condition)
     return tf.cast(image[offset:offset + crop, offset:offset + crop], tf.float32)
+
+
+def global_view_mask(square_mask, resize, crop):
+    """The lung mask of `global_view`'s crop: (crop, crop) uint8 from a mask on the letterboxed square."""
+    offset = (resize - crop) // 2
+    lung = to_uint8(letterbox(tf.cast(square_mask, tf.uint8)[..., None], resize, "nearest"))
+    return lung[offset:offset + crop, offset:offset + crop, 0]
 
 
 def aggregate_scores(probabilities):

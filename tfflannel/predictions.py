@@ -130,9 +130,3 @@ def read_provenance(run_dir):
 def write_provenance(run_dir, provenance):
     """Write RUNDIR/predictions/provenance.json atomically."""
     write_text_atomic(Path(run_dir) / "predictions" / PROVENANCE_FILE, json.dumps(provenance, indent=2) + "\n")
-
-
-def changed_keys(recorded, current):
-    """`key: old -> new` strings for every key whose value differs between two flat dicts."""
-    keys = sorted(set(recorded) | set(current))
-    return [f"{k}: {recorded.get(k)!r} -> {current.get(k)!r}" for k in keys if recorded.get(k) != current.get(k)]

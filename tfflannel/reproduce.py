@@ -4,14 +4,15 @@ The job graph, in dependency order:
 
     segment -> train-patch / train-global -> predict-base   (one learner per fold, backbone and mode)
             -> train-ensemble (one per fold and mode, over that fold's learners) -> evaluate
+            -> audit (one per fold: that fold's learners and its patched ensemble, on the test partition)
 
-Every job is a `tfflannel` command line, run in this process exactly as a user would type it (`--dry-run`
-prints the lines for any scheduler). Each command resumes and skips on its own (train runs resume per
+Every job is a `tfflannel` command line, run as its own process (`python -m tfflannel ARGS`, the lines
+`--dry-run` prints for any scheduler). Each command resumes and skips on its own (train runs resume per
 epoch; a complete run, up-to-date predictions or a complete cache return at once; a run made with other
 settings stops with a clear error), so rerunning `reproduce` after a failure or a kill finishes the grid.
 
 `--shard I/N` lets N processes (a Slurm array, Kubernetes indexed Jobs, N shells) share the grid: shard I
-runs its part of the segmentation cache and every N-th learner and ensemble; shard 1 also evaluates. A job
+runs its part of the segmentation cache and every N-th learner and ensemble; shard 1 also evaluates and audits. A job
 whose inputs another shard makes waits for them (up to `--wait` seconds) or reports them missing. One
 lock file per job (`fcntl.flock`, released by the OS if the process dies) keeps two processes from
 running one job. Each command's output goes to RUNS/logs/<job>.log; the console gets one line per job.
@@ -19,27 +20,21 @@ running one job. Each command's output goes to RUNS/logs/<job>.log; the console 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
-import json
 import re
 import shlex
-import time
-import traceback
 from pathlib import Path
 
-from tfflannel.backbone_names import BACKBONE_NAMES, TORCHVISION_BACKBONE_NAMES
+from tfflannel.backbone_names import BACKBONE_NAMES, SCRATCH_BACKBONE_NAMES, TORCHVISION_BACKBONE_NAMES
 from tfflannel.errors import InputError
-from tfflannel.utils import read_csv
+from tfflannel.models.weights_files import check_weights_file
 
 PAPER_BACKBONES = TORCHVISION_BACKBONE_NAMES      # the paper's five, defined once in backbone_names
-WEIGHT_SUFFIXES = (".weights.h5", ".safetensors", ".pth")
-"""What `--weights-dir DIR` looks for, in this order: the first of DIR/<backbone><suffix> that exists is used."""
-STALE = "stale run"
+WEIGHT_SUFFIXES = (".weights.h5", ".safetensors", ".pth", ".h5")
+"""What `--weights-dir DIR` looks for, in this order: the first of DIR/<backbone><suffix> that exists is used
+(`.h5`: Keras' own ImageNet file, e.g. `efficientnetb4_notop.h5` saved as `DIR/efficientnet_b4.h5`)."""
 MODES = ("patch", "global")
 ENSEMBLE_NAMES = {"patch": "ensemble_patched", "global": "ensemble_global"}
-ROLES = ("train", "valid", "test")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +43,7 @@ class Job:
 
     Args:
         name: str. Unique, readable id (`train-patch f1 densenet161`), also the lock and log file name.
-        kind: str. `segment`, `train`, `predict`, `ensemble` or `evaluate`.
+        kind: str. `segment`, `train`, `predict`, `ensemble`, `evaluate` or `audit`.
         args: tuple of str. The command line after the program name.
         target: Path. The directory the job writes (cache, run or report).
         needs: tuple of str. Names of the jobs whose outputs it reads.
@@ -112,14 +107,21 @@ def resolve_weights(backbones, weights="none", weights_dir=None):
             Defaults to `None` (use `weights`).
 
     Returns:
-        dict. {backbone: `--weights` value}.
+        dict. {backbone: `--weights` value}. Backbones that have no ImageNet weights anywhere
+        (`SCRATCH_BACKBONE_NAMES`: COVID-Net) get `none` with `--weights imagenet` or `--weights-dir`.
 
     Raises:
         InputError: `--weights` and `--weights-dir` both given; a weights file for several backbones; a missing
-            file (all backbones' missing files are listed at once); `imagenet` for backbones without Keras ImageNet
+            file (all backbones' missing files are listed at once); a truncated or corrupt file
+            (`check_weights_file`); `imagenet` for backbones without Keras ImageNet
             weights (all named, with the fix).
     """
     weights = "none" if weights in (None, "None") else str(weights)
+    scratch = [b for b in backbones if b in SCRATCH_BACKBONE_NAMES]
+    if scratch and (weights_dir is not None or weights == "imagenet"):
+        found = resolve_weights([b for b in backbones if b not in scratch], weights, weights_dir) if len(
+            scratch) < len(backbones) else {}
+        return {b: found.get(b, "none") for b in backbones}
     if weights_dir is not None:
         if weights != "none":
             raise InputError(f"--weights {weights} and --weights-dir {weights_dir}: give one of them.")
@@ -138,6 +140,8 @@ def resolve_weights(backbones, weights="none", weights_dir=None):
                              f"{', '.join(missing)} (nor .safetensors/.pth of the same name); make each with "
                              f"`tfflannel import-weights --backbone NAME --from TORCHVISION_FILE --out "
                              f"{directory}/NAME.weights.h5`.")
+        for path in found.values():
+            check_weights_file(path)
         return found
     if weights not in ("none", "imagenet"):
         if len(backbones) > 1:
@@ -146,6 +150,7 @@ def resolve_weights(backbones, weights="none", weights_dir=None):
                              f"--weights-dir DIR.")
         if not Path(weights).is_file():
             raise InputError(f"--weights {weights}: weights file not found.")
+        check_weights_file(weights)
     if weights == "imagenet":
         from tfflannel.models.backbones import backbone_config
 
@@ -159,13 +164,16 @@ def resolve_weights(backbones, weights="none", weights_dir=None):
 
 
 def build_jobs(data, out, folds, backbones=PAPER_BACKBONES, modes=MODES, weights="none", config_args=(),
-               shard=(1, 1), weights_dir=None):
+               shard=(1, 1), weights_dir=None, baselines=()):
     """The grid's jobs in dependency order, each assigned to a shard.
+
+    Baselines are learners trained, predicted and evaluated on the same folds and films as the ensemble's
+    members, but not members: each is a Table-3 row of its own beside FLANNEL and Patched FLANNEL.
 
     Args:
         data: str or Path. Work directory of prepare-data (manifest.csv).
         out: str or Path. Where runs go: OUT/f<fold>/<mode>_<backbone>, OUT/f<fold>/ensemble_{patched,global},
-            OUT/report.
+            OUT/report, OUT/report/audit_f<fold>.
         folds: list of int. Validation folds.
         backbones: list of str. Registered backbone names. Defaults to the paper's five.
         modes: list of str. `patch` and/or `global`. Defaults to both.
@@ -174,23 +182,30 @@ def build_jobs(data, out, folds, backbones=PAPER_BACKBONES, modes=MODES, weights
         config_args: tuple of str. `--config FILE` / `--set KEY=VALUE` passed to every configurable command.
         shard: (I, N). This process's shard; only used for the segment job's own `--shard I/N`.
         weights_dir: str or Path. One weights file per backbone (see `resolve_weights`). Defaults to `None`.
+        baselines: list of str. Registered backbones trained in every mode and fold but left out of the
+            ensembles (`configs/baselines.yaml`: COVID-Net and EfficientNet-B4). Defaults to none.
 
     Returns:
         list of Job.
 
     Raises:
-        InputError: weights that cannot work (see `resolve_weights`), before any job exists.
+        InputError: weights that cannot work (see `resolve_weights`), or a backbone named both as an ensemble
+            member and a baseline, before any job exists.
     """
-    per_backbone = resolve_weights(backbones, weights, weights_dir)
+    both = sorted(set(backbones) & set(baselines))
+    if both:
+        raise InputError(f"--baselines: {', '.join(both)} also in --backbones; a learner is either an ensemble "
+                         f"member or a baseline.")
+    per_backbone = resolve_weights([*backbones, *baselines], weights, weights_dir)
     data, out, config_args = str(data), Path(out), tuple(config_args)
     part, parts = shard
     jobs, learners = [], {}
     if "patch" in modes:
         segment_args = ("segment", "--data", data) + (("--shard", f"{part}/{parts}") if parts > 1 else ())
         jobs.append(Job("segment", "segment", segment_args + config_args, Path(data) / "cache", shard=None))
-    unit = 0
+    unit, standalone = 0, []
     for fold in folds:
-        for backbone in backbones:
+        for backbone in [*backbones, *baselines]:
             for mode in modes:
                 run = out / f"f{fold}" / f"{mode}_{backbone}"
                 train = Job(f"train-{mode} f{fold} {backbone}", "train",
@@ -201,7 +216,10 @@ def build_jobs(data, out, folds, backbones=PAPER_BACKBONES, modes=MODES, weights
                               ("predict-base", "--run", str(run), "--data", data) + config_args,
                               run, (train.name,), unit % parts)
                 jobs += [train, predict]
-                learners.setdefault((fold, mode), []).append(predict)
+                if backbone in baselines:
+                    standalone.append(predict)
+                else:
+                    learners.setdefault((fold, mode), []).append(predict)
                 unit += 1
     ensembles = []
     for index, ((fold, mode), predicts) in enumerate(sorted(learners.items())):
@@ -212,244 +230,19 @@ def build_jobs(data, out, folds, backbones=PAPER_BACKBONES, modes=MODES, weights
                              + config_args,
                              target, tuple(p.name for p in predicts), index % parts))
     jobs += ensembles
-    run_dirs = [str(p.target) for group in learners.values() for p in group] + [str(e.target) for e in ensembles]
+    run_dirs = ([str(p.target) for group in learners.values() for p in group] + [str(p.target) for p in standalone]
+                + [str(e.target) for e in ensembles])
     jobs.append(Job("evaluate", "evaluate", ("evaluate", "--runs", ",".join(run_dirs), "--out", str(out / "report")),
                     out / "report", tuple(j.name for j in jobs if j.kind in ("predict", "ensemble")), 0))
+    for fold in folds:
+        members = [str(p.target) for mode in modes for p in learners[(fold, mode)]]
+        members += [str(p.target) for p in standalone if Path(p.target).parent.name == f"f{fold}"]
+        ensemble = next(e for mode in modes for e in ensembles if e.name == f"train-ensemble f{fold} {mode}")
+        jobs.append(Job(f"audit f{fold}", "audit",
+                        ("audit", "--runs", ",".join(members), "--ensemble", str(ensemble.target), "--data", data,
+                         "--out", str(out / "report" / f"audit_f{fold}")) + config_args,
+                        out / "report" / f"audit_f{fold}", ("evaluate",), 0))
     return jobs
-
-
-def _json(path):
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def cache_matches_manifest(cache):
-    """Whether the segmentation cache `cache` is complete for the manifest next to it (file reads only).
-
-    Complete means: `cache.json` (written last by `segment`) lists every shard `index.csv` names, and `index.csv`
-    holds exactly the manifest's images (image_id and sha256) except those `errors.csv` lists. A cache of an
-    older manifest, or one another shard is still rebuilding, is not complete.
-
-    Args:
-        cache: str or Path. WORKDIR/cache, next to WORKDIR/manifest.csv.
-
-    Returns:
-        bool.
-    """
-    cache = Path(cache)
-    manifest_path = cache.parent / "manifest.csv"
-    recorded = _json(cache / "cache.json")
-    if not recorded.get("shards") or not (cache / "index.csv").is_file() or not manifest_path.is_file():
-        return False
-    try:
-        index = read_csv(cache / "index.csv")
-        failed = {r["image_id"] for r in read_csv(cache / "errors.csv")} if (cache / "errors.csv").is_file() else set()
-        wanted = {r["image_id"]: r["sha256"] for r in read_csv(manifest_path) if r["image_id"] not in failed}
-        have = {r["image_id"]: r["sha256"] for r in index}
-        shards = {r["shard"] for r in index}
-    except (OSError, KeyError, ValueError):
-        return False
-    return have == wanted and shards <= set(recorded["shards"])
-
-
-def is_complete(job):
-    """Whether the job's outputs exist and say they are complete (file reads only; no TensorFlow).
-
-    For the segmentation cache this includes that it matches the current manifest (`cache_matches_manifest`),
-    so other shards wait for a rebuild instead of training on a stale cache. For the other jobs the commands
-    themselves decide whether complete outputs are still up to date; this only tells a waiting job that its
-    inputs are there.
-
-    Args:
-        job: Job.
-
-    Returns:
-        bool.
-    """
-    target = Path(job.target)
-    if job.kind == "segment":
-        return cache_matches_manifest(target)
-    if job.kind == "train":
-        return bool(_json(target / "resume" / "state.json").get("complete"))
-    if job.kind == "predict":
-        return set(ROLES) <= set(_json(target / "predictions" / "provenance.json").get("done", []))
-    if job.kind == "ensemble":
-        return (bool(_json(target / "resume" / "state.json").get("complete"))
-                and (target / "learner_weights.json").is_file() and (target / "predictions" / "test.csv").is_file())
-    return (target / "table3.csv").is_file()
-
-
-@contextlib.contextmanager
-def job_lock(path):
-    """An exclusive `fcntl.flock` on `path`, taken without waiting.
-
-    Yields:
-        bool. True when this process holds the lock; False when another process does.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def reset_global_state(free_memory=True):
-    """Give the next in-process job the global state a fresh process has.
-
-    Clears Keras' session, sets the dtype policy back to `float32` (a `mixed_precision` job sets
-    `mixed_float16`) and turns TensorFlow's op determinism off again (a `runtime.deterministic` job turns it
-    on; TensorFlow's public API can only enable it, so this uses `disable_op_determinism` from
-    `tensorflow.python.framework.config`, present since TF 2.9). Each job sets what its config says itself.
-
-    Args:
-        free_memory: bool. Also run Python's garbage collection (frees the last job's models and graphs; a full
-            collection costs up to seconds in a process that has run jobs). Defaults to `True`.
-    """
-    import keras
-
-    keras.backend.clear_session(free_memory=free_memory)
-    keras.mixed_precision.set_global_policy("float32")
-    from tensorflow.python.framework import config as tf_framework_config
-
-    tf_framework_config.disable_op_determinism()
-
-
-def run_cli_job(job, log_path):
-    """Run one job's command line in this process (as `tfflannel ARGS`), its output appended to `log_path`.
-
-    Every job starts (and ends) with the global state a fresh process has (`reset_global_state`), so what a run
-    records (e.g. its mixed-precision setting) is what it computed with.
-
-    Args:
-        job: Job.
-        log_path: Path. The job's log file (appended to).
-
-    Returns:
-        str or None. None on success, else the error (a traceback for bugs). For a run made with other
-        settings, the last line starts with `stale run` and gives the exact command that starts the job over.
-    """
-    import click
-
-    from tfflannel.cli import main
-    from tfflannel.resume import StaleRunError
-
-    reset_global_state(free_memory=False)   # the previous job's own reset already collected its garbage
-    with open(log_path, "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        print(f"$ {job.command_line()}", flush=True)
-        try:
-            main.main(args=list(job.args), prog_name="tfflannel", standalone_mode=False)
-        except click.ClickException as error:
-            print(f"error: {error.format_message()}")
-            if isinstance(error.__cause__, StaleRunError):
-                return (f"{error.format_message()}\n{STALE}: if the change is intended, start it over with "
-                        f"`{job.command_line(main_program())} --force`, then rerun reproduce")
-            return error.format_message()
-        except Exception:   # a bug in one job must not stop the independent ones; its traceback is kept
-            text = traceback.format_exc()
-            print(text)
-            return text.strip().splitlines()[-1]
-        finally:
-            log.flush()
-            reset_global_state()       # and leaves it so: a mixed-precision job's policy does not outlive it
-    return None
-
-
-class Runner:
-    """Runs this shard's jobs in order, waiting for inputs made elsewhere; one console line per job.
-
-    Args:
-        jobs: list of Job. From `build_jobs`.
-        out: str or Path. The runs directory (locks in OUT/.jobs, logs in OUT/logs).
-        shard: (I, N). This process's shard. Defaults to `(1, 1)`.
-        wait: float. Seconds to wait for inputs that another process makes. Defaults to one day.
-        poll: float. Seconds between checks while waiting. Defaults to `5`.
-        execute: callable(Job, Path) -> str or None. Runs one job. Defaults to `run_cli_job`.
-        echo: callable(str). Where progress lines go. Defaults to `print`.
-    """
-
-    def __init__(self, jobs, out, shard=(1, 1), wait=86400.0, poll=5.0, execute=run_cli_job, echo=print):
-        self.jobs, self.out, self.shard = jobs, Path(out), shard
-        self.wait, self.poll, self.execute, self.echo = wait, poll, execute, echo
-        self.by_name = {j.name: j for j in jobs}
-        self.mine = [j for j in jobs if j.shard is None or j.shard == shard[0] - 1]
-        self.states = {}
-
-    def _slug(self, job):
-        """The job's lock, marker and log name: each shard's part of the segment job is a job of its own."""
-        part, parts = self.shard
-        return f"{job.slug}-{part}of{parts}" if job.kind == "segment" and parts > 1 else job.slug
-
-    def _marker(self, job):
-        return self.out / ".jobs" / f"{self._slug(job)}.failed"
-
-    def _failed_elsewhere(self, job):
-        """The job failed in another process, and nobody is running it again now."""
-        if not self._marker(job).exists():
-            return False
-        with job_lock(self.out / ".jobs" / f"{self._slug(job)}.lock") as free:
-            return free
-
-    def _wait_for(self, names):
-        """None when every named job is complete, else the reason why not (failed, or still missing)."""
-        deadline = time.monotonic() + self.wait
-        while True:
-            pending = [n for n in names if not is_complete(self.by_name[n])]
-            if not pending:
-                return None
-            failed = [n for n in pending if self.states.get(n) in ("failed", "blocked", "missing")
-                      or (n not in self.states and self._failed_elsewhere(self.by_name[n]))]
-            if failed:
-                return f"input failed: {', '.join(failed)}"
-            waiting_on_self = [n for n in pending if self.states.get(n) == "done"]   # done, yet not complete
-            if waiting_on_self or time.monotonic() >= deadline:
-                return f"missing input: {', '.join(pending)}"
-            time.sleep(self.poll)
-
-    def run(self):
-        """Run the shard's jobs.
-
-        Returns:
-            dict. {job name: state}, state one of `done`, `complete` (nothing to do), `failed`, `blocked`
-            (an input failed), `missing` (an input never came), `busy` (another process holds its lock).
-        """
-        (self.out / "logs").mkdir(parents=True, exist_ok=True)
-        for index, job in enumerate(self.mine, 1):
-            started = time.monotonic()
-            state, detail = self._run_one(job)
-            self.states[job.name] = state
-            line = f"[{index}/{len(self.mine)}] {state:<8} {time.monotonic() - started:8.1f} s  {job.name}"
-            self.echo(line + (f"  ({detail})" if detail else ""))
-        return dict(self.states)
-
-    def _run_one(self, job):
-        reason = self._wait_for([n for n in job.needs if job.kind != "segment"])
-        if reason:
-            return ("blocked" if reason.startswith("input failed") else "missing"), reason
-        with job_lock(self.out / ".jobs" / f"{self._slug(job)}.lock") as mine:
-            if not mine:
-                return "busy", "another process runs it"
-            was_complete = is_complete(job) and job.shard is not None
-            error = self.execute(job, self.out / "logs" / f"{self._slug(job)}.log")
-            marker = self._marker(job)
-            if error:
-                marker.write_text(error + "\n")
-                last = error.splitlines()[-1]
-                last = last if last.startswith(STALE) else last[:200]     # the command to rerun is never cut
-                return "failed", f"{last}; log: {self.out / 'logs' / (self._slug(job) + '.log')}"
-            marker.unlink(missing_ok=True)
-        if job.kind == "segment":
-            reason = self._wait_for(["segment"])      # the other shards' parts of the cache
-            if reason:
-                return "missing", "other shards' parts of the segmentation cache"
-        return ("complete" if was_complete else "done"), ""
 
 
 def check_names(backbones):
@@ -469,8 +262,3 @@ def describe_plan(jobs, shard):
 def shard_jobs(jobs, shard):
     """The jobs that shard (I, N) runs, in dependency order."""
     return [j for j in jobs if j.shard is None or j.shard == shard[0] - 1]
-
-
-def main_program():
-    """How the dry-run lines start: `tfflannel` (the installed command; `python cli.py` in a checkout is the same)."""
-    return "tfflannel"

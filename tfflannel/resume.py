@@ -25,27 +25,29 @@ import contextlib
 import csv
 import dataclasses
 import io
-import json
 import logging
 import math
 import shutil
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import keras
 import numpy as np
 
 from tfflannel.errors import InputError
-from tfflannel.utils import atomic_path, write_text_atomic
+from tfflannel.resume_state import FitState, read_fit_state, state_path, write_fit_state
+from tfflannel.utils import atomic_path, diff_keys, write_text_atomic
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "state.json"
 _STATEFUL_ATTRS = ("wait", "best", "cooldown_counter", "last")
 
 
+STALE_HINT = "rerun with --force to start over"
+"""What every StaleRunError message says (`reproduce` recognises a stale job's error by it)."""
+
+
 class StaleRunError(InputError):
-    """A run directory was made with other inputs or settings than the ones given now."""
+    """A run directory was made with other inputs or settings than the ones given now (its message has STALE_HINT)."""
 
 
 def epoch_seed(seed, epoch):
@@ -102,22 +104,6 @@ def _plain(value):
 
 def _format(value):
     return repr(float(value)) if isinstance(value, float) else str(value)
-
-
-@dataclass
-class FitState:
-    """What `resume/state.json` holds."""
-
-    fingerprint: dict = field(default_factory=dict)
-    epochs_done: int = 0
-    best: float | None = None
-    best_epoch: int | None = None
-    wait: int = 0
-    stopped_early: bool = False
-    complete: bool = False
-    checkpoint: str | None = None
-    callbacks: dict = field(default_factory=dict)
-    history: list = field(default_factory=list)
 
 
 class _Commit(keras.callbacks.Callback):
@@ -195,24 +181,21 @@ class ResumableFit:
             (self.run_dir / name).unlink(missing_ok=True)
 
     def _load(self, fingerprint):
-        path = self.resume_dir / STATE_FILE
+        path = state_path(self.run_dir)
         if not path.is_file():
             if (self.run_dir / "history.csv").exists():
                 raise StaleRunError(f"{self.run_dir}: has a history.csv but no resume state (made by an older "
-                                    "tfflannel, or not by this command); rerun with --force to start over")
+                                    f"tfflannel, or not by this command); {STALE_HINT}")
             self.clear()      # a kill before the first commit: nothing of it is kept
             return FitState(fingerprint=fingerprint)
         try:
-            state = FitState(**json.loads(path.read_text()))
-        except (json.JSONDecodeError, TypeError) as error:
-            raise StaleRunError(f"{path}: unreadable resume state ({error}); "
-                                "rerun with --force to start over") from None
-        changes = [f"{k}: {state.fingerprint.get(k)!r} -> {fingerprint.get(k)!r}"
-                   for k in sorted((set(state.fingerprint) | set(fingerprint)) - self.ignore)
-                   if state.fingerprint.get(k) != fingerprint.get(k)]
+            state = read_fit_state(self.run_dir)
+        except InputError as error:
+            raise StaleRunError(f"{error}; {STALE_HINT}") from None
+        changes = diff_keys(state.fingerprint, fingerprint, ignore=self.ignore)
         if changes:
             raise StaleRunError(f"{self.run_dir} was made with other inputs or settings ({'; '.join(changes)}); "
-                                "rerun with --force to start over, or give another --out")
+                                f"{STALE_HINT}, or give another --out")
         return state
 
     def _clean_orphans(self):
@@ -225,7 +208,7 @@ class ResumableFit:
             path.unlink(missing_ok=True)
 
     def _write_state(self):
-        write_text_atomic(self.resume_dir / STATE_FILE, json.dumps(asdict(self.state), indent=1) + "\n")
+        write_fit_state(self.run_dir, self.state)
 
     def _write_history(self):
         rows = self.state.history
@@ -256,11 +239,15 @@ class ResumableFit:
 
     # --- training ----------------------------------------------------------------------------------------------------
     def reset_seed_generators(self, model, epoch):
-        """Set every `SeedGenerator` of the model (dropout, ...) to a state derived from (seed, epoch)."""
-        generators = [g for layer in model._flatten_layers() for g in getattr(layer, "_seed_generators", [])]
-        for index, generator in enumerate(generators):
+        """Set every `SeedGenerator` state of the model (dropout, ...) to one derived from (seed, epoch).
+
+        The states are the model's variables named `seed_generator_state` (public `Model.variables`, in their
+        fixed order), so nested models and layers holding several generators are included.
+        """
+        states = [variable for variable in model.variables if variable.name == "seed_generator_state"]
+        for index, variable in enumerate(states):
             state = np.random.default_rng([self.seed, epoch, index]).integers(0, 2**31 - 1)
-            generator.state.assign(np.array([state, 0], dtype=generator.state.dtype))
+            variable.assign(np.array([state, 0], dtype=variable.dtype))
 
     def fit(self, model, data, callbacks=(), verbose=0, **fit_kwargs):
         """`model.fit` from `initial_epoch` to `epochs`, restoring the checkpoint first when resuming.

@@ -9,7 +9,6 @@ together with its work directory (absolute paths written by older versions still
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from tfflannel.errors import InputError
-from tfflannel.utils import write_text_atomic
+from tfflannel.utils import file_sha256, write_text_atomic
 
 RUN_KINDS = ("patch", "global", "ensemble")
 RUN_FILE = "run.yaml"
@@ -45,7 +44,7 @@ class RunInfo:
         fit_on: str. Which partition an ensemble was fit on (`valid` or `train`).
         manifest_sha256: str. SHA-256 of the manifest.csv the run was made from.
         cache_key: dict. A patch run's `cache/cache.json` key when it was trained (segmenter fingerprint, view
-            size, QC bounds, patches.input); serving checks it (`export.saved_model.check_runs_match`).
+            size, QC bounds, patches.input); serving checks it (`serving.checks.check_runs_match`).
     """
 
     kind: str
@@ -101,18 +100,6 @@ class RunInfo:
 def relative_to_run(path, run_dir):
     """`path` relative to `run_dir` (what run.yaml stores), via `..` where needed."""
     return os.path.relpath(Path(path).resolve(), Path(run_dir).resolve())
-
-
-def file_sha256(path):
-    """SHA-256 hex digest of a file's bytes, or `None` if it does not exist."""
-    path = Path(path)
-    if not path.is_file():
-        return None
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def manifest_sha256(workdir):

@@ -1,12 +1,10 @@
-"""Small helpers shared by every stage: atomic writes and CSV reading.
-
-File hashing (`sha256_of_file`) lives in `tfflannel.data.io`, beside the image readers that use it.
-"""
+"""Small helpers shared by every stage: atomic writes, CSV reading, the one sha256 of files, `diff_keys`."""
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import io
 import os
 import tempfile
@@ -14,6 +12,53 @@ from pathlib import Path
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+
+def sha256_of_file(*paths, chunk_size=1 << 20):
+    """Hex sha256 of a file's bytes, or over several files' bytes one after the other (identical files share it).
+
+    Args:
+        *paths: str or `pathlib.Path`. The file(s), read in binary chunks.
+        chunk_size: int. Bytes read at a time. Defaults to `1 << 20` (1 MiB).
+
+    Returns:
+        str. 64 lowercase hex digits.
+
+    Raises:
+        FileNotFoundError: a path does not exist.
+    """
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda handle=handle: handle.read(chunk_size), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_sha256(path):
+    """`sha256_of_file(path)`, or `None` if the file does not exist (a fingerprint entry for an optional input).
+
+    Args:
+        path: str or `pathlib.Path`.
+    """
+    return sha256_of_file(path) if Path(path).is_file() else None
+
+
+def diff_keys(recorded, current, ignore=()):
+    """`key: old -> new` for every key whose value differs between two flat dicts (sorted; `ignore` left out).
+
+    The one way every stale-run, stale-cache and stale-prediction message says what changed.
+
+    Args:
+        recorded: dict. What was recorded.
+        current: dict. What it would be now.
+        ignore: iterable of str. Keys not compared. Defaults to `()`.
+
+    Returns:
+        list of str.
+    """
+    keys = sorted((set(recorded) | set(current)) - set(ignore))
+    return [f"{k}: {recorded.get(k)!r} -> {current.get(k)!r}" for k in keys if recorded.get(k) != current.get(k)]
 
 
 @contextlib.contextmanager

@@ -34,9 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from tfflannel.data.io import read_image, sha256_of_file  # noqa: E402
+from tfflannel.data.io import read_image  # noqa: E402
 from tfflannel.data.linkage import Link, group_patients, hamming_candidates, thumbnail_correlation  # noqa: E402
 from tfflannel.data.manifest import _check_image, prepare_manifest  # noqa: E402
+from tfflannel.utils import sha256_of_file  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "cxr-cls"
 

@@ -60,7 +60,7 @@ def test_segment_lists_hostile_images_in_errors_csv(tmp_path, sample_cls_dir, ho
 
 
 def test_predict_reports_hostile_files_by_name_and_classifies_the_others(tmp_path, sample_cls_dir, hostile_folder):
-    from tfflannel.export.predict import predict_files
+    from tfflannel.serving.predict import predict_files
 
     good = sorted(sample_cls_dir.glob("normal/*.png"))[:2]
     folder = tmp_path / "inputs"

@@ -142,3 +142,34 @@ def test_folder_reader_rejects_unknown_label_and_empty(tmp_path):
     empty.mkdir()
     with pytest.raises(DatasetError, match="empty folder"):
         read_folder(empty)
+
+
+def test_folder_without_patient_ids_warns_that_each_image_is_its_own_patient(tmp_path, sample_cls_dir, caplog):
+    import shutil
+
+    for label in ("covid19", "normal"):
+        (tmp_path / label).mkdir()
+        for path in sorted((sample_cls_dir / label).glob("*.png"))[:2]:
+            shutil.copy(path, tmp_path / label / path.name)
+    with caplog.at_level("WARNING", logger="tfflannel.data.sources"):
+        records, _ = read_folder(tmp_path)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{tmp_path}: 4 of 4 images have no patient id (no patients.csv): each is its own patient, so films of one "
+        f"patient can land in different partitions (leakage); add DIR/patients.csv with columns "
+        f"filename,patient_id[,source,view]"]
+    assert sorted(r["patient_id"] for r in records) == sorted(f"image:{r['label']}/{r['path'].rsplit('/', 1)[1]}"
+                                                             for r in records)
+    listed = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.glob("*/*.png"))
+    (tmp_path / "patients.csv").write_text("filename,patient_id\n" + "".join(f"{f},p{i}\n"
+                                                                            for i, f in enumerate(listed[:3])))
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="tfflannel.data.sources"):
+        read_folder(tmp_path)
+    assert len(caplog.records) == 1 and "1 of 4 images have no patient id (not listed in" in caplog.text
+    (tmp_path / "patients.csv").write_text("filename,patient_id\n" + "".join(f"{f},p{i}\n"
+                                                                            for i, f in enumerate(listed)))
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="tfflannel.data.sources"):
+        read_folder(tmp_path)
+    assert not caplog.records, "every image has a patient id: no warning"
+    assert not [r for r in read_folder(sample_cls_dir)[0] if r["patient_id"].startswith("image:")]

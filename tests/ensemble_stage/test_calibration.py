@@ -101,3 +101,31 @@ def test_fitted_temperature_minimises_validation_nll_as_a_brute_force_grid_does(
         expected_calibration_error(labels, probabilities)
     with pytest.raises(ValueError, match="at least one film"):
         fit_temperature([], np.zeros((0, 4)))
+
+
+def test_served_temperature_of_new_old_and_retrained_ensembles(tmp_path):
+    """The recorded T is served; an ensemble without one is served with T = 1 and a warning; a stale one refused."""
+    import json
+
+    import yaml
+
+    from tfflannel.ensemble.calibration import calibrate_ensemble, run_temperature
+    from tfflannel.errors import InputError
+    from tfflannel.serving.builder import served_temperature
+
+    run = tmp_path / "ens"
+    run.mkdir()
+    (run / "run.yaml").write_text(yaml.safe_dump({"kind": "ensemble", "fold": 1, "workdir": "."}))
+    (run / "model.keras").write_bytes(b"weights one")
+    with pytest.warns(UserWarning, match="made before temperature scaling"):
+        assert served_temperature(run) is None
+    labels, probabilities = _predictions(seed=4, n=80)
+    record = calibrate_ensemble(run, [], "temperature", labels, probabilities, "test films of this test")
+    assert record["temperature"] == fit_temperature(labels, probabilities) == served_temperature(run)
+    assert run_temperature(run).fitted and json.loads((run / "calibration.json").read_text()) == record
+    calibrate_ensemble(run, [], "none", labels, probabilities, "unused")
+    assert served_temperature(run) is None and "calibration: none" in run_temperature(run).note
+    calibrate_ensemble(run, [], "temperature", labels, probabilities, "again")
+    (run / "model.keras").write_bytes(b"weights two")              # trained again since: the record is stale
+    with pytest.raises(InputError, match="fitted for another model.keras"):
+        served_temperature(run)

@@ -2,8 +2,10 @@
 
 import csv
 import json
+import re
 
 import numpy as np
+import pytest
 import yaml
 from click.testing import CliRunner
 
@@ -56,3 +58,120 @@ def test_train_ensemble_and_evaluate_cli(tmp_path, sample_workdir):
     assert "| ensemble:genet(patch:mobilenet_v2+patch:resnet50) |" in (tmp_path / "rep" / "table3.md").read_text()
     wrong_fold = runner.invoke(main, ["train-ensemble", "--fold", "2", "--runs", str(a), "--out", str(tmp_path / "x")])
     assert wrong_fold.exit_code == 2 and "one fold (2)" in wrong_fold.output
+
+
+def test_report_names_the_manifest_by_a_normalised_relative_path(tmp_path, sample_cls_dir, monkeypatch):
+    from tfflannel.data.manifest import prepare_manifest
+    from tfflannel.evaluation.report import evaluate_runs
+
+    prepare_manifest(tmp_path / "work", folders=[sample_cls_dir], folds=3, test_size=0.25, progress=False)
+    _fake_run(tmp_path / "runs" / "f1" / "a", "mobilenet_v2", "../../../work", 1)   # as run.yaml stores it
+    monkeypatch.chdir(tmp_path)
+    evaluate_runs(["runs/f1/a"], "rep")
+    text = (tmp_path / "rep" / "report.md").read_text()
+    assert "Manifest `work/manifest.csv`: 40 images" in text and "/../" not in text and "../" not in text
+    monkeypatch.chdir(tmp_path / "runs")
+    evaluate_runs(["f1/a"], "rep")                           # the manifest outside the working directory: absolute
+    assert f"Manifest `{(tmp_path / 'work' / 'manifest.csv').resolve()}`" in (tmp_path / "runs" / "rep" /
+                                                                             "report.md").read_text()
+
+
+def _read(path):
+    with open(path) as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_temperature_fit_on_held_out_validation_films_and_evaluate_reports_it(tmp_path, sample_workdir):
+    """T is fitted on the held-out validation patients only; evaluate applies it and reports intervals and ECE."""
+    import keras
+    from sklearn.model_selection import GroupShuffleSplit
+
+    from tfflannel.ensemble.train import join_predictions
+    from tfflannel.evaluation.calibration import apply_temperature, expected_calibration_error, fit_temperature
+
+    a, b, ens = tmp_path / "a", tmp_path / "b", tmp_path / "ens"
+    _fake_run(a, "mobilenet_v2", sample_workdir, 1, n=60)
+    _fake_run(b, "resnet50", sample_workdir, 2, n=60)
+    runner = CliRunner()
+    args = ["train-ensemble", "--fold", "1", "--runs", f"{a},{b}", "--out", str(ens), "--set", "ensemble.epochs=3",
+            "--set", "ensemble.learning_rate=0.05"]
+    assert runner.invoke(main, args).exit_code == 0
+    record = json.loads((ens / "calibration.json").read_text())
+    # the oracle: the same hold-out split (ids not in the manifest are their own patients), the saved model
+    ids, labels, scores = join_predictions([a, b], "valid")
+    _, hold = next(GroupShuffleSplit(1, test_size=0.25, random_state=0).split(scores, labels, ids))
+    raw = np.asarray(keras.saving.load_model(ens / "model.keras", compile=False).predict(scores[hold], verbose=0))
+    assert record["method"] == "temperature" and record["fit_images"] == len(hold) == 15
+    assert record["temperature"] == fit_temperature(labels[hold], raw)
+    assert abs(record["temperature"] - 1) > 0.05 and record["nll_after"] < record["nll_before"]
+    assert json.loads((ens / "learner_weights.json").read_text())["temperature"] == record["temperature"]
+
+    report = tmp_path / "rep"
+    result = runner.invoke(main, ["evaluate", "--runs", f"{a},{ens}", "--out", str(report)])
+    assert result.exit_code == 0, result.output
+    calibration = {r["run"]: r for r in _read(report / "calibration.csv")}
+    assert list(next(iter(calibration.values())))[:5] == ["run", "ece", "classwise_ece", "brier", "nll"]
+    test = _read(ens / "predictions" / "test.csv")
+    test_labels = [CLASS_NAMES.index(r["label"]) for r in test]
+    probs = np.array([[float(r[f"prob_{c}"]) for c in CLASS_NAMES] for r in test])
+    row = calibration["ensemble:genet(patch:mobilenet_v2+patch:resnet50)"]
+    assert float(row["ece"]) == pytest.approx(
+        expected_calibration_error(test_labels, apply_temperature(probs, record["temperature"])))
+    assert float(row["ece_before"]) == pytest.approx(expected_calibration_error(test_labels, probs))
+    assert float(row["temperature"]) == pytest.approx(record["temperature"], rel=1e-3)
+    assert calibration["patch:mobilenet_v2"]["temperature"] == "1"
+    metrics = _read(report / "metrics.csv")
+    assert list(metrics[0])[-2:] == ["ci_low", "ci_high"]
+    assert all(float(r["ci_low"]) <= float(r["f1"]) + 1e-9 or r["class"] != "macro" for r in metrics)
+    text = (report / "report.md").read_text()
+    assert "## Calibration" in text and "2000 resamples" in text and "fitted on 15 validation films" in text
+    assert "base learner: no temperature" in text
+    assert (report / "plots" / "reliability_patch_mobilenet_v2.png").stat().st_size > 5000
+    assert re.search(r"\| \d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\] \|", (report / "table3.md").read_text())
+
+    # calibration: none refits nothing else (the weights are not stale) and records T = 1
+    weights = (ens / "model.keras").read_bytes()
+    result = runner.invoke(main, args + ["--set", "ensemble.calibration=none"])
+    assert result.exit_code == 0, result.output
+    assert (ens / "model.keras").read_bytes() == weights
+    assert json.loads((ens / "calibration.json").read_text())["temperature"] is None
+    # an ensemble made before temperature scaling (no calibration.json) still evaluates, with T = 1 and a note
+    (ens / "calibration.json").unlink()
+    assert runner.invoke(main, ["evaluate", "--runs", str(ens), "--out", str(report)]).exit_code == 0
+    assert "made before temperature scaling" in (report / "report.md").read_text()
+    # a record fitted for another model.keras is refused, never applied
+    (ens / "calibration.json").write_text(json.dumps({**record, "inputs": {"model_sha256": "0" * 64}}))
+    stale = runner.invoke(main, ["evaluate", "--runs", str(ens), "--out", str(report)])
+    assert stale.exit_code == 2 and "fitted for another model.keras" in stale.output
+    bad = runner.invoke(main, args + ["--set", "ensemble.calibration=platt"])
+    assert bad.exit_code == 2 and "ensemble.calibration" in bad.output
+
+
+def test_several_folds_get_the_interval_of_their_pooled_test_predictions(tmp_path, sample_workdir):
+    from tfflannel.evaluation.intervals import classification_intervals
+    from tfflannel.evaluation.report import evaluate_runs
+    from tfflannel.predictions import read_predictions
+
+    runs = []
+    for fold in (1, 2):
+        run = tmp_path / f"f{fold}"
+        _fake_run(run, "mobilenet_v2", sample_workdir, fold, n=24)
+        info = yaml.safe_load((run / "run.yaml").read_text())
+        (run / "run.yaml").write_text(yaml.safe_dump({**info, "fold": fold}))
+        runs.append(run)
+    table = evaluate_runs(runs, tmp_path / "rep", n_resamples=300, seed=5)
+    tables = [read_predictions(r, "test") for r in runs]
+    # the same test films in both folds (ids not in the manifest: each its own patient, drawn with both its rows)
+    expected = classification_intervals(np.concatenate([t.labels for t in tables]),
+                                        np.concatenate([t.probs for t in tables]),
+                                        [i for t in tables for i in t.image_ids], 300, 5)
+    macro = next(r for r in table if r["class"] == "macro")
+    assert macro["folds"] == 2 and (macro["ci_low"], macro["ci_high"]) == expected["macro_f1"]
+    per_fold = [r for r in _read(tmp_path / "rep" / "metrics.csv") if r["class"] == "macro"]
+    own = classification_intervals(tables[0].labels, tables[0].probs, tables[0].image_ids, 300, 5)["macro_f1"]
+    assert (float(per_fold[0]["ci_low"]), float(per_fold[0]["ci_high"])) == pytest.approx(own)
+    report = (tmp_path / "rep" / "report.md").read_text()
+    assert "pooled test predictions of each fold's run" in report and "300 resamples" in report
+    assert "not in the manifest resampled as their own patients" in report
+    runs_json = json.loads((tmp_path / "rep" / "runs.json").read_text())
+    assert runs_json["bootstrap"] == {"n_resamples": 300, "seed": 5, "level": 0.95, "unit": "group_id"}

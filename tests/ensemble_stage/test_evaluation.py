@@ -4,7 +4,15 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score, precision_score, recall_score
 
-from tfflannel.evaluation.metrics import classification_metrics, format_mean_std, metrics_rows, table3, table3_markdown
+from tfflannel.evaluation.intervals import classification_intervals
+from tfflannel.evaluation.metrics import (
+    classification_metrics,
+    format_cell,
+    format_mean_std,
+    metrics_rows,
+    table3,
+    table3_markdown,
+)
 from tfflannel.evaluation.report import plot_confusion, plot_curves
 
 
@@ -38,7 +46,7 @@ def test_table3_mean_std_over_folds_and_formatting():
         per_class = [{"class": c, "precision": 0, "recall": 0, "f1": f, "support": 1}
                      for c, f in zip(["covid19", "viral_pneumonia", "bacterial_pneumonia", "normal"], f1s, strict=True)]
         rows += metrics_rows("patch:x", fold, {"per_class": per_class, "macro_f1": float(np.mean(f1s)),
-                                               "macro_precision": 0, "macro_recall": 0})
+                                               "macro_precision": 0, "macro_recall": 0, "accuracy": 0.5})
     table = table3(rows)
     covid = next(r for r in table if r["class"] == "covid19")
     assert covid["f1_mean"] == pytest.approx(0.8) and covid["f1_std"] == pytest.approx(np.std([0.9, 0.7], ddof=1))
@@ -47,6 +55,26 @@ def test_table3_mean_std_over_folds_and_formatting():
     markdown = table3_markdown(table)
     assert "| patch:x | 0.800 (0.141) |" in markdown
     assert format_mean_std(0.5, float("nan")) == "0.500 (n/a)"
+    assert [r["class"] for r in table][-2:] == ["macro", "accuracy"]
+
+
+def test_intervals_fill_metrics_rows_and_table3_cells():
+    labels = np.array([0, 0, 1, 1, 2, 2, 3, 3])
+    scores = np.eye(4)[[0, 1, 1, 1, 2, 0, 3, 3]]
+    metrics = classification_metrics(labels, scores)
+    intervals = classification_intervals(labels, scores, labels, n_resamples=50, seed=0)
+    rows = metrics_rows("global:x", 1, metrics, intervals)
+    accuracy = next(r for r in rows if r["class"] == "accuracy")
+    assert accuracy["f1"] == accuracy["precision"] == metrics["accuracy"] == 0.75       # micro-F1 is the accuracy
+    assert (accuracy["ci_low"], accuracy["ci_high"]) == intervals["accuracy"]
+    assert (rows[0]["ci_low"], rows[0]["ci_high"]) == intervals["f1"]["covid19"]
+    table = table3(rows, {"global:x": intervals})
+    low, high = intervals["macro_f1"]
+    assert format_cell(table[4]) == f"{metrics['macro_f1']:.3f} [{low:.3f}, {high:.3f}]"
+    several = {"f1_mean": 0.812, "f1_std": 0.031, "folds": 3, "ci_low": 0.741, "ci_high": 0.866}
+    assert format_cell(several) == "0.812 (0.031) [0.741, 0.866]"
+    assert format_cell({**several, "folds": 1}) == "0.812 [0.741, 0.866]"
+    assert "| global:x | " + format_cell(table[0]) + " |" in table3_markdown(table)
 
 
 def test_plots_are_written_and_not_empty(tmp_path):

@@ -18,10 +18,11 @@ from tfflannel.cli import main
 from tfflannel.config import load_config
 from tfflannel.data.io import read_image
 from tfflannel.data.manifest import load_manifest
-from tfflannel.export.saved_model import build_pipeline
+from tfflannel.evaluation.report import _load_run
 from tfflannel.models.classifier import build_classifier
 from tfflannel.segmentation.cache import read_cache_records
 from tfflannel.segmentation.inference import load_segmenter
+from tfflannel.serving.builder import build_pipeline
 from tfflannel.utils import read_csv
 
 K = 6
@@ -54,6 +55,11 @@ def tiny_runs(tmp_path_factory, sample_workdir):
         runs.append(run)
     config = load_config(None, ["ensemble.epochs=5", "ensemble.learning_rate=0.05"])
     train_ensemble(config, runs, root / "ensemble", fold=1, progress=False)
+    # These untrained learners' fitted temperature flattens the ensemble's probabilities to almost uniform; a
+    # sharpening T recorded in its place keeps the served probabilities varied, so the parity checks could fail.
+    record = json.loads((root / "ensemble" / "calibration.json").read_text())
+    assert record["method"] == "temperature" and record["temperature"] > 0
+    (root / "ensemble" / "calibration.json").write_text(json.dumps({**record, "temperature": 0.5}))
     return runs, root / "ensemble"
 
 
@@ -62,16 +68,23 @@ def exported(tmp_path_factory, tiny_runs):
     runs, ensemble = tiny_runs
     out = tmp_path_factory.mktemp("export") / "model"
     result = CliRunner().invoke(main, ["export", "--runs", ",".join(map(str, runs)), "--ensemble", str(ensemble),
-                                       "--out", str(out), "--set", f"inference.k={K}"])
+                                       "--out", str(out)])           # K and seed: the ensemble's, not the config's 100
     assert result.exit_code == 0, result.output
+    assert f"K {K} and patch seed 0 taken from {ensemble}" in result.stderr, result.output
     return out
 
 
 def test_export_serves_what_segment_predict_base_and_the_ensemble_computed(exported, tiny_runs, sample_workdir):
-    """For the fold's test films: the SavedModel's probabilities equal the ensemble's predictions/test.csv."""
+    """For the fold's test films: the SavedModel's probabilities are what `evaluate` scores: the ensemble's
+    predictions/test.csv with the run's temperature applied (one implementation, `evaluation.report._load_run`)."""
     runs, ensemble = tiny_runs
     loaded = tf.saved_model.load(str(exported / "1"))
-    expected = {row["image_id"]: row for row in read_csv(ensemble / "predictions" / "test.csv")}
+    evaluated = _load_run(ensemble, "test")
+    assert evaluated["temperature"].fitted and evaluated["temperature"].temperature == 0.5
+    assert f"Ensemble temperature: {evaluated['temperature'].temperature}" in \
+        (exported / "1" / "assets.extra" / "README.txt").read_text()
+    expected = {image_id: {f"prob_{c}": p for c, p in zip(CLASS_NAMES, probs, strict=True)}
+                for image_id, probs in zip(evaluated["ids"], evaluated["probabilities"], strict=True)}
     learner_rows = [{row["image_id"]: row for row in read_csv(run / "predictions" / "test.csv")} for run in runs]
     cache = {r["image_id"]: r for r in read_cache_records(sample_workdir / "cache")}
     rows = [r for r in load_manifest(sample_workdir) if r["split"] == "test"]
@@ -161,6 +174,44 @@ def test_predict_runs_equals_predict_model_and_k_comes_from_the_config(exported,
                                  "--set", "inference.k=1"])
     assert other.exit_code == 2, "inference.k reaches predict --runs, and K=1 is not what the ensemble was fit on"
     assert f"K={K}" in other.output and "K=1" in other.output and f"--set inference.k={K}" in other.output
+
+
+def test_served_k_and_seed_come_from_the_runs_unless_the_user_sets_them(exported, tiny_runs, sample_cls_dir,
+                                                                         tmp_path):
+    """predict --runs and explain take K and the seed the runs were evaluated with (one line says so); a value
+    set with --set, --k or a given --config is the user's, and predict refuses it where it differs."""
+    runs, ensemble = tiny_runs
+    film = str(next((sample_cls_dir / "covid19").glob("*.png")))
+    runner = CliRunner()
+    served = runner.invoke(main, ["predict", film, "--model", str(exported)])
+    direct = runner.invoke(main, ["predict", film, "--runs", ",".join(map(str, runs)), "--ensemble", str(ensemble)])
+    assert direct.exit_code == 0, direct.output
+    assert [line for line in direct.stderr.splitlines() if "taken from" in line] == \
+        [f"K {K} and patch seed 0 taken from {ensemble} (the member predictions it was fit on)"]
+    np.testing.assert_allclose(list(json.loads(direct.stdout)[0]["probabilities"].values()),
+                               list(json.loads(served.stdout)[0]["probabilities"].values()), atol=1e-5)
+    config = tmp_path / "k1.yaml"
+    config.write_text("inference:\n  k: 1\n")
+    given = runner.invoke(main, ["predict", film, "--runs", ",".join(map(str, runs)), "--ensemble", str(ensemble),
+                                 "--config", str(config)])
+    assert given.exit_code == 2 and f"--set inference.k={K}" in given.output, "a given config's K is refused"
+    assert f"patch seed 0 taken from {ensemble}" in given.stderr and f"K {K} and" not in given.stderr
+    single = runner.invoke(main, ["predict", film, "--runs", str(runs[0])])
+    assert single.exit_code == 0, single.output
+    assert f"K {K} and patch seed 0 taken from {runs[0]} (predictions/provenance.json" in single.stderr
+    maps = {}
+    for name, extra in (("runs", []), ("explicit", ["--k", str(K), "--set", "inference.seed=0"]),
+                        ("other", ["--k", "4"])):
+        result = runner.invoke(main, ["explain", film, "--run", str(runs[0]), "--out", str(tmp_path / f"{name}.png"),
+                                      *extra])
+        assert result.exit_code == 0, result.output
+        maps[name] = (tmp_path / f"{name}.png").read_bytes()
+        taken = [line for line in result.stderr.splitlines() if "taken from" in line]
+        assert taken == {"runs": [f"K {K} and patch seed 0 taken from {runs[0]} (predictions/provenance.json of "
+                                  f"predict-base)"],
+                         "explicit": [], "other": [f"patch seed 0 taken from {runs[0]} (predictions/provenance.json "
+                                                   f"of predict-base)"]}[name], result.stderr
+    assert maps["runs"] == maps["explicit"] != maps["other"], "explain drew the run's K patches, --k 4 others"
 
 
 def test_explain_patches_are_predict_base_patches(tiny_runs, sample_workdir):
@@ -277,7 +328,7 @@ def test_single_learner_export_and_predict_with_runs_and_explain(tiny_runs, tmp_
 
 def test_only_finished_scores_of_the_present_model_set_the_k_to_serve(tiny_runs, tmp_path):
     """A killed predict-base (nothing done), scores of a model trained since, or an unreadable provenance: no check."""
-    from tfflannel.export.saved_model import _scored_with
+    from tfflannel.serving.checks import scored_with
 
     runs, _ = tiny_runs
     run = tmp_path / "run"
@@ -286,14 +337,14 @@ def test_only_finished_scores_of_the_present_model_set_the_k_to_serve(tiny_runs,
     recorded = json.loads((runs[0] / "predictions" / "provenance.json").read_text())
     provenance = run / "predictions" / "provenance.json"
     provenance.write_text(json.dumps(recorded))
-    assert _scored_with(run)["k"] == K and recorded["done"]
+    assert scored_with(run)["k"] == K and recorded["done"]
     provenance.write_text(json.dumps({**recorded, "identity": {**recorded["identity"], "k": 99}, "done": []}))
-    assert _scored_with(run) == {}, "a predict-base killed before its first partition describes no scores"
+    assert scored_with(run) == {}, "a predict-base killed before its first partition describes no scores"
     provenance.write_text(json.dumps({**recorded, "identity": {**recorded["identity"], "model_sha256": "0" * 64}}))
-    assert _scored_with(run) == {}, "scores of another model"
+    assert scored_with(run) == {}, "scores of another model"
     provenance.write_text("{half")
     with pytest.warns(UserWarning, match="unreadable"):
-        assert _scored_with(run) == {}
+        assert scored_with(run) == {}
 
 
 def test_serving_refuses_a_view_segmenter_k_or_seed_other_than_evaluated(tiny_runs, sample_cls_dir, tmp_path):
@@ -336,10 +387,10 @@ def test_training_records_the_cache_key_and_a_copied_run_is_checked_against_it(s
     """_start_run refuses a cache of other view settings and writes cache.json's key into run.yaml; a run folder
     copied without its work directory is checked against that record."""
     from tfflannel.errors import InputError
-    from tfflannel.export.saved_model import check_runs_match
     from tfflannel.film_pipeline import ViewSettings
     from tfflannel.learners.train import _run_info, _start_run
     from tfflannel.run_info import load_run_info, save_run_info
+    from tfflannel.serving.checks import check_runs_match
 
     run = tmp_path / "work" / "run"
     shutil.copytree(sample_workdir, tmp_path / "work", ignore=shutil.ignore_patterns("*.tfrecord"))

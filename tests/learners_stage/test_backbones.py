@@ -59,9 +59,27 @@ def test_every_backbone_classifies_a_small_patch(name):
     assert momenta in ({0.9}, set())
 
 
+NATIVE_SIZES = {"inception_v3": 299, "inception_v3_tv": 299, "efficientnet_b4": 380, "covidnet_cxr": 480}
+
+
 def test_native_input_sizes():
-    assert backbone_config("inception_v3").input_size == backbone_config("inception_v3_tv").input_size == 299
-    assert all(backbone_config(n).input_size == 224 for n in list_backbones() if not n.startswith("inception_v3"))
+    assert {n: backbone_config(n).input_size for n in list_backbones()} == {n: NATIVE_SIZES.get(n, 224)
+                                                                           for n in list_backbones()}
+
+
+def test_scratch_names_mirror_the_registry():
+    from tfflannel.backbone_names import SCRATCH_BACKBONE_NAMES
+
+    assert list(SCRATCH_BACKBONE_NAMES) == [n for n in list_backbones() if backbone_config(n).scratch]
+    assert not any(backbone_config(n).keras_weights for n in SCRATCH_BACKBONE_NAMES)
+
+
+def test_efficientnet_b4_equals_torchvision_count():
+    # torchvision's efficientnet_b4 has 19,341,616 parameters; Keras' own total (19,466,823) adds the BN moving
+    # statistics and the input Normalization, which are not trainable.
+    inputs = keras.Input((64, 64, 3))               # the count does not depend on the input size; 64 px builds fast
+    model = keras.Model(inputs, create_backbone("efficientnet_b4", inputs, include_top=True))
+    assert _trainable(model) == 19_341_616 == backbone_config("efficientnet_b4").reference_params
 
 
 def test_unknown_backbone_suggests_a_name():

@@ -38,10 +38,10 @@ def patch_run(tmp_path_factory, sample_workdir):
     return out
 
 
-def test_train_patch_improves_loss_and_writes_every_output(patch_run):
+def test_train_patch_writes_every_output(patch_run):
     history = _history(patch_run / "history.csv")
     assert [int(r["epoch"]) for r in history] == [0, 1]
-    assert float(history[1]["loss"]) < float(history[0]["loss"])
+    assert all(np.isfinite(float(r["loss"])) for r in history)
     assert {"val_macro_f1", "learning_rate"} <= set(history[0])
     assert all(f"val_f1_{c}" in history[0] for c in CLASS_NAMES)
     for name in ("model.keras", "config.yaml", "run.yaml"):
@@ -152,6 +152,25 @@ def test_strategy_default_without_gpus(monkeypatch, visible_gpus):
     else:
         assert isinstance(strategy, tf.distribute.MirroredStrategy) and strategy.num_replicas_in_sync == gpus
         assert replica_batch_size(5, strategy) % gpus == 0
+
+
+def test_the_compiled_base_learner_learns_a_fixed_batch_by_heart():
+    """Learning, with a margin noise cannot cross: 8 fixed patches, 40 full-batch steps, loss below a quarter.
+
+    (Two epochs of train-patch on the sample move the epoch-mean loss by a few hundredths, as noise does: the
+    patch_run fixture checks outputs, this checks that train-patch's compiled model, loss and optimizer learn.)
+    """
+    from tfflannel.config import load_config
+    from tfflannel.learners.train import _compiled_classifier
+
+    keras.utils.set_random_seed(0)
+    cfg = load_config(None, ["patched.learning_rate=0.001"]).patched
+    model = _compiled_classifier(cfg, "mobilenet_v2", 32, "none")
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0.0, 1.0, (8, 32, 32, 1)).astype("float32")
+    labels = np.arange(8) % 4
+    losses = model.fit(images, labels, batch_size=8, epochs=40, shuffle=False, verbose=0).history["loss"]
+    assert losses[-1] < 0.25 * losses[0], losses
 
 
 def test_optional_l1_adds_a_penalty_per_kernel():

@@ -142,8 +142,11 @@ def test_pth_without_torch_says_what_to_install(tmp_path):
         pass
     else:
         pytest.skip("torch is installed here: the message for hosts without torch cannot be shown")
+    import zipfile
+
     path = tmp_path / "densenet161.pth"
-    path.write_bytes(b"not read")
+    with zipfile.ZipFile(path, "w") as archive:           # the shape of a torch.save file; its tensors are not read
+        archive.writestr("densenet161/data.pkl", b"not read")
     with pytest.raises(ValueError, match=r"tfflannel\[torch\].*safetensors"):
         read_state_dict(path)
 

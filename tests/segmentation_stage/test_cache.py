@@ -19,8 +19,9 @@ from tfflannel.cli import main
 from tfflannel.data.io import read_image
 from tfflannel.data.manifest import load_manifest, prepare_manifest
 from tfflannel.film_pipeline import ViewSettings, equalize_gamma_tf, letterbox, to_uint8
-from tfflannel.segmentation.cache import CacheSettings, build_cache, qc_order, qc_tile, read_cache_records
+from tfflannel.segmentation.cache import CacheSettings, build_cache, read_cache_records
 from tfflannel.segmentation.inference import load_segmenter
+from tfflannel.segmentation.qc_grid import qc_order, qc_tile
 from tfflannel.utils import read_csv, write_csv_atomic
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -110,7 +111,7 @@ def test_qc_grid_shows_the_least_confident_masks_first_with_their_numbers(sample
 
 
 def test_min_mask_confidence_fails_doubtful_masks_changes_the_key_and_export_agrees(tmp_path, sample_cls_dir):
-    from tfflannel.export.saved_model import InferencePipeline
+    from tfflannel.serving.pipeline import InferencePipeline
 
     work, _ = _small_workdir(tmp_path, sample_cls_dir)
     segmenter = load_segmenter()
@@ -210,6 +211,36 @@ def test_changed_file_or_setting_rebuilds_only_what_is_stale(tmp_path, sample_cl
                                   * record["mask"])
 
 
+def test_new_shard_size_repacks_the_records_without_the_segmenter(tmp_path, sample_cls_dir, monkeypatch):
+    import tfflannel.segmentation.cache as cache_module
+
+    work, _ = _small_workdir(tmp_path, sample_cls_dir)
+    segmenter = load_segmenter()
+    build_cache(work, segmenter, CacheSettings(shard_size=4), progress=False)
+    before, index_before = _records(work), read_csv(work / "cache" / "index.csv")
+
+    def no_segmenter(*args):
+        raise AssertionError("re-packing must not run the segmenter")
+
+    monkeypatch.setattr(cache_module, "view_maker", no_segmenter)
+    summary = build_cache(work, segmenter, CacheSettings(shard_size=5), progress=False)
+    assert summary["complete"] and summary["written"] == 3 and summary["removed"] == 3
+    assert len(list((work / "cache").glob("shard-*.tfrecord"))) == 3
+    after, index_after = _records(work), read_csv(work / "cache" / "index.csv")
+    assert set(after) == set(before) and all(after[i]["raw"] == before[i]["raw"] for i in before)
+    assert [{k: v for k, v in r.items() if k != "shard"} for r in index_after] == \
+        [{k: v for k, v in r.items() if k != "shard"} for r in index_before]
+    assert [len(rows) for rows in _rows_per_shard(index_after)] == [5, 5, 2]
+    assert json.loads((work / "cache" / "cache.json").read_text())["shard_size"] == 5
+
+
+def _rows_per_shard(index):
+    shards = {}
+    for row in index:
+        shards.setdefault(row["shard"], []).append(row)
+    return [shards[name] for name in sorted(shards)]
+
+
 @pytest.mark.slow
 def test_new_seed_or_shard_size_never_reads_stale_records(tmp_path, sample_cls_dir):
     """prepare-data with another seed, then segment: the patch pipeline's train images are the new manifest's."""
@@ -236,21 +267,21 @@ def test_new_seed_or_shard_size_never_reads_stale_records(tmp_path, sample_cls_d
 
 @pytest.mark.slow
 def test_kill_during_segment_then_rerun_gives_identical_records(tmp_path, sample_cls_dir):
-    """kill -9 at a seeded random point of `segment` (a subprocess), rerun: records bit-identical to one run."""
+    """kill -9 `segment` (a subprocess) once a seeded number of shards is written, rerun: records bit-identical."""
     work, _ = _small_workdir(tmp_path / "a", sample_cls_dir, per_class=4)
     reference, _ = _small_workdir(tmp_path / "b", sample_cls_dir, per_class=4)
     command = [sys.executable, "-m", "tfflannel.cli", "segment", "--set", "segmentation.shard_size=3",
                "--set", "segmentation.inference_batch=2"]
     env = dict(os.environ, PYTHONPATH=REPO)
     rng = np.random.default_rng(12)
-    shards_done, delay = int(rng.integers(1, 4)), float(rng.uniform(0.0, 0.5))
+    shards_done = int(rng.integers(1, 4))
     process = subprocess.Popen(command + ["--data", str(work)], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while len(list((work / "cache" / "parts").glob("shard-*[0-9a-f].csv"))) < shards_done and time.time() < deadline:
+    deadline = time.monotonic() + 240         # the event: the shard's part file appears (polled, never a fixed wait)
+    while len(list((work / "cache" / "parts").glob("shard-*[0-9a-f].csv"))) < shards_done \
+            and time.monotonic() < deadline:
         assert process.poll() is None, "segment ended before the kill point"
         time.sleep(0.05)
-    time.sleep(delay)
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not (work / "cache" / "cache.json").exists(), "killed before completion"

@@ -90,9 +90,9 @@ def random_segmenter():
 
 def test_flip_tta_averages_the_mirrored_output_and_export_masks_equal_the_cache(random_segmenter, sample_cls_dir):
     from tfflannel.data.io import read_image
-    from tfflannel.export.saved_model import InferencePipeline
     from tfflannel.film_pipeline import ViewSettings
     from tfflannel.segmentation.cache import ViewMaker
+    from tfflannel.serving.pipeline import InferencePipeline
 
     batch = np.random.default_rng(0).random((2, 64, 64, 1), dtype=np.float32)
     plain = random_segmenter.model.predict_on_batch(batch)
@@ -133,8 +133,8 @@ def test_cross_validation_killed_resumes_and_scores_against_numpy(sample_seg_dir
     checkpoint = out / "cv" / "fold-2" / "resume" / "state.json"      # fold 2's first epoch is committed
     with open(log, "wb") as stream:
         process = subprocess.Popen(command, cwd=REPO, stdout=stream, stderr=subprocess.STDOUT)
-        deadline = time.time() + 300
-        while not checkpoint.is_file() and time.time() < deadline:
+        deadline = time.monotonic() + 300     # the event: fold 2's first commit appears (polled)
+        while not checkpoint.is_file() and time.monotonic() < deadline:
             assert process.poll() is None, log.read_text()[-2000:]
             time.sleep(0.02)
         process.send_signal(signal.SIGKILL)

@@ -22,26 +22,42 @@ from tfflannel.cli.common import _quiet_stderr, set_verbosity
 
 
 def _print_version(ctx, _param, value):
-    """`--version`: tfflannel, TensorFlow and Keras versions and the visible GPUs (imports TensorFlow)."""
+    """`--version`: tfflannel, TensorFlow and Keras versions, from package metadata (TensorFlow is not imported).
+
+    `-v --version` also imports TensorFlow to name Keras' backend and list the visible GPUs.
+    """
     if not value or ctx.resilient_parsing:
         return
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name):
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    click.echo(f"tfflannel {__version__}")
+    if not ctx.params.get("verbose"):
+        click.echo(f"TensorFlow {installed('tensorflow')}, Keras {installed('keras')}")
+        click.echo("GPU: not checked (tfflannel -v --version imports TensorFlow and lists the visible GPUs)")
+        ctx.exit()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     with _quiet_stderr():
         import keras
         import tensorflow as tf
 
         gpus = tf.config.list_physical_devices("GPU")
-    click.echo(f"tfflannel {__version__}")
     click.echo(f"TensorFlow {tf.__version__}, Keras {keras.__version__} (backend {keras.backend.backend()})")
     click.echo(f"GPU: {', '.join(gpu.name for gpu in gpus) if gpus else 'none visible'}")
     ctx.exit()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("-v", "--verbose", count=True,
+@click.option("-v", "--verbose", count=True, is_eager=True,
               help="More log output (-v info and TensorFlow's own logs, -vv debug).")
 @click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
-              help="Show the tfflannel, TensorFlow and Keras versions and the visible GPUs, then exit.")
+              help="Show the tfflannel, TensorFlow and Keras versions, then exit (-v --version: also the visible "
+                   "GPUs; imports TensorFlow).")
 def main(verbose):
     """tfflannel: Patched FLANNEL chest X-ray classification (research use only).
 

@@ -23,19 +23,30 @@ class BadInput(click.ClickException):
 def reports_input_errors(command):
     """Turn the library's `InputError` and missing or clashing files into a clear message and exit code 2.
 
-    Any other exception is a bug and keeps its traceback. Also imports TensorFlow quietly first (see
-    `_quiet_tensorflow_import`), after the options were parsed, so `--help` never imports it.
+    Any other exception is a bug and keeps its traceback. Before the command runs, its `--config` and `--set`
+    are loaded once (a config error answers at once, without TensorFlow), then TensorFlow is imported quietly
+    (see `_quiet_tensorflow_import`), after the options were parsed, so `--help` never imports it.
     """
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        _quiet_tensorflow_import(click.get_current_context(silent=True))
+        context = click.get_current_context(silent=True)
         try:
+            _check_config_first(context, kwargs)
+            _quiet_tensorflow_import(context)
             return command(*args, **kwargs)
         except (InputError, FileNotFoundError, FileExistsError) as error:
             raise BadInput(str(error)) from error
 
     return wrapper
+
+
+def _check_config_first(context, kwargs):
+    """Load a command's `--config`/`--set` before TensorFlow is imported, so their errors answer in a second."""
+    if context is None or "config_path" not in kwargs or "overrides" not in kwargs:
+        return
+    option = next((p for p in context.command.params if p.name == "config_path"), None)
+    load_cli_config(kwargs["config_path"], kwargs["overrides"], option.default if option is not None else None)
 
 
 def config_options(default_config):
@@ -66,6 +77,17 @@ def load_cli_config(config_path, overrides, default_config=None):
     config = load_config(config_path, overrides)
     set_image_limits(config.data.max_megapixels, config.data.min_side)
     return config
+
+
+def explicit_config_keys(config_path, overrides):
+    """The dotted config keys the user set: `--set` items, and the keys of `--config` when given (not its default)."""
+    from click.core import ParameterSource
+
+    from tfflannel.config import explicit_keys
+
+    context = click.get_current_context()
+    given = context.get_parameter_source("config_path") not in (ParameterSource.DEFAULT, None)
+    return explicit_keys(config_path if given else None, overrides)
 
 
 @contextlib.contextmanager

@@ -26,9 +26,12 @@ from tfflannel.cli.common import config_options, load_cli_config, reports_input_
               help="Number of cross-validation folds  [default: data.folds = 5].")
 @click.option("--test-size", type=click.FloatRange(0, 0.5, min_open=True), default=None,
               help="Share of patients held out as test  [default: data.test_size = 0.2].")
+@click.option("--test-source", "test_sources", multiple=True,
+              help="External validation: every film of this source is the test set, the rest is folded "
+                   "(repeatable)  [default: data.test_sources = none].")
 @config_options(None)
 @reports_input_errors
-def prepare_data(ccx, kcx, folders, sample, out, seed, folds, test_size, config_path, overrides):
+def prepare_data(ccx, kcx, folders, sample, out, seed, folds, test_size, test_sources, config_path, overrides):
     """Build WORKDIR/manifest.csv with patient-grouped, stratified, seeded test split and folds.
 
     Keeps AP/PA X-rays with one of the four labels (covid19, viral_pneumonia,
@@ -51,6 +54,7 @@ def prepare_data(ccx, kcx, folders, sample, out, seed, folds, test_size, config_
         test_size=config.test_size if test_size is None else test_size,
         fungal_as_bacterial=config.fungal_as_bacterial,
         max_distance=config.link_max_distance, min_correlation=config.link_min_correlation,
+        test_sources=tuple(test_sources) or tuple(config.test_sources),
     )
     out = Path(out)
     click.echo(f"{len(rows)} images kept -> {out / 'manifest.csv'}")

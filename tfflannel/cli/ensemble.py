@@ -1,4 +1,4 @@
-"""Ensemble and evaluation commands: `train-ensemble`, `evaluate`."""
+"""Ensemble and evaluation commands: `train-ensemble`, `evaluate`, `audit`."""
 
 from __future__ import annotations
 
@@ -40,7 +40,11 @@ def train_ensemble_command(fold, run_dirs, out, fit_on, force, config_path, over
 @click.option("--out", default="report", show_default=True, type=click.Path(file_okay=False), help="Output directory.")
 @reports_input_errors
 def evaluate_command(run_dirs, out):
-    """Per-class F1, macro-F1, Table 3 over folds, confusion matrices, PR/ROC curves and report.md."""
+    """F1, macro-F1, accuracy with 95 % intervals, Table 3, calibration, curves and report.md.
+
+    Patient-bootstrap intervals, calibration (ECE, Brier, NLL, reliability diagrams; an ensemble's
+    temperature applied), confusion matrices, PR/ROC curves.
+    """
     from tfflannel.evaluation.report import evaluate_runs
 
     evaluate_runs(run_list(run_dirs), out)
@@ -49,4 +53,35 @@ def evaluate_command(run_dirs, out):
     click.echo(DISCLAIMER)
 
 
-COMMANDS = (train_ensemble_command, evaluate_command)
+@click.command("audit")
+@click.option("--runs", "run_dirs", required=True, multiple=True,
+              help="Base-learner runs to audit (repeat --runs, or separate with commas).")
+@click.option("--ensemble", "ensemble_dir", type=click.Path(exists=True, file_okay=False),
+              help="A train-ensemble run over (some of) --runs: audited on its learners' scores of each input.")
+@click.option("--data", "workdir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Work directory (manifest.csv, cache/) whose test partition is audited.")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Output directory for audit.json, audit.md and plots/.")
+@click.option("--seg", "seg_path", type=click.Path(exists=True),
+              help="Segmenter the runs were trained with (run dir, .keras or .json)  [default: the shipped one].")
+@config_options(None)
+@reports_input_errors
+def audit_command(run_dirs, ensemble_dir, workdir, out, seg_path, config_path, overrides):
+    """Does it look at the lungs? A shortcut and confound audit on the test partition.
+
+    Scores on normal, lungs_only and lungs_removed input, lung attention, a source/view/age probe on the
+    features, per-stratum metrics and a per-class shortcut verdict (thresholds: audit.*).
+    """
+    from tfflannel.audit.run import audit_runs
+    from tfflannel.segmentation.inference import load_segmenter
+
+    config = load_cli_config(config_path, overrides)
+    result = audit_runs(run_list(run_dirs), workdir, out, config, ensemble_dir,
+                        load_segmenter(seg_path) if seg_path else None)
+    for learner in result["learners"]:
+        click.echo(f"{learner['run']}: shortcut classes {learner['shortcut_classes'] or 'none'}")
+    click.echo(f"audit -> {Path(out) / 'audit.json'}, {Path(out) / 'audit.md'}")
+    click.echo(DISCLAIMER)
+
+
+COMMANDS = (train_ensemble_command, evaluate_command, audit_command)

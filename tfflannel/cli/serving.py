@@ -1,4 +1,4 @@
-"""Serving commands: `export`, `predict`, `explain`."""
+"""Serving commands: `export`, `serve`, `predict`, `explain`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,24 @@ from pathlib import Path
 import click
 
 from tfflannel import CLASS_NAMES, DISCLAIMER
-from tfflannel.cli.common import BadInput, config_options, load_cli_config, reports_input_errors, served_runs
+from tfflannel.cli.common import (
+    BadInput,
+    config_options,
+    explicit_config_keys,
+    load_cli_config,
+    reports_input_errors,
+    served_runs,
+)
+
+
+def _take_recorded_inference(config, runs, ensemble_dir, config_path, overrides, k_option=None):
+    """K and the patch seed from the runs served, unless the command line or a given config sets them (one line)."""
+    from tfflannel.serving.builder import take_recorded_inference
+
+    explicit = explicit_config_keys(config_path, overrides) | ({"inference.k"} if k_option is not None else set())
+    note = take_recorded_inference(config, runs, ensemble_dir, explicit)
+    if note:
+        click.echo(note, err=True)
 
 
 @click.command("export")
@@ -25,12 +42,14 @@ from tfflannel.cli.common import BadInput, config_options, load_cli_config, repo
 @reports_input_errors
 def export_command(seg_path, run_dirs, ensemble_dir, out, version, config_path, overrides):
     """Write one SavedModel (raw image -> 4 class probabilities) in TF Serving's EXPORT_DIR/<version>/ layout."""
-    from tfflannel.export.saved_model import export_pipeline, new_version_dir, pipeline_from_config
+    from tfflannel.export.saved_model import export_pipeline, new_version_dir
     from tfflannel.segmentation.inference import load_segmenter
+    from tfflannel.serving.builder import pipeline_from_config
 
     config = load_cli_config(config_path, overrides, "configs/patched.yaml")
     runs = served_runs(run_dirs, ensemble_dir)
     new_version_dir(out, version)                # fail before the slow build, not after it
+    _take_recorded_inference(config, runs, ensemble_dir, config_path, overrides)
     pipeline = pipeline_from_config(config, load_segmenter(seg_path), runs, ensemble_dir)
     target = export_pipeline(pipeline, out, version)
     click.echo(f"SavedModel -> {target} (signatures: serving_default on encoded PNG/JPEG, predict_uint8)")
@@ -62,7 +81,7 @@ def predict_command(images, model_dir, run_dirs, ensemble_dir, seg_path, output_
     import sys
 
     from tfflannel.data.io import IMAGE_SUFFIXES
-    from tfflannel.export.predict import expand_inputs, load_exported, predict_files
+    from tfflannel.serving.predict import expand_inputs, load_exported, predict_files
 
     if bool(model_dir) == bool(run_dirs):
         raise click.UsageError("give either --model EXPORT_DIR or --runs (with --ensemble)")
@@ -77,10 +96,11 @@ def predict_command(images, model_dir, run_dirs, ensemble_dir, seg_path, output_
     if model_dir:
         predict_fn = load_exported(model_dir)
     else:
-        from tfflannel.export.saved_model import pipeline_from_config
         from tfflannel.segmentation.inference import load_segmenter
+        from tfflannel.serving.builder import pipeline_from_config
 
         segmenter = load_segmenter(seg_path)
+        _take_recorded_inference(config, runs, ensemble_dir, config_path, overrides)
         pipeline = pipeline_from_config(config, segmenter, runs, ensemble_dir)
         predict_fn = pipeline.serve_uint8
     records, failures = predict_files(predict_fn, images, batch_size)
@@ -120,7 +140,8 @@ def predict_command(images, model_dir, run_dirs, ensemble_dir, seg_path, output_
 @click.option("--class", "class_name", type=click.Choice(list(CLASS_NAMES)),
               help="Class to explain  [default: the predicted one].")
 @click.option("--k", type=click.IntRange(min=1),
-              help="Patches for the probabilistic Grad-CAM of patched runs  [default: inference.k].")
+              help="Patches for the probabilistic Grad-CAM of patched runs  [default: the K of the run's "
+                   "predict-base scores, else inference.k].")
 @click.option("--seg", "seg_path", type=click.Path(exists=True),
               help="Segmenter (run dir, .keras or .json)  [default: the shipped lung segmenter].")
 @config_options("configs/patched.yaml")
@@ -128,7 +149,8 @@ def predict_command(images, model_dir, run_dirs, ensemble_dir, seg_path, output_
 def explain_command(image, run_dir, out, class_name, k, seg_path, config_path, overrides):
     """Grad-CAM (global runs) or probabilistic patch Grad-CAM (patched runs), masked to the lungs, as a PNG.
 
-    The patches are those predict-base and the export classify: same view, K and seed (inference.k, inference.seed).
+    The patches are those predict-base and the export classify: same view, K and seed (those of the run's
+    predict-base scores unless --k, --set or a given --config sets inference.k / inference.seed).
     """
     from tfflannel.data.io import read_image
     from tfflannel.explain.gradcam import explain_image, save_explanation
@@ -136,6 +158,7 @@ def explain_command(image, run_dir, out, class_name, k, seg_path, config_path, o
     from tfflannel.segmentation.inference import load_segmenter
 
     config = load_cli_config(config_path, overrides, "configs/patched.yaml")
+    _take_recorded_inference(config, [run_dir], None, config_path, overrides, k)
     result = explain_image(read_image(image)[0], run_dir, class_name, k=config.inference.k if k is None else k,
                            seed=config.inference.seed, segmenter=load_segmenter(seg_path),
                            view=ViewSettings.from_config(config))
@@ -146,4 +169,34 @@ def explain_command(image, run_dir, out, class_name, k, seg_path, config_path, o
     click.echo(DISCLAIMER)
 
 
-COMMANDS = (export_command, predict_command, explain_command)
+@click.command("serve")
+@click.option("--model", "model_dir", required=True, type=click.Path(file_okay=False, exists=True),
+              help="Export directory (from `export`; its highest version is served).")
+@click.option("--port", default=8501, show_default=True, type=click.IntRange(0, 65535), help="HTTP port.")
+@click.option("--name", default="tfflannel", show_default=True, help="Model name in the URLs (/v1/models/NAME).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (put a gateway with authentication in front before widening it).")
+@click.option("--max-body-mb", default=64.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Largest request body in MB; larger ones get 413 unread.")
+@click.option("--max-instances", default=16, show_default=True, type=click.IntRange(min=1),
+              help="Most images in one predict request.")
+@reports_input_errors
+def serve_command(model_dir, port, name, host, max_body_mb, max_instances):
+    """Serve an export over TF Serving's REST API on KServe's ModelServer (needs the `serve` extra).
+
+    GET /v1/models/NAME is ready; POST /v1/models/NAME:predict takes {"instances": [{"b64": ...}]}.
+    Research use only; not a diagnosis.
+    """
+    from tfflannel.serving.predict import latest_version
+
+    version = latest_version(model_dir)
+    try:
+        from tfflannel.serving.kserve_app import serve_export
+    except ImportError as error:
+        raise click.UsageError(str(error)) from None
+    click.echo(f"serving {version} as {name!r} at http://{host}:{port}/v1/models/{name}", err=True)
+    click.echo(DISCLAIMER, err=True)
+    serve_export(model_dir, name, host, port, max_body_mb, max_instances)
+
+
+COMMANDS = (export_command, serve_command, predict_command, explain_command)

@@ -13,7 +13,6 @@ side, so a thumbnail is rejected with a reason instead of classified.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -57,8 +56,37 @@ def image_limits():
     return dict(_limits)
 
 
+TOO_MANY_PIXELS = ("{width}x{height} pixels ({megapixels} megapixels) exceeds the limit of {max_megapixels:g} "
+                   "megapixels (possible decompression bomb); raise data.max_megapixels if the image is genuine")
+"""Why an image over `max_megapixels` is refused; `str.format` fields: width, height, megapixels and the limits."""
+
+TOO_SMALL = ("{width}x{height} pixels is smaller than the minimum side of {min_side} px (data.min_side); "
+             "too small to classify")
+"""Why an image under `min_side` is refused; `str.format` fields: width, height and the limits."""
+
+
+def size_violations(height, width, limits):
+    """The size rule of every reader: too many pixels, or a side too short.
+
+    Written with arithmetic and comparison operators only, so the same rule applies to Python numbers (the
+    file readers) and to TensorFlow tensors (the exported graph's `serving_default`, which reads the size from
+    the encoded header; pass float64 tensors there so that no product overflows).
+
+    Args:
+        height: int or tensor. Rows.
+        width: int or tensor. Columns.
+        limits: dict. `max_megapixels` and `min_side` (see `set_image_limits`).
+
+    Returns:
+        tuple: `(too_many_pixels, too_small)`, two booleans (or boolean tensors).
+    """
+    too_many_pixels = height * width > limits["max_megapixels"] * 1e6
+    too_small = (height < limits["min_side"]) | (width < limits["min_side"])
+    return too_many_pixels, too_small
+
+
 def check_image_size(path, height, width, limits):
-    """Check an image's size, read from its header, before any pixel is decoded.
+    """Check an image's size, read from its header, before any pixel is decoded (`size_violations`).
 
     Args:
         path: str. The file, for the message.
@@ -69,14 +97,13 @@ def check_image_size(path, height, width, limits):
     Raises:
         ImageReadError: more pixels than `max_megapixels` million, or a side shorter than `min_side`.
     """
-    pixels = int(height) * int(width)
-    if pixels > limits["max_megapixels"] * 1e6:
-        raise ImageReadError(path, f"{width}x{height} pixels ({pixels / 1e6:.0f} megapixels) exceeds the limit of "
-                                   f"{limits['max_megapixels']:g} megapixels (possible decompression bomb); "
-                                   f"raise data.max_megapixels if the image is genuine")
-    if min(height, width) < limits["min_side"]:
-        raise ImageReadError(path, f"{width}x{height} pixels is smaller than the minimum side of "
-                                   f"{limits['min_side']} px (data.min_side); too small to classify")
+    height, width = int(height), int(width)
+    too_many_pixels, too_small = size_violations(height, width, limits)
+    fields = dict(limits, height=height, width=width, megapixels=round(height * width / 1e6))
+    if too_many_pixels:
+        raise ImageReadError(path, TOO_MANY_PIXELS.format(**fields))
+    if too_small:
+        raise ImageReadError(path, TOO_SMALL.format(**fields))
 
 
 class ImageReadError(InputError):
@@ -91,26 +118,6 @@ class ImageReadError(InputError):
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{path}: {reason}")
-
-
-def sha256_of_file(path, chunk_size=1 << 20):
-    """Hex sha256 of a file's bytes (identical files share it, whatever their name).
-
-    Args:
-        path: str or `pathlib.Path`. The file, read in binary chunks.
-        chunk_size: int. Bytes read at a time. Defaults to `1 << 20` (1 MiB).
-
-    Returns:
-        str. 64 lowercase hex digits.
-
-    Raises:
-        FileNotFoundError: if `path` does not exist.
-    """
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(chunk_size), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def to_uint8(array):
@@ -165,6 +172,8 @@ def _read_pillow(path, limits):
             else:
                 array = np.asarray(image.convert("L"))
             meta = {"format": image.format, "mode": mode}
+    except ImageReadError:
+        raise                                    # too large or too small: its own reason, not "corrupt" (a ValueError)
     except UnidentifiedImageError:
         raise ImageReadError(path, "not a PNG, JPEG or DICOM image") from None
     except (OSError, SyntaxError, ValueError) as error:

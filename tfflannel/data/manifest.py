@@ -18,15 +18,19 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from tfflannel import CLASS_NAMES
-from tfflannel.data.io import ImageReadError, read_image, sha256_of_file
+from tfflannel.data.io import ImageReadError, read_image
 from tfflannel.data.linkage import Link, fingerprint_image, group_patients, link_near_identical
 from tfflannel.data.sources import DatasetError, read_ccx, read_folder, read_kcx
-from tfflannel.data.split import assign_splits
+from tfflannel.data.split import assign_external_splits, assign_splits
 from tfflannel.errors import InputError
-from tfflannel.utils import read_csv, write_csv_atomic, write_text_atomic
+from tfflannel.utils import read_csv, sha256_of_file, write_csv_atomic, write_text_atomic
 
-MANIFEST_COLUMNS = ("image_id", "path", "source", "patient_id", "view", "label", "sha256", "split", "fold",
+REQUIRED_COLUMNS = ("image_id", "path", "source", "patient_id", "view", "label", "sha256", "split", "fold",
                     "group_id")
+"""Columns every manifest has; `load_manifest` refuses one without them."""
+DEMOGRAPHIC_COLUMNS = ("age", "sex", "age_group")
+"""Written where a source records them (empty otherwise); a manifest made before they existed reads them as empty."""
+MANIFEST_COLUMNS = REQUIRED_COLUMNS + DEMOGRAPHIC_COLUMNS
 REJECTED_COLUMNS = ("path", "source", "reason")
 # Libraries whose algorithms decide the split (scikit-learn, NumPy's RandomState), the film links (Pillow's
 # resampling, SciPy) and the metrics (scikit-learn); statistics.md records their versions.
@@ -223,7 +227,22 @@ def _conflicts_section(links):
             + _markdown_table(header, rows))
 
 
-def format_statistics(rows, rejected, seed, folds, test_size, links=(), max_distance=8, min_correlation=0.97):
+def confound_table(rows):
+    """Markdown: images per class x source x age group (the confound a classifier can learn instead of the lungs)."""
+    keys = sorted({(r["source"], r.get("age_group") or "unknown") for r in rows})
+    table = [[source, group] + [sum(1 for r in rows if (r["source"], r.get("age_group") or "unknown") == (source, group)
+                                    and r["label"] == c) for c in CLASS_NAMES]
+             + [sum(1 for r in rows if (r["source"], r.get("age_group") or "unknown") == (source, group))]
+             for source, group in keys]
+    return ("## Class x source x age group\n\nThe confound: where a class comes from one source and one age group "
+            "only, a classifier can separate it by source or age cues (film markers, scanner, body size) instead of "
+            "the lungs (`audit` measures whether it does). Age groups: the recorded age's bin, or the age group a "
+            "source documents for all its patients (Kaggle pneumonia set: children aged 1-5); `unknown` otherwise."
+            "\n\n" + _markdown_table(["source", "age group", *CLASS_NAMES, "total"], table))
+
+
+def format_statistics(rows, rejected, seed, folds, test_size, links=(), max_distance=8, min_correlation=0.97,
+                      test_sources=()):
     """A Table-2-like summary: counts per source, view and partition, patients, links and library versions.
 
     Args:
@@ -236,6 +255,7 @@ def format_statistics(rows, rejected, seed, folds, test_size, links=(), max_dist
             Defaults to `()`.
         max_distance: int. dHash threshold used, quoted in the text. Defaults to `8`.
         min_correlation: float. Correlation threshold used, quoted in the text. Defaults to `0.97`.
+        test_sources: sequence of str. The sources held out as the test set (external validation). Defaults to `()`.
 
     Returns:
         str. The Markdown text of `statistics.md`.
@@ -258,10 +278,13 @@ def format_statistics(rows, rejected, seed, folds, test_size, links=(), max_dist
         "# Dataset statistics",
         f"{len(rows)} images from {len({r['patient_id'] for r in rows})} patients kept; "
         f"{len(rejected)} inputs rejected "
-        f"(see rejected.csv). Split: test share {test_size}, {folds} folds, seed {seed}, grouped by patient group "
+        f"(see rejected.csv). Split: "
+        + (f"external validation, test set = every film of source(s) {', '.join(test_sources)}" if test_sources
+           else f"test share {test_size}") + f", {folds} folds, seed {seed}, grouped by patient group "
         f"({len({r['group_id'] for r in rows})} groups: patient ids linked by shared films) and stratified by label.",
         count_table(lambda r: r["source"], "Images per source"),
         count_table(lambda r: r["view"], "Images per view"),
+        confound_table(rows),
         count_table(_partition, "Images per partition"),
         "## Patients per partition\n\n" + _markdown_table(["partition", "patients", "groups", "images"], patients),
         _links_section(rows, links, max_distance, min_correlation),
@@ -285,7 +308,7 @@ def format_statistics(rows, rejected, seed, folds, test_size, links=(), max_dist
 
 
 def prepare_manifest(out, ccx=None, kcx=None, folders=(), seed=0, folds=5, test_size=0.2,
-                     fungal_as_bacterial=False, progress=True, max_distance=8, min_correlation=0.97):
+                     fungal_as_bacterial=False, progress=True, max_distance=8, min_correlation=0.97, test_sources=()):
     """Build and write `out/manifest.csv`, `out/rejected.csv` and `out/statistics.md`.
 
     Args:
@@ -300,6 +323,9 @@ def prepare_manifest(out, ccx=None, kcx=None, folders=(), seed=0, folds=5, test_
         progress: bool. Show a progress bar. Defaults to `True`.
         max_distance: int. dHash Hamming distance of a near-identical candidate pair, in [0, 64]. Defaults to `8`.
         min_correlation: float. Thumbnail correlation confirming a near-identical pair, in (0, 1]. Defaults to `0.97`.
+        test_sources: sequence of str. External validation: every film of these sources (and of any patient group
+            holding one) is the test set, the rest is folded (`split.assign_external_splits`); `test_size` is then
+            unused. Defaults to `()` (the usual grouped, stratified test split).
 
     Returns:
         The manifest rows (list of dicts).
@@ -320,15 +346,23 @@ def prepare_manifest(out, ccx=None, kcx=None, folders=(), seed=0, folds=5, test_
         raise DatasetError(f"no images left after filtering ({len(rejected)} inputs rejected; "
                            "reasons in the error list)"
                            + "".join(f"\n  {r['path']}: {r['reason']}" for r in rejected[:10]))
-    split, fold = assign_splits([r["label"] for r in records], [r["group_id"] for r in records],
-                                test_size=test_size, folds=folds, seed=seed)
+    labels, groups = [r["label"] for r in records], [r["group_id"] for r in records]
+    if test_sources:
+        unknown = sorted(set(test_sources) - {r["source"] for r in records})
+        if unknown:
+            raise InputError(f"--test-source / data.test_sources: no image of source(s) {unknown}; sources present: "
+                             f"{sorted({r['source'] for r in records})}")
+        split, fold = assign_external_splits(labels, groups, [r["source"] in test_sources for r in records],
+                                             folds=folds, seed=seed)
+    else:
+        split, fold = assign_splits(labels, groups, test_size=test_size, folds=folds, seed=seed)
     for record, part, number in zip(records, split, fold, strict=True):
         record["split"] = part
         record["fold"] = str(number) if part == "train" else ""
     out = Path(out)
     write_csv_atomic(out / "rejected.csv", rejected, REJECTED_COLUMNS)
     write_text_atomic(out / "statistics.md", format_statistics(records, rejected, seed, folds, test_size, links,
-                                                              max_distance, min_correlation))
+                                                              max_distance, min_correlation, test_sources))
     write_csv_atomic(out / "manifest.csv", records, MANIFEST_COLUMNS)
     return records
 
@@ -393,11 +427,13 @@ def load_manifest(path):
         raise FileNotFoundError(f"{path}: manifest not found; run `prepare-data` first")
     rows = read_csv(path)
     if rows:
-        missing = [c for c in MANIFEST_COLUMNS if c not in rows[0]]
+        missing = [c for c in REQUIRED_COLUMNS if c not in rows[0]]
         if missing:
             raise DatasetError(f"{path}: missing column(s) {missing}; written by an older version? "
                                "rerun `prepare-data`")
     for number, row in enumerate(rows, start=2):
+        for column in DEMOGRAPHIC_COLUMNS:
+            row.setdefault(column, "")
         if row["label"] not in CLASS_NAMES:
             raise DatasetError(f"{path} row {number}: label '{row['label']}' is not one of {list(CLASS_NAMES)}")
     return rows

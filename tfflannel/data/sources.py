@@ -1,7 +1,8 @@
 """Readers that turn each dataset layout into candidate manifest records.
 
 Each reader returns `(records, rejected)`: a record is a dict with `image_id`,
-`path` (absolute), `source`, `patient_id`, `view` and `label`; a rejection is a
+`path` (absolute), `source`, `patient_id`, `view`, `label` and, where the source records them, `age`, `sex`
+and `age_group` (`age_group_of`); a rejection is a
 dict with `path`, `source` and `reason`. Nothing is dropped silently: every file or
 metadata row a reader leaves out is listed with its reason.
 """
@@ -9,12 +10,15 @@ metadata row a reader leaves out is listed with its reason.
 from __future__ import annotations
 
 import csv
+import logging
 import re
 from pathlib import Path
 
 from tfflannel import CLASS_NAMES
 from tfflannel.data.io import IMAGE_SUFFIXES
 from tfflannel.errors import InputError
+
+log = logging.getLogger(__name__)
 
 FRONTAL_VIEWS = {"PA", "AP", "AP SUPINE", "AP ERECT"}
 COVID_FINDINGS = {"COVID-19", "COVID-19, ARDS"}
@@ -26,6 +30,43 @@ BACTERIAL_ORGANISMS = {
 }
 FUNGAL_ORGANISMS = {"PNEUMOCYSTIS", "ASPERGILLOSIS", "FUNGAL"}
 CCX_REQUIRED_COLUMNS = ("patientid", "finding", "view", "modality", "filename")
+AGE_BINS = ((0, 18, "0-17"), (18, 40, "18-39"), (40, 65, "40-64"), (65, 200, "65+"))
+"""Age groups of a recorded age in years: [low, high) -> name."""
+DOCUMENTED_AGE_GROUPS = {"kcx": "1-5"}
+"""Age groups a source documents for all its patients, where it records no age per film: the Kaggle pneumonia
+set (Kermany et al. 2018) is of children aged one to five. Never turned into an invented age."""
+
+
+def age_group_of(age, source=""):
+    """The age group of a film: its recorded age's bin (`AGE_BINS`), else its source's documented group, else "".
+
+    Args:
+        age: str. The recorded age in years (may be empty or not a number).
+        source: str. The film's source (`DOCUMENTED_AGE_GROUPS`). Defaults to `""`.
+
+    Returns:
+        str. E.g. `"40-64"`, `"1-5"`, or `""` when unknown.
+    """
+    try:
+        years = float(age)
+    except (TypeError, ValueError):
+        return DOCUMENTED_AGE_GROUPS.get(source, "")
+    for low, high, name in AGE_BINS:
+        if low <= years < high:
+            return name
+    return ""
+
+
+def _demographics(age, sex, source, age_group=""):
+    """`age`, `sex` and `age_group` fields of a record; an age that is not a number is left out."""
+    age = (age or "").strip()
+    try:
+        age = f"{float(age):g}" if age else ""
+    except ValueError:
+        age = ""
+    sex = (sex or "").strip().upper()[:1]
+    return {"age": age, "sex": sex if sex in ("M", "F") else "",
+            "age_group": (age_group or "").strip() or age_group_of(age, source)}
 
 
 class DatasetError(InputError):
@@ -137,6 +178,7 @@ def read_ccx(root, fungal_as_bacterial=False):
             "patient_id": f"ccx:{row['patientid']}",
             "view": view,
             "label": label,
+            **_demographics(row.get("age"), row.get("sex"), "ccx"),
         })
     return records, rejected
 
@@ -202,6 +244,7 @@ def read_kcx(root):
                     "patient_id": f"kcx:{patient}",
                     "view": "AP",
                     "label": label,
+                    **_demographics("", "", "kcx"),
                 })
     if not seen_class_dir:
         raise DatasetError(f"{root}: no {{train,val,test}}/{{NORMAL,PNEUMONIA}} folders found")
@@ -212,9 +255,9 @@ def read_folder(root):
     """Read a generic `DIR/<label>/*` layout with an optional `DIR/patients.csv`.
 
     patients.csv columns: `filename` (relative to DIR, or a bare file name) and
-    `patient_id`; optional `source` and `view`. Without a patient id an image is
+    `patient_id`; optional `source`, `view`, `age` (years), `sex` and `age_group`. Without a patient id an image is
     its own patient (`image:<relative path>`), which cannot protect against leakage:
-    statistics.md says so. Files under a folder that is not a label, and files
+    a warning at run time and statistics.md say so. Files under a folder that is not a label, and files
     without an image suffix, are rejected. Source defaults to the folder's name, view
     to `unknown`.
 
@@ -264,7 +307,20 @@ def read_folder(root):
                 "patient_id": patient,
                 "view": (meta.get("view") or "").strip() or "unknown",
                 "label": directory.name,
+                **_demographics(meta.get("age"), meta.get("sex"), source, meta.get("age_group")),
             })
     if not records and not rejected:
         raise DatasetError(f"{root}: empty folder (expected DIR/<label>/* with labels {list(CLASS_NAMES)})")
+    _warn_own_patients(root, records, patients_csv)
     return records, rejected
+
+
+def _warn_own_patients(root, records, patients_csv):
+    """Warn when images of a folder have no patient id: each is then its own patient, the grouping is lost."""
+    alone = sum(1 for r in records if r["patient_id"].startswith("image:"))
+    if not alone:
+        return
+    where = f"not listed in {patients_csv}" if patients_csv.is_file() else f"no {patients_csv.name}"
+    log.warning("%s: %d of %d images have no patient id (%s): each is its own patient, so films of one patient "
+                "can land in different partitions (leakage); add DIR/patients.csv with columns "
+                "filename,patient_id[,source,view]", root, alone, len(records), where)

@@ -61,3 +61,40 @@ def assign_splits(labels, groups, test_size=0.2, folds=5, seed=0):
         fold[train_rows[held]] = number
     return split.astype(str), fold
 
+
+
+def assign_external_splits(labels, groups, external, folds=5, seed=0):
+    """External validation: the `external` rows (and any patient group that has one) are the test set.
+
+    The rest is split into `folds` patient-grouped, label-stratified folds as `assign_splits` folds its training
+    split.
+
+    Args:
+        labels: sequence of str. One label per row.
+        groups: sequence of str. One patient group per row.
+        external: sequence of bool. The rows of the held-out source(s).
+        folds: int. Number of cross-validation folds, >= 2. Defaults to `5`.
+        seed: int. Seeds the folds (as `assign_splits` with this seed). Defaults to `0`.
+
+    Returns:
+        (split, fold): arrays of str ('train'/'test') and int (1..folds, 0 for test).
+
+    Raises:
+        InputError: no external row, no row left to fold, or too few patients for the folds.
+    """
+    labels, groups, external = np.asarray(labels), np.asarray(groups), np.asarray(external, bool)
+    if folds < 2:
+        raise InputError(f"folds must be >= 2. Received: folds={folds}.")
+    if not external.any():
+        raise InputError("the test source(s) (--test-source / data.test_sources) hold no image of the data given")
+    held_groups = set(groups[external])
+    test = np.array([group in held_groups for group in groups])
+    train_rows = np.flatnonzero(~test)
+    if len(np.unique(groups[train_rows])) < folds:
+        raise InputError(f"{len(np.unique(groups[train_rows]))} patients outside the test source(s) are too few "
+                         f"for {folds} folds")
+    split = np.where(test, "test", "train").astype(object)
+    fold = np.zeros(len(labels), dtype=int)
+    for number, held in enumerate(_group_folds(labels[train_rows], groups[train_rows], folds, seed + 1), start=1):
+        fold[train_rows[held]] = number
+    return split.astype(str), fold

@@ -23,15 +23,17 @@ from sklearn.model_selection import GroupShuffleSplit
 
 from tfflannel import CLASS_NAMES
 from tfflannel.config import dump_config
+from tfflannel.ensemble.calibration import calibrate_ensemble, calibration_is_current
 from tfflannel.errors import InputError
 from tfflannel.learners.strategy import chief_writes, make_strategy, replica_batch_size
 from tfflannel.models.ensemble import build_ensemble, inverse_frequency_alpha
 from tfflannel.predictions import read_predictions, read_provenance, write_predictions
 from tfflannel.resume import ResumableFit, config_fingerprint
-from tfflannel.run_info import RunInfo, file_sha256, load_run_info, relative_to_run, save_run_info
+from tfflannel.resume_state import member_key
+from tfflannel.run_info import RunInfo, load_run_info, relative_to_run, save_run_info
 from tfflannel.schedules import scale_milestones, step_decay
 from tfflannel.tf_epochs import seed_run
-from tfflannel.utils import write_text_atomic
+from tfflannel.utils import file_sha256, write_text_atomic
 
 
 class JoinError(InputError):
@@ -124,11 +126,30 @@ def _member_provenance(run_dirs, roles):
     members = {}
     for index, run_dir in enumerate(run_dirs):
         identity = read_provenance(run_dir).get("identity", {})
-        members[f"member{index}.k"] = identity.get("k")
-        members[f"member{index}.seed"] = identity.get("seed")
+        members[member_key(index, "k")] = identity.get("k")
+        members[member_key(index, "seed")] = identity.get("seed")
         for role in roles:
-            members[f"member{index}.{role}_sha256"] = file_sha256(Path(run_dir) / "predictions" / f"{role}.csv")
+            members[member_key(index, f"{role}_sha256")] = file_sha256(Path(run_dir) / "predictions" / f"{role}.csv")
     return members
+
+
+def _calibration_films(model, run_dirs, cfg, labels, scores, hold_rows, groups):
+    """(labels, uncalibrated probabilities, description) of the validation films the temperature is fitted on.
+
+    Never a test film: with `fit_on: valid` the patients held out of the weight fit (all validation films, in
+    sample, when there is no hold-out); with `fit_on: train` all validation films.
+    """
+    if cfg.fit_on == "train":
+        _, labels, scores = join_predictions(run_dirs, "valid", cfg.score)
+        description = "all validation films; the weights were fit on train"
+    elif len(hold_rows):
+        labels, scores = labels[hold_rows], scores[hold_rows]
+        description = (f"validation films of the {len({groups[i] for i in hold_rows})} patients held out of the "
+                       "weight fit")
+    else:
+        description = "all validation films, which also fit the weights (no hold-out): in sample"
+    probabilities = np.asarray(model.predict(scores, verbose=0)) if len(scores) else np.zeros((0, len(CLASS_NAMES)))
+    return labels, probabilities, description
 
 
 @chief_writes
@@ -164,10 +185,12 @@ def train_ensemble(config, run_dirs, out_dir, fold=None, progress=True, force=Fa
                    **_member_provenance(run_dirs, (cfg.fit_on, "test"))}
     ids, labels, scores = join_predictions(run_dirs, cfg.fit_on, cfg.score)
     holdout = cfg.holdout_share > 0 and len(ids) > 1
+    # the temperature is fitted after the weights and recorded apart (calibration.json): it never makes them stale
     fit = ResumableFit(out_dir, cfg.epochs, fingerprint, cfg.seed, monitor="val_loss" if holdout else None,
-                       mode="min", force=force)
+                       mode="min", force=force, ignore=("ensemble.calibration",))
     summary_path = out_dir / "learner_weights.json"
-    if fit.complete and summary_path.is_file() and (out_dir / "predictions" / "test.csv").is_file():
+    if fit.complete and summary_path.is_file() and (out_dir / "predictions" / "test.csv").is_file() \
+            and calibration_is_current(out_dir, run_dirs, cfg.calibration):
         echo(fit.describe())
         return json.loads(summary_path.read_text())
 
@@ -214,8 +237,10 @@ def train_ensemble(config, run_dirs, out_dir, fold=None, progress=True, force=Fa
     probabilities = np.asarray(best.predict(test_scores, verbose=0))
     votes = one_hot[np.argmax(probabilities, axis=-1)] if len(probabilities) else probabilities
     write_predictions(out_dir, "test", test_ids, test_labels, votes, probabilities)
+    calibration = calibrate_ensemble(out_dir, run_dirs, cfg.calibration,
+                                     *_calibration_films(best, run_dirs, cfg, labels, scores, hold_rows, groups))
     summary = {"learners": names, "alpha": alpha, "fit_images": int(len(fit_rows)),
-               "holdout_images": int(len(hold_rows))}
+               "holdout_images": int(len(hold_rows)), "temperature": calibration["temperature"]}
     if cfg.kind != "mlp":
         weighting = keras.Model(best.input, best.get_layer("learner_weights").output)
         weights = np.asarray(weighting.predict(test_scores, verbose=0))

@@ -149,3 +149,26 @@ def classification_intervals(labels, scores, groups, n_resamples=BOOTSTRAP_RESAM
             "absent": {name: int(np.sum(confusion.sum(axis=2)[:, c] == 0)) for c, name in enumerate(names)},
             "n_resamples": int(n_resamples), "seed": int(seed), "level": float(level),
             "groups": int(len(np.unique(np.asarray(groups))))}
+
+
+def patient_groups(workdir, image_ids):
+    """The manifest's `group_id` (linked patients) of each image, the unit the bootstrap resamples.
+
+    Args:
+        workdir: str or Path. Work directory with manifest.csv.
+        image_ids: list of str.
+
+    Returns:
+        tuple `(groups, note)`: a list of group ids (an image missing from the manifest, or every image when
+        there is no manifest, is its own group) and a note saying so (empty when every image was found).
+    """
+    from pathlib import Path
+
+    from tfflannel.data.manifest import load_manifest
+
+    if not Path(workdir, "manifest.csv").is_file():
+        return list(image_ids), f"no {Path(workdir, 'manifest.csv')}: each film resampled as its own patient"
+    table = {row["image_id"]: row["group_id"] for row in load_manifest(workdir)}
+    missing = [i for i in image_ids if i not in table]
+    note = f"{len(missing)} film(s) not in the manifest resampled as their own patients" if missing else ""
+    return [table.get(i, i) for i in image_ids], note

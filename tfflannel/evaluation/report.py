@@ -14,10 +14,20 @@ import numpy as np  # noqa: E402
 from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve  # noqa: E402
 
 from tfflannel import CLASS_NAMES, DISCLAIMER  # noqa: E402
-from tfflannel.evaluation.metrics import classification_metrics, format_mean_std, metrics_rows, table3, table3_markdown  # noqa: E402
+from tfflannel.evaluation.calibration import apply_temperature, calibration_metrics, expected_calibration_error  # noqa: E402
+from tfflannel.evaluation.intervals import (  # noqa: E402
+    BOOTSTRAP_LEVEL,
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
+    classification_intervals,
+    patient_groups,
+)
+from tfflannel.evaluation.metrics import classification_metrics, metrics_rows, table3, table3_markdown  # noqa: E402
+from tfflannel.evaluation.reliability import CALIBRATION_COLUMNS, calibration_markdown, plot_reliability  # noqa: E402
 from tfflannel.utils import atomic_path, write_csv_atomic, write_text_atomic  # noqa: E402
 
-METRIC_COLUMNS = ("run", "fold", "class", "precision", "recall", "f1", "support")
+METRIC_COLUMNS = ("run", "fold", "class", "precision", "recall", "f1", "support", "ci_low", "ci_high")
+TABLE3_COLUMNS = ("run", "class", "f1_mean", "f1_std", "folds", "ci_low", "ci_high")
 
 
 def load_run_predictions(run_dir, role="test"):
@@ -30,7 +40,8 @@ def load_run_predictions(run_dir, role="test"):
     return info.display_name, info.fold, str(info.workdir_path(run_dir)), table.image_ids, table.labels, table.probs
 
 
-def _save(fig, path):
+def save_figure(fig, path):
+    """Save a matplotlib figure as a PNG atomically and close it; returns `path`."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -58,7 +69,7 @@ def plot_confusion(matrix, title, path):
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title, fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_curves(labels, scores, title, path):
@@ -81,7 +92,7 @@ def plot_curves(labels, scores, title, path):
     for ax in (ax_pr, ax_roc):
         ax.legend(fontsize=7)
         ax.title.set_fontsize(8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_f1_bars(table, path):
@@ -109,11 +120,27 @@ def plot_f1_bars(table, path):
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("F1 (mean over folds)")
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _slug(name):
     return "".join(ch if ch.isalnum() else "_" for ch in name).strip("_")[:80]
+
+
+def display_path(path):
+    """`path` as a report shows it: normalised (no `..`), relative to the working directory when inside it.
+
+    Args:
+        path: str or Path. Possibly relative with `..` parts (a run.yaml `workdir` joined to its run directory).
+
+    Returns:
+        str. E.g. `work/manifest.csv`, or the absolute path of a file outside the working directory.
+    """
+    resolved = Path(path).resolve()
+    try:
+        return resolved.relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return str(resolved)
 
 
 def _data_section(workdir):
@@ -126,7 +153,7 @@ def _data_section(workdir):
     for source in sources:
         values = [counts[(source, c)] for c in CLASS_NAMES]
         lines.append(f"| {source} | " + " | ".join(map(str, values)) + f" | {sum(values)} |")
-    text = (f"Manifest `{Path(workdir) / 'manifest.csv'}`: {len(rows)} images, "
+    text = (f"Manifest `{display_path(Path(workdir) / 'manifest.csv')}`: {len(rows)} images, "
             f"{len({r['patient_id'] for r in rows})} patients, "
             f"{sum(r['split'] == 'test' for r in rows)} in the test set.\n\n"
             + "\n".join(lines))
@@ -137,75 +164,147 @@ def _data_section(workdir):
     return text, {r["image_id"]: r["source"] for r in rows}, len(sources) > 1
 
 
-def evaluate_runs(run_dirs, out_dir, role="test"):
+def _load_run(run_dir, role):
+    """One run's predictions with the temperature it is served with and each film's patient group."""
+    from tfflannel.ensemble.calibration import run_temperature
+
+    name, fold, workdir, ids, labels, scores = load_run_predictions(run_dir, role)
+    temperature = run_temperature(run_dir)
+    groups, group_note = patient_groups(workdir, ids)
+    probabilities = apply_temperature(scores, temperature.temperature) if temperature.fitted else scores
+    return {"name": name, "fold": fold, "workdir": workdir, "ids": list(ids), "labels": labels, "scores": scores,
+            "probabilities": probabilities, "groups": groups, "temperature": temperature, "group_note": group_note}
+
+
+def _pool(parts, key):
+    return np.concatenate([p[key] for p in parts]) if key != "ids" and key != "groups" else \
+        [item for p in parts for item in p[key]]
+
+
+def _calibration_row(name, parts):
+    labels, probabilities = _pool(parts, "labels"), _pool(parts, "probabilities")
+    row = {"run": name, **calibration_metrics(labels, probabilities),
+           "temperature": ";".join(f"{p['temperature'].temperature:.4g}" for p in parts),
+           "ece_before": expected_calibration_error(labels, _pool(parts, "scores")), "folds": len(parts)}
+    return row
+
+
+def evaluate_runs(run_dirs, out_dir, role="test", n_resamples=BOOTSTRAP_RESAMPLES, seed=BOOTSTRAP_SEED):
     """Evaluate every run on its `role` predictions and write the report; returns the Table-3 rows.
 
-    Writes `metrics.csv` (per run, fold and class), `table3.csv` / `table3.md` (F1 mean and std over folds),
-    `runs.json`, plots under `plots/` (confusion summed over folds, PR/ROC curves of the pooled folds, F1 bars)
-    and `report.md` (with per-source metrics when the manifest has several sources).
+    Writes `metrics.csv` (per run, fold and class, with the patient-bootstrap 95 % interval of each F1, the
+    macro-F1 and the accuracy), `table3.csv` / `table3.md` (F1 mean and std over folds, the interval of the
+    folds' pooled predictions), `calibration.csv` (ECE, classwise ECE, Brier, NLL of the probabilities each run
+    serves: an ensemble's after its temperature), `runs.json`, plots under `plots/` (confusion summed over folds,
+    PR/ROC curves and a reliability diagram of the pooled folds, F1 bars) and `report.md` (with per-source
+    metrics when the manifest has several sources).
 
     Args:
         run_dirs: list of str or Path. Base-learner or ensemble run directories with `predictions/<role>.csv`.
         out_dir: str or Path. Report directory, created if needed.
         role: str. The partition evaluated. Defaults to `"test"`.
+        n_resamples: int. Patient-bootstrap resamples. Defaults to `2000`.
+        seed: int. Seed of the resamples. Defaults to `0`.
 
     Returns:
-        list of dict: the Table-3 rows (`run`, `class`, `f1_mean`, `f1_std`, `folds`).
+        list of dict: the Table-3 rows (`run`, `class`, `f1_mean`, `f1_std`, `folds`, `ci_low`, `ci_high`).
     """
     out_dir = Path(out_dir)
     (out_dir / "plots").mkdir(parents=True, exist_ok=True)
     metric_rows, per_run, pooled, source_rows, summaries = [], {}, collections.defaultdict(list), [], []
-    workdir = None
     for run_dir in run_dirs:
-        name, fold, workdir_of_run, ids, labels, scores = load_run_predictions(run_dir, role)
-        workdir = workdir or workdir_of_run
-        metrics = classification_metrics(labels, scores)
-        metric_rows += metrics_rows(name, fold, metrics)
+        part = _load_run(run_dir, role)
+        name, fold = part["name"], part["fold"]
+        metrics = classification_metrics(part["labels"], part["scores"])
+        intervals = classification_intervals(part["labels"], part["scores"], part["groups"], n_resamples, seed)
+        metric_rows += metrics_rows(name, fold, metrics, intervals)
         per_run[(name, fold)] = metrics
-        pooled[name].append((labels, scores, ids))
+        pooled[name].append(part)
         summaries.append({"run": name, "fold": fold, "dir": str(run_dir), "accuracy": metrics["accuracy"],
-                          "macro_f1": metrics["macro_f1"], "confusion": metrics["confusion"]})
+                          "accuracy_ci": list(intervals["accuracy"]), "macro_f1": metrics["macro_f1"],
+                          "macro_f1_ci": list(intervals["macro_f1"]), "confusion": metrics["confusion"],
+                          "temperature": part["temperature"].temperature,
+                          "temperature_note": part["temperature"].note})
+    pooled_intervals = {name: classification_intervals(_pool(parts, "labels"), _pool(parts, "scores"),
+                                                       _pool(parts, "groups"), n_resamples, seed)
+                        for name, parts in pooled.items()}
     write_csv_atomic(out_dir / "metrics.csv", metric_rows, METRIC_COLUMNS)
-    table = table3(metric_rows)
-    write_csv_atomic(out_dir / "table3.csv", table, ("run", "class", "f1_mean", "f1_std", "folds"))
+    table = table3(metric_rows, pooled_intervals)
+    write_csv_atomic(out_dir / "table3.csv", table, TABLE3_COLUMNS)
     markdown = table3_markdown(table)
     write_text_atomic(out_dir / "table3.md", markdown + "\n")
-    write_text_atomic(out_dir / "runs.json", json.dumps(summaries, indent=2) + "\n")
+    calibration_rows = [_calibration_row(name, parts) for name, parts in pooled.items()]
+    write_csv_atomic(out_dir / "calibration.csv", calibration_rows, CALIBRATION_COLUMNS)
+    bootstrap = {"n_resamples": int(n_resamples), "seed": int(seed), "level": BOOTSTRAP_LEVEL, "unit": "group_id"}
+    write_text_atomic(out_dir / "runs.json", json.dumps({"bootstrap": bootstrap, "runs": summaries}, indent=2) + "\n")
 
+    workdir = next(iter(pooled.values()))[0]["workdir"] if pooled else None
     data_text, sources, multi_source = _data_section(workdir) if workdir and Path(workdir, "manifest.csv").exists() \
         else ("(manifest not found)", {}, False)
     plots = []
     for name, parts in pooled.items():
-        labels = np.concatenate([p[0] for p in parts])
-        scores = np.concatenate([p[1] for p in parts])
+        labels, scores, ids = _pool(parts, "labels"), _pool(parts, "scores"), _pool(parts, "ids")
+        fitted = any(p["temperature"].fitted for p in parts)
         confusion = np.sum([per_run[key]["confusion"] for key in per_run if key[0] == name], axis=0)
         plots.append((name, plot_confusion(confusion, f"{name} (summed over folds)",
                                            out_dir / "plots" / f"confusion_{_slug(name)}.png"),
-                      plot_curves(labels, scores, name, out_dir / "plots" / f"curves_{_slug(name)}.png")))
+                      plot_curves(labels, scores, name, out_dir / "plots" / f"curves_{_slug(name)}.png"),
+                      plot_reliability(labels, _pool(parts, "probabilities"), f"reliability: {name}",
+                                       out_dir / "plots" / f"reliability_{_slug(name)}.png",
+                                       before=scores if fitted else None)))
         if multi_source:
-            ids = [i for p in parts for i in p[2]]
             for source in sorted({sources.get(i, "?") for i in ids}):
                 keep = np.array([sources.get(i, "?") == source for i in ids])
                 m = classification_metrics(labels[keep], scores[keep])
                 source_rows.append(f"| {name} | {source} | {keep.sum()} | {m['accuracy']:.3f} | {m['macro_f1']:.3f} |")
     bars = plot_f1_bars(table, out_dir / "plots" / "f1_by_class.png")
+    write_text_atomic(out_dir / "report.md", "\n".join(_report_lines(
+        role, data_text, markdown, bars, source_rows, plots, pooled, pooled_intervals, calibration_rows, bootstrap)))
+    return table
 
+
+def _report_lines(role, data_text, markdown, bars, source_rows, plots, pooled, intervals, calibration_rows,
+                  bootstrap):
+    several = any(len(parts) > 1 for parts in pooled.values())
+    group_notes = sorted({p["group_note"] for parts in pooled.values() for p in parts if p["group_note"]})
     report = [
         "# tfflannel evaluation report", "", f"> {DISCLAIMER}", "",
         f"Partition evaluated: `{role}`. Per-class F1 is one-vs-rest on the numeric argmax of the scores; "
-        "mean (std) over folds, std with ddof=1 (n/a for one fold).", "",
+        "mean (std) over folds, std with ddof=1 (shown for several folds only).", "",
+        f"**Intervals.** In brackets: the 95 % patient-bootstrap percentile interval ({bootstrap['n_resamples']} "
+        f"resamples of the test partition's patients (`group_id`) with replacement, seed {bootstrap['seed']}; a "
+        "resample keeps every film of a drawn patient). A class absent from a resample and never predicted there "
+        "counts F1 0 (scikit-learn's `zero_division=0`, as the point estimate). "
+        + ("With several folds the interval is computed on the pooled test predictions of each fold's run (a "
+           "patient's films from every fold are drawn together), around the pooled F1, not the mean over folds. "
+           if several else "")
+        + "The interval reflects the sampling of test patients only, not the data's source confound.", "",
+        *(f"- {note}" for note in group_notes), *([""] if group_notes else []),
         "## Data", "", data_text, "",
-        "## Table 3: F1 per class and macro-F1", "", markdown, "",
+        "## Table 3: F1 per class, macro-F1 and accuracy", "", markdown, "",
         f"![F1 by class](plots/{bars.name})", "",
     ]
     if source_rows:
         report += ["## Per source", "", "| model | source | images | accuracy | macro-F1 |", "|---|---|---|---|---|",
                    *source_rows, ""]
+    notes = {name: [p["temperature"].note for p in parts] for name, parts in pooled.items()}
+    report += ["## Calibration", "",
+               "Of the probabilities each run serves (an ensemble's after its temperature T, fitted by "
+               "`train-ensemble` on validation films only; `ECE before T` is of its raw probabilities). ECE: 15 "
+               "equal-width bins of the top-label probability, `sum_b (n_b / N) |acc_b - conf_b|`; classwise ECE: "
+               "the same on each class's probability, averaged over the classes; Brier: `mean sum_c (p_c - y_c)^2` "
+               "(0 to 2); NLL: mean `-log p_true`. Several folds: pooled test predictions, each fold's run with "
+               "its own T (listed). Temperature scaling does not change the argmax, so F1 and accuracy are the "
+               "same before and after.", "",
+               *calibration_markdown(calibration_rows, notes), ""]
     report += ["## Per model", ""]
-    for name, confusion_path, curves_path in plots:
-        accs = [s["accuracy"] for s in summaries if s["run"] == name]
-        spread = np.std(accs, ddof=1) if len(accs) > 1 else float("nan")
-        report += [f"### {name}", "", f"accuracy {format_mean_std(np.mean(accs), spread)}", "",
-                   f"![confusion](plots/{confusion_path.name}) ![curves](plots/{curves_path.name})", ""]
-    write_text_atomic(out_dir / "report.md", "\n".join(report))
-    return table
+    for name, confusion_path, curves_path, reliability_path in plots:
+        low, high = intervals[name]["accuracy"]
+        accuracy = classification_metrics(_pool(pooled[name], "labels"), _pool(pooled[name], "scores"))["accuracy"]
+        folds = len(pooled[name])
+        report += [f"### {name}", "",
+                   f"accuracy {accuracy:.3f} [{low:.3f}, {high:.3f}]" + (f" (pooled over {folds} folds)" if folds > 1
+                                                                         else ""), "",
+                   f"![confusion](plots/{confusion_path.name}) ![curves](plots/{curves_path.name}) "
+                   f"![reliability](plots/{reliability_path.name})", ""]
+    return report

@@ -68,7 +68,7 @@ def explain_image(image, run_dir, class_name=None, k=32, seed=0, segmenter=None,
     """Explain one (H, W) uint8 image with the trained run in `run_dir` (see `explain_with_run`).
 
     The segmenter and view are first checked against those the run was trained on
-    (`export.saved_model.check_runs_match`), as `predict` and `export` do; K and the seed may differ from
+    (`serving.checks.check_runs_match`), as `predict` and `export` do; K and the seed may differ from
     `predict-base`'s (the map shows the patches drawn here).
 
     Args:
@@ -86,9 +86,9 @@ def explain_image(image, run_dir, class_name=None, k=32, seed=0, segmenter=None,
     Raises:
         InputError: an ensemble run, or a segmenter or view other than the run's.
     """
-    from tfflannel.export.saved_model import check_runs_match
     from tfflannel.learners.infer import read_run
     from tfflannel.segmentation.inference import load_segmenter
+    from tfflannel.serving.checks import check_runs_match
 
     model, info = read_run(run_dir)
     segmenter = segmenter or load_segmenter()
@@ -116,9 +116,9 @@ def explain_with_run(image, model, info, class_name, k, seed, segmenter, view=No
         dict with `image` (the image the map refers to), `mask`, `heatmap` (same size, [0, 1], zero outside the
         lungs), `probabilities` (dict), `target` (class explained), `centres` ((K, 2) patch centres, patched runs).
     """
-    from tfflannel.export.saved_model import InferencePipeline
     from tfflannel.film_pipeline import crop_patches, evaluation_centres, film_mask, global_view, letterbox
     from tfflannel.models.backbones import backbone_config
+    from tfflannel.serving.pipeline import InferencePipeline
 
     size = int(info["input_size"])
     layer = backbone_config(info["backbone"]).last_conv

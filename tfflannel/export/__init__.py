@@ -1,1 +1,1 @@
-"""Export stage: one SavedModel that takes a raw image and returns the four class probabilities."""
+"""Export stage: save the serving pipeline (`tfflannel.serving`) as one SavedModel in TF Serving's layout."""

@@ -15,7 +15,6 @@ missing partitions, and a change recomputes everything, naming what changed.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -30,14 +29,15 @@ from tfflannel.film_pipeline import aggregate_scores
 from tfflannel.predictions import (  # noqa: F401
     PREDICTION_COLUMNS,
     ROLES,
-    changed_keys,
     prediction_row,
     predictions_path,
     read_provenance,
     write_predictions,
     write_provenance,
 )
-from tfflannel.run_info import file_sha256, load_run_info, manifest_sha256
+from tfflannel.run_info import load_run_info, manifest_sha256
+from tfflannel.segmentation.cache_record import recorded_cache_key
+from tfflannel.utils import diff_keys, file_sha256
 
 
 def predict_image_scores(model, dataset):
@@ -106,15 +106,14 @@ def _check_cache_is_the_trained_one(run_dir, info, workdir):
     Raises:
         InputError: the work directory's cache was rebuilt with another segmenter or view since training.
     """
-    cache_json = Path(workdir) / "cache" / "cache.json"
-    if info.kind != "patch" or not info.cache_key or not cache_json.is_file():
+    current = recorded_cache_key(workdir) if info.kind == "patch" and info.cache_key else None
+    if current is None:
         return
-    current = json.loads(cache_json.read_text()).get("key") or {}
-    changed = [f"{name}: {info.cache_key.get(name)!r} -> {current.get(name)!r}"
-               for name in sorted(set(info.cache_key) | set(current)) if info.cache_key.get(name) != current.get(name)]
+    changed = diff_keys(info.cache_key, current)
     if changed:
-        raise InputError(f"{cache_json.parent} was rebuilt since {run_dir} was trained on it ({'; '.join(changed)}); "
-                         "rerun `segment` with the run's settings (its config.yaml), or retrain the run")
+        raise InputError(f"{Path(workdir) / 'cache'} was rebuilt since {run_dir} was trained on it "
+                         f"({'; '.join(changed)}); rerun `segment` with the run's settings (its config.yaml), or "
+                         "retrain the run")
 
 
 def predict_base(run_dir, workdir=None, k=100, images_per_batch=4, seed=0, roles=ROLES, progress=True, force=False,
@@ -154,7 +153,7 @@ def predict_base(run_dir, workdir=None, k=100, images_per_batch=4, seed=0, roles
     recorded = read_provenance(run_dir)
     done = set(recorded.get("done", [])) if recorded.get("identity") == identity and not force else set()
     if recorded.get("identity") and recorded["identity"] != identity and not force:
-        changes = "; ".join(changed_keys(recorded["identity"], identity))
+        changes = "; ".join(diff_keys(recorded["identity"], identity))
         echo(f"{run_dir / 'predictions'}: recomputing, inputs changed: {changes}")
     done = {role for role in done if predictions_path(run_dir, role).is_file()}
     todo = [role for role in roles if role not in done]

@@ -14,9 +14,10 @@ into the run directory; the others write into a temporary directory that is dele
 directory must be on a filesystem that all workers can read (what Keras' `BackupAndRestore` requires too).
 
 Keras 3.15's `model.fit` fails under `MultiWorkerMirroredStrategy` as it is (tensorflow/tensorflow#72388);
-`make_strategy` installs the fixes of `tfflannel/learners/multi_worker.py` when it creates that strategy,
-and training averages BatchNorm's moving statistics over the workers after every epoch, so every
-worker holds the chief's model. `tests/learners_stage/test_multi_worker.py` trains with two workers.
+`make_strategy` imports and installs the fixes of `tfflannel/learners/keras_multi_worker_patch.py` (the one module
+that touches Keras' private trainer) only when it creates that strategy, and training averages BatchNorm's
+moving statistics over the workers after every epoch (`learners/replicas.py`), so every worker holds the chief's
+model. `tests/learners_stage/test_multi_worker.py` trains with two workers.
 """
 
 from __future__ import annotations
@@ -102,10 +103,10 @@ def make_strategy(name="auto"):
     if name == "multi_worker" or (name == "auto" and cluster_workers() > 1):
         # Checked before any device query: the collective ops must be configured before TensorFlow starts.
         if not _MULTI_WORKER:
-            from tfflannel.learners import multi_worker
+            from tfflannel.learners import keras_multi_worker_patch
 
             _MULTI_WORKER.append(tf.distribute.MultiWorkerMirroredStrategy())
-            multi_worker.install()     # Keras 3.15's fit fails under this strategy without these fixes
+            keras_multi_worker_patch.install()     # Keras 3.15's fit fails under this strategy without these fixes
         return _MULTI_WORKER[0]
     gpus = tf.config.list_logical_devices("GPU")
     if name == "default" or (name == "auto" and len(gpus) <= 1):

@@ -9,7 +9,6 @@ epoch's data are drawn from (seed, epoch), never replayed.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
@@ -24,15 +23,23 @@ from tfflannel.config import dump_config
 from tfflannel.data.manifest import load_manifest, validation_folds
 from tfflannel.errors import InputError
 from tfflannel.learners.infer import predict_image_scores
-from tfflannel.learners.multi_worker import AverageBatchNormStatistics, in_multi_worker_mode, shard_by_data
+from tfflannel.learners.replicas import (
+    AverageBatchNormStatistics,
+    in_multi_worker_mode,
+    precise_bn_batches,
+    shard_by_data,
+)
 from tfflannel.learners.strategy import chief_writes, make_strategy, replica_batch_size
 from tfflannel.models.backbones import backbone_config
 from tfflannel.models.classifier import build_classifier, inference_model
 from tfflannel.models.precise_bn import recompute_batchnorm_statistics
+from tfflannel.models.weights_files import check_weights_file
 from tfflannel.resume import ResumableFit, config_fingerprint, save_model_without_optimizer
-from tfflannel.run_info import RunInfo, file_sha256, manifest_sha256, relative_to_run, save_run_info
+from tfflannel.run_info import RunInfo, manifest_sha256, relative_to_run, save_run_info
 from tfflannel.schedules import scale_milestones, step_decay
+from tfflannel.segmentation.cache_record import recorded_cache_key
 from tfflannel.tf_epochs import seed_run
+from tfflannel.utils import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -115,10 +122,11 @@ def _start_run(config, section_name, out_dir, info, weights, force):
     # Both ways: in one process (reproduce, tests) an earlier mixed-precision run must not leak into this one.
     keras.mixed_precision.set_global_policy("mixed_float16" if config.runtime.mixed_precision else "float32")
     dump_config(config, out_dir / "config.yaml")
-    if info.kind == "patch" and (workdir / "cache" / "cache.json").is_file():   # what serving checks against
+    cache_key = recorded_cache_key(workdir) if info.kind == "patch" else None
+    if cache_key is not None:                        # what serving checks against
         from tfflannel.film_pipeline import CONFIDENCE_QC_OFF, ViewSettings
 
-        info.cache_key = json.loads((workdir / "cache" / "cache.json").read_text()).get("key")
+        info.cache_key = cache_key
         view = ViewSettings.from_config(config).key()    # the confidence QC bounds only where set
         names = list(view) + [k for k in CONFIDENCE_QC_OFF if k in info.cache_key and k not in view]
         wrong = [f"{k}: cache {info.cache_key.get(k, CONFIDENCE_QC_OFF.get(k))!r}, "
@@ -172,6 +180,12 @@ def _check_fold(workdir, fold):
         raise InputError(f"--fold {fold}: {Path(workdir) / 'manifest.csv'} has folds {folds}")
 
 
+def _check_weights(weights):
+    """A `--weights FILE` that is missing, truncated or of another kind is refused before the run directory exists."""
+    if weights not in (None, "none", "None", "imagenet"):
+        check_weights_file(weights)
+
+
 @chief_writes
 def train_patch_learner(config, backbone, fold, workdir, out_dir, weights=None, progress=True, extra_callbacks=(),
                         force=False):
@@ -198,6 +212,7 @@ def train_patch_learner(config, backbone, fold, workdir, out_dir, weights=None, 
 
     cfg = config.patched
     _check_fold(workdir, fold)
+    _check_weights(weights)
     size = cfg.patch_size or backbone_config(backbone).input_size
     info = _run_info("patch", backbone, fold, workdir, out_dir, size, cfg.val_patches, cfg.seed)
     fit = _start_run(config, "patched", out_dir, info, weights, force)
@@ -218,7 +233,8 @@ def train_patch_learner(config, backbone, fold, workdir, out_dir, weights=None, 
         model = _compiled_classifier(cfg, backbone, size, weights, cfg.l1)
     validation = ValidationF1(lambda: evaluation_dataset(workdir, "valid", fold, cfg.val_patches, size, cfg.seed,
                                                          cfg.images_per_batch),
-                              lambda epoch: epochs_of(epoch, epoch + 1), 0 if multi else cfg.precise_bn_batches)
+                              lambda epoch: epochs_of(epoch, epoch + 1),
+                              precise_bn_batches(cfg.precise_bn_batches, strategy, "patched.precise_bn_batches"))
     callbacks = [validation, SamplePatchImages(out_dir / "logs", train), *extra_callbacks]
     return _fit(fit, model, train, steps, out_dir, callbacks, progress)
 
@@ -234,6 +250,7 @@ def train_global_learner(config, backbone, fold, workdir, out_dir, weights=None,
 
     cfg = config.global_learner
     _check_fold(workdir, fold)
+    _check_weights(weights)
     crop = cfg.crop_size or backbone_config(backbone).input_size
     resize = max(cfg.resize, crop)
     rows = load_manifest(workdir)
@@ -258,7 +275,8 @@ def train_global_learner(config, backbone, fold, workdir, out_dir, weights=None,
     with strategy.scope():
         model = _compiled_classifier(cfg, backbone, crop, weights)
     validation = ValidationF1(lambda: global_evaluation_dataset(valid_rows, resize, crop),
-                              lambda epoch: epochs_of(epoch, epoch + 1), 0 if multi else cfg.precise_bn_batches)
+                              lambda epoch: epochs_of(epoch, epoch + 1),
+                              precise_bn_batches(cfg.precise_bn_batches, strategy, "global_learner.precise_bn_batches"))
     schedule = keras.callbacks.LearningRateScheduler(step_decay(scale_milestones(cfg.lr_milestones, cfg.epochs),
                                                                 cfg.learning_rate))
     callbacks = [validation, schedule, SamplePatchImages(out_dir / "logs", train), *extra_callbacks]

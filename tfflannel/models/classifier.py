@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+PREPROCESS_MODES = ("tf", "torch", "caffe", "unit", "raw")
 
 
 @keras.saving.register_keras_serializable(package="tfflannel")
@@ -32,7 +33,9 @@ class GrayToImageNet(layers.Layer):
 
     Args:
         mode: str. `"tf"`: to [-1, 1]; `"torch"`: /255, then ImageNet mean/std per channel; `"caffe"`: the
-            ImageNet BGR mean subtracted from the 0-255 values. Defaults to `"torch"`.
+            ImageNet BGR mean subtracted from the 0-255 values; `"unit"`: /255, to [0, 1] (COVID-Net);
+            `"raw"`: the 0-255 values unchanged (Keras' EfficientNet scales its input itself). Defaults to
+            `"torch"`.
         **kwargs: passed to `keras.layers.Layer` (`name`, `dtype`).
 
     Raises:
@@ -41,8 +44,8 @@ class GrayToImageNet(layers.Layer):
 
     def __init__(self, mode="torch", **kwargs):
         super().__init__(**kwargs)
-        if mode not in ("tf", "torch", "caffe"):
-            raise ValueError(f"mode must be 'tf', 'torch' or 'caffe'. Received: mode={mode!r}.")
+        if mode not in PREPROCESS_MODES:
+            raise ValueError(f"mode must be one of {PREPROCESS_MODES}. Received: mode={mode!r}.")
         self.mode = mode
 
     def call(self, inputs):
@@ -61,8 +64,10 @@ class GrayToImageNet(layers.Layer):
         elif self.mode == "torch":
             scale = tuple(1.0 / (255.0 * s) for s in _IMAGENET_STD)
             offset = tuple(-m / s for m, s in zip(_IMAGENET_MEAN, _IMAGENET_STD, strict=True))
-        else:
+        elif self.mode == "caffe":
             scale, offset = (1.0,) * 3, tuple(-m for m in _CAFFE_MEAN_BGR)
+        else:
+            scale, offset = (1.0 / 255.0 if self.mode == "unit" else 1.0,) * 3, (0.0,) * 3
         return x * ops.convert_to_tensor(scale, dtype=x.dtype) + ops.convert_to_tensor(offset, dtype=x.dtype)
 
     def compute_output_shape(self, input_shape):
@@ -123,6 +128,7 @@ def build_classifier(backbone="mobilenet_v2", input_size=None, num_classes=len(C
             auxiliary head on an input below 299 px.
         FileNotFoundError: a weights file that does not exist.
     """
+    from tfflannel.models.weights_files import check_weights_file
     from tfflannel.models.weights_import import is_state_dict_file, reference_backbone_of
 
     config = backbone_config(backbone)
@@ -139,6 +145,8 @@ def build_classifier(backbone="mobilenet_v2", input_size=None, num_classes=len(C
     if weights is not None and weights != "imagenet" and not Path(weights).is_file():
         raise FileNotFoundError(
             f"{weights}: weights file not found (pass --weights none, imagenet or an existing file)")
+    if weights is not None and weights != "imagenet":
+        check_weights_file(weights)
     pretrained = weights is not None and (is_state_dict_file(weights) or (
         weights.endswith(".weights.h5") and reference_backbone_of(weights) is not None))
     inputs = keras.Input((size, size, 1), name="patch")

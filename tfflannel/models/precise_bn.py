@@ -29,9 +29,9 @@ def recompute_batchnorm_statistics(model, batches):
     Returns:
         int. Number of batches used; `0` (and nothing iterated) if the model has no BatchNormalization layer.
     """
-    norms = [layer for layer in _all_layers(model) if isinstance(layer, keras.layers.BatchNormalization)]
+    norms = [layer for layer in model_layers(model) if isinstance(layer, keras.layers.BatchNormalization)]
     dropout_types = (keras.layers.Dropout, keras.layers.SpatialDropout2D)
-    drops = [layer for layer in _all_layers(model) if isinstance(layer, dropout_types)]
+    drops = [layer for layer in model_layers(model) if isinstance(layer, dropout_types)]
     if not norms:
         return 0
     saved_momentum = [layer.momentum for layer in norms]
@@ -54,8 +54,16 @@ def recompute_batchnorm_statistics(model, batches):
     return count
 
 
-def _all_layers(model):
+def model_layers(model):
+    """Every layer of `model`, those of nested models included (public `Model.layers` only).
+
+    Args:
+        model: keras.Model.
+
+    Yields:
+        keras.layers.Layer.
+    """
     for layer in model.layers:
         if isinstance(layer, keras.Model):
-            yield from _all_layers(layer)
+            yield from model_layers(layer)
         yield layer

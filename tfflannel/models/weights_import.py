@@ -27,11 +27,10 @@ from pathlib import Path
 import numpy as np
 
 from tfflannel.errors import InputError
+from tfflannel.models.weights_files import SAFETENSORS_SUFFIX, TORCH_SUFFIXES, check_weights_file
 
 log = logging.getLogger(__name__)
 
-TORCH_SUFFIXES = (".pth", ".pt")
-SAFETENSORS_SUFFIX = ".safetensors"
 REFERENCE_ATTR = "tfflannel_reference_backbone"
 BN_PARAMS = ("weight", "bias", "running_mean", "running_var")
 
@@ -132,21 +131,27 @@ def read_state_dict(path):
 
     Raises:
         FileNotFoundError: `path` does not exist.
-        ValueError: an unknown suffix, or torch is not installed for a `.pth` file.
+        ValueError: an unknown suffix, a truncated or corrupt file (`check_weights_file`), or torch is not
+            installed for a `.pth` file.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: weights file not found")
     suffix = path.suffix.lower()
-    if suffix == SAFETENSORS_SUFFIX:
-        from safetensors.numpy import load_file
-
-        state = load_file(str(path))
-    elif suffix in TORCH_SUFFIXES:
-        state = _read_torch_file(path)
-    else:
+    if suffix not in (SAFETENSORS_SUFFIX, *TORCH_SUFFIXES):
         raise InputError(f"{path}: expected a torchvision .pth/.pt or a .safetensors state dict. "
                          f"Received suffix {suffix or '(none)'!r}.")
+    check_weights_file(path)
+    if suffix == SAFETENSORS_SUFFIX:
+        from safetensors import SafetensorError
+        from safetensors.numpy import load_file
+
+        try:
+            state = load_file(str(path))
+        except SafetensorError as error:
+            raise InputError(f"{path}: corrupt safetensors file: {' '.join(str(error).split())}") from None
+    else:
+        state = _read_torch_file(path)
     return normalise_keys(state)
 
 
@@ -157,7 +162,13 @@ def _read_torch_file(path):
         raise InputError(f"{path}: reading a .pth file needs PyTorch: pip install 'tfflannel[torch]' (or torch), "
                          f"or pass the same weights as a .safetensors file (for example timm's *.tv_in1k "
                          f"model.safetensors), which needs no torch.") from None
-    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    import pickle
+
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, OSError, KeyError, ValueError) as error:
+        raise InputError(f"{path}: truncated or corrupt PyTorch file ({type(error).__name__}: "
+                         f"{' '.join(str(error).split())[:200]})") from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -190,7 +201,7 @@ def _tensor_names(layer, module):
     return [f"{module}.weight"] + ([f"{module}.bias"] if len(layer.weights) > 1 else [])
 
 
-def _convert(layer, tensors, module, state):
+def _convert(layer, tensors, module, state, model):
     """The layer's `set_weights` list from its torch tensors (by layer type), shapes checked by Keras."""
     import keras
 
@@ -199,7 +210,7 @@ def _convert(layer, tensors, module, state):
     weight = state[f"{module}.weight"]
     if isinstance(layer, keras.layers.Dense):
         weight = weight.reshape(weight.shape[0], -1).T          # timm's conv-shaped fc1/fc2 flatten to Linear's
-        spatial = _flattened_from(layer)
+        spatial = _flattened_from(layer, model)
         if spatial is not None:                                  # rows: torch CHW flatten order -> Keras HWC
             h, w, c = spatial
             weight = weight.reshape(c, h, w, -1).transpose(1, 2, 0, 3).reshape(h * w * c, -1)
@@ -208,16 +219,15 @@ def _convert(layer, tensors, module, state):
     return [weight] + ([state[f"{module}.bias"]] if len(tensors) > 1 else [])
 
 
-def _flattened_from(layer):
-    """(h, w, c) when a Dense layer reads a Flatten of a spatial map (VGG's fc1), else None."""
+def _flattened_from(layer, model):
+    """(h, w, c) when a Dense layer of `model` reads a Flatten of a spatial map (VGG's fc1), else None."""
     import keras
 
-    history = getattr(layer.input, "_keras_history", None)
-    source = history.operation if history is not None else None
-    if isinstance(source, keras.layers.Flatten):
-        shape = source.input.shape
-        if len(shape) == 4:
-            return tuple(int(d) for d in shape[1:])
+    for source in model.layers:
+        if isinstance(source, keras.layers.Flatten) and source.output is layer.input:
+            shape = source.input.shape
+            if len(shape) == 4:
+                return tuple(int(d) for d in shape[1:])
     return None
 
 
@@ -259,7 +269,7 @@ def assign_state_dict(model, backbone, state, skip=()):
         raise InputError(f"the state dict does not fit {backbone!r}: {len(missing)} missing tensors "
                          f"{_short(missing)}, {len(unexpected)} unexpected tensors {_short(unexpected)}")
     for layer, module, tensors in plan:
-        values = [np.asarray(v, dtype=np.float32) for v in _convert(layer, tensors, module, state)]
+        values = [np.asarray(v, dtype=np.float32) for v in _convert(layer, tensors, module, state, model)]
         shapes = [tuple(v.shape) for v in layer.get_weights()]
         if shapes != [v.shape for v in values]:
             raise InputError(f"{module}: shapes {[v.shape for v in values]} (converted) do not fit Keras layer "

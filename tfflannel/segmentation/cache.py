@@ -11,6 +11,8 @@ and every setting that changes a record (`CacheSettings.key`); shard names carry
 a digest of that key and of their images' (image_id, sha256), and `index.csv`
 lists each image's sha256 and shard. A rerun with nothing changed writes nothing;
 a changed image, segmenter or setting rebuilds exactly the shards it touches;
+a new shard size (`segmentation.shard_size`) re-packs: records of unchanged images
+are copied from the old shards, byte for byte, without running the segmenter;
 shards of an old layout are removed once the new one is complete; temp files of
 a killed run are removed by the next run. Readers read exactly the shards
 `index.csv` lists and refuse a cache that does not match the manifest.
@@ -32,7 +34,8 @@ from tfflannel.data.io import ImageReadError, read_image
 from tfflannel.data.manifest import load_manifest
 from tfflannel.errors import InputError
 from tfflannel.film_pipeline import ViewSettings, lung_bbox, masked_view, segment_quality
-from tfflannel.utils import atomic_path, read_csv, write_csv_atomic, write_image_grid, write_text_atomic
+from tfflannel.segmentation.cache_record import CacheRecord, read_cache_record, remove_cache_record, write_cache_record
+from tfflannel.utils import atomic_path, read_csv, write_csv_atomic
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = 2
@@ -198,20 +201,42 @@ def _finished(cache, name):
         return handle.readline().strip().split(",") == list(INDEX_COLUMNS)
 
 
-def _write_shard(maker, rows, path, settings):
+def _write_shard(make_views, rows, path, settings, reusable):
+    """Write one shard: records of `reusable` images are copied byte for byte, the others segmented.
+
+    Args:
+        make_views: callable. Returns the `ViewMaker`; called only when some film needs the segmenter.
+        rows: list of dict. The shard's manifest rows, sorted by image_id.
+        path: Path. The shard file.
+        settings: CacheSettings.
+        reusable: dict. {image_id: index row} of records already in the cache under the same key (`_reusable`).
+    """
+    copied = _copy_records(path.parent, [reusable[r["image_id"]] for r in rows
+                                         if reusable.get(r["image_id"], {}).get("sha256") == r["sha256"]])
     films, kept, errors = [], [], []
     for row in rows:
+        if row["image_id"] in copied:
+            continue
         try:
             films.append(read_image(row["path"])[0])
             kept.append(row)
         except ImageReadError as error:
             log.warning("skipping %s: %s", row["image_id"], error)
             errors.append({"image_id": row["image_id"], "path": row["path"], "reason": error.reason})
-    views = maker.views(films, settings.batch_size)
+    views = dict(zip((r["image_id"] for r in kept), make_views().views(films, settings.batch_size) if films else [],
+                     strict=True))
     index_rows = []
     with atomic_path(path) as tmp:
         with tf.io.TFRecordWriter(tmp) as writer:
-            for row, view in zip(kept, views, strict=True):
+            for row in rows:
+                if row["image_id"] in copied:
+                    raw, index_row = copied[row["image_id"]]
+                    writer.write(raw)
+                    index_rows.append({**index_row, "shard": path.name})
+                    continue
+                view = views.get(row["image_id"])
+                if view is None:
+                    continue                                     # unreadable: listed in errors
                 writer.write(encode_record(row["image_id"], view))
                 index_rows.append({"image_id": row["image_id"], "sha256": row["sha256"], "shard": path.name,
                                    "mask_ok": int(view["mask_ok"]),
@@ -221,6 +246,32 @@ def _write_shard(maker, rows, path, settings):
     index_path, errors_path = _parts(path.parent, path.name)
     write_csv_atomic(errors_path, errors, ERROR_COLUMNS)
     write_csv_atomic(index_path, index_rows, INDEX_COLUMNS)   # last: its presence marks the shard finished
+
+
+def _reusable(cache):
+    """{image_id: index row} of the complete cache's records, whose shard files are still there.
+
+    Only called when `cache.json` holds the current key: these records are exactly what segmenting the same
+    film (same sha256) would write, so a new shard layout (`segmentation.shard_size`) copies them instead.
+    """
+    if not (cache / "index.csv").is_file():
+        return {}
+    rows = read_csv(cache / "index.csv")
+    return {r["image_id"]: r for r in rows if all(r.get(c) not in (None, "") for c in INDEX_COLUMNS)
+            and (cache / r["shard"]).is_file()}
+
+
+def _copy_records(cache, index_rows):
+    """{image_id: (serialized record, index row)} read from the shards `index_rows` name."""
+    wanted = {r["image_id"]: r for r in index_rows}
+    found = {}
+    for name in dict.fromkeys(r["shard"] for r in index_rows):
+        for raw in tf.data.TFRecordDataset(str(cache / name)):
+            image_id = tf.io.parse_single_example(raw, {"image_id": FEATURE_SPEC["image_id"]})["image_id"]
+            image_id = image_id.numpy().decode()
+            if image_id in wanted:
+                found[image_id] = (raw.numpy(), wanted[image_id])
+    return found
 
 
 def _remove_orphans(cache, others):
@@ -256,10 +307,13 @@ def build_cache(workdir, segmenter, settings=None, shard=(1, 1), progress=True):
     (cache / "parts").mkdir(parents=True, exist_ok=True)
     key = settings.key(segmenter)
     plan = plan_shards(rows, settings, key)
-    recorded = json.loads((cache / "cache.json").read_text()) if (cache / "cache.json").is_file() else None
-    if recorded is None or recorded.get("key") != key:
+    try:
+        recorded = read_cache_record(workdir)
+    except InputError:
+        recorded = None                      # unreadable: of unknown provenance
+    if recorded is None or recorded.key != key:
         # Records made another way (segmenter, size, QC, input) or of unknown provenance: no reader may use them.
-        (cache / "cache.json").unlink(missing_ok=True)
+        remove_cache_record(workdir)
         (cache / "index.csv").unlink(missing_ok=True)
         recorded = None
     mine = {name for number, (name, _) in enumerate(plan) if number % parts == part - 1}
@@ -272,16 +326,16 @@ def build_cache(workdir, segmenter, settings=None, shard=(1, 1), progress=True):
             skipped += 1
         else:
             todo.append((name, chunk))
-    maker = view_maker(segmenter, settings.view) if todo else None
+    reusable = _reusable(cache) if recorded is not None and todo else {}
     bar = tqdm(total=sum(len(chunk) for _, chunk in todo), desc="segmenting", unit="img", disable=not progress)
     for name, chunk in todo:
-        _write_shard(maker, chunk, cache / name, settings)
+        _write_shard(lambda: view_maker(segmenter, settings.view), chunk, cache / name, settings, reusable)
         bar.update(len(chunk))
     bar.close()
     complete = all(_finished(cache, name) for name, _ in plan)
     removed = 0
     errors = [e for name, _ in plan if _parts(cache, name)[1].exists() for e in read_csv(_parts(cache, name)[1])]
-    state = {"key": key, "shard_size": settings.shard_size, "shards": [name for name, _ in plan]}
+    state = CacheRecord(key=key, shard_size=settings.shard_size, shards=[name for name, _ in plan])
     if complete and (todo or recorded != state or not (cache / "index.csv").is_file()):
         index = [row for name, _ in plan for row in read_csv(_parts(cache, name)[0])]
         write_csv_atomic(cache / "errors.csv", errors, ERROR_COLUMNS)
@@ -295,8 +349,10 @@ def build_cache(workdir, segmenter, settings=None, shard=(1, 1), progress=True):
         for old in (cache / "parts").glob("*.csv"):
             if old.name.split(".")[0] not in stems:
                 old.unlink()
+        from tfflannel.segmentation.qc_grid import write_qc_grid
+
         write_qc_grid(cache)
-        write_text_atomic(cache / "cache.json", json.dumps(state, indent=2) + "\n")   # last: the cache is complete
+        write_cache_record(workdir, state)   # last: the cache is complete
     return {"shards": len(plan), "written": len(todo), "skipped": skipped, "errors": len(errors),
             "complete": complete, "removed": removed, "cache": str(cache)}
 
@@ -351,77 +407,3 @@ def read_cache_records(cache_dir, limit=None):
             "raw": raw.numpy(),
         })
     return records
-
-
-def _number(row, name, missing):
-    return float(row[name]) if row.get(name) not in (None, "") else missing
-
-
-def qc_order(index_rows):
-    """`index.csv` rows, the most doubtful mask first: the order of `qc.png`.
-
-    Films that failed QC (`mask_ok=0`) come first, then ascending mask confidence, then descending flip
-    disagreement; ties keep index order. Rows without the numbers (a cache written before they were recorded)
-    come last among their QC group.
-
-    Args:
-        index_rows: list of dict. `read_csv(cache / "index.csv")`.
-
-    Returns:
-        list of dict, the same rows reordered.
-    """
-    return sorted(index_rows, key=lambda r: (r["mask_ok"] == "1", _number(r, "mask_confidence", 2.0),
-                                             -_number(r, "flip_disagreement", -1.0)))
-
-
-def qc_tile(record, thumb=192):
-    """One `qc.png` tile: a cached view with its lung outline and numbers.
-
-    The view thumbnail, the mask's outline (green), a red frame where QC failed, and `c` (mask confidence),
-    `d` (flip disagreement) and `f` (lung fraction) printed at the top.
-
-    Args:
-        record: dict with image, mask, mask_ok, lung_fraction, mask_confidence, flip_disagreement.
-        thumb: int. Tile side. Defaults to `192`.
-
-    Returns:
-        (thumb, thumb, 3) uint8 BGR.
-    """
-    import cv2
-
-    image = cv2.cvtColor(cv2.resize(record["image"], (thumb, thumb), interpolation=cv2.INTER_AREA),
-                         cv2.COLOR_GRAY2BGR)
-    mask = cv2.resize(record["mask"], (thumb, thumb), interpolation=cv2.INTER_NEAREST)
-    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    cv2.drawContours(image, contours, -1, (0, 255, 0), 1)
-    if not record["mask_ok"]:
-        cv2.rectangle(image, (0, 0), (thumb - 1, thumb - 1), (0, 0, 255), 3)
-    text = (f"c {record['mask_confidence']:.3f} d {record['flip_disagreement']:.3f} "
-            f"f {record['lung_fraction']:.2f}")
-    cv2.rectangle(image, (0, 0), (thumb - 1, 14), (0, 0, 0), -1)
-    cv2.putText(image, text, (3, 11), cv2.FONT_HERSHEY_SIMPLEX, 0.33, (0, 255, 255), 1, cv2.LINE_AA)
-    return image
-
-
-def write_qc_grid(cache_dir, limit=24, thumb=192):
-    """cache/qc.png: the `limit` most doubtful masks first (`qc_order`), each a `qc_tile`, 6 per row.
-
-    Returns:
-        Path of the PNG, or `None` for an empty cache.
-    """
-    cache = Path(cache_dir)
-    chosen = qc_order(read_csv(cache / "index.csv"))[:limit]
-    wanted = {r["image_id"] for r in chosen}
-    shards = dict.fromkeys(r["shard"] for r in chosen)
-    found = {}
-    for raw in tf.data.TFRecordDataset([str(cache / name) for name in shards]):
-        example = tf.io.parse_single_example(raw, FEATURE_SPEC)
-        image_id = example["image_id"].numpy().decode()
-        if image_id in wanted:
-            found[image_id] = {
-                "image": tf.io.decode_png(example["image_png"], channels=1).numpy()[..., 0],
-                "mask": (tf.io.decode_png(example["mask_png"], channels=1).numpy()[..., 0] > 0).astype(np.uint8),
-                **{name: float(example[name]) for name in ("lung_fraction", "mask_confidence", "flip_disagreement")},
-                "mask_ok": int(example["mask_ok"])}
-    tiles = [qc_tile(found[r["image_id"]], thumb) for r in chosen]
-    return write_image_grid(tiles, cache / "qc.png", columns=6)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from tfflannel.segmentation.readers import SegPair
-from tfflannel.utils import write_image_grid, write_text_atomic
+from tfflannel.utils import sha256_of_file, write_image_grid, write_text_atomic
 
 RECIPE_KEYS = ("model", "input_size", "epochs", "batch_size", "learning_rate", "weight_decay", "loss",
                "background_weight", "augment", "augment_strength", "dropout", "seed")
@@ -91,10 +91,6 @@ def patient_folds(pairs, folds=5, seed=0):
         assigned[group] = fold
         load[fold] += sizes[group]
     return [assigned[pair.patient_id] for pair in pairs]
-
-
-def _sha256(path):
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def score_fold(segmenter, pairs, batch_size=8):
@@ -186,7 +182,7 @@ def cross_validate(config, pairs, out_dir, folds=5, progress=True, echo=print):
         held_out = [pair for pair, f in zip(pairs, assignment, strict=True) if f == fold]
         run = out_dir / f"fold-{fold + 1}"
         train_segmenter(fold_config, train, run, progress=progress, echo=echo)
-        scores_path, model_sha = run / "scores.json", _sha256(run / "model.keras")
+        scores_path, model_sha = run / "scores.json", sha256_of_file(run / "model.keras")
         recorded = json.loads(scores_path.read_text()) if scores_path.is_file() else {}
         if recorded.get("model_sha256") != model_sha or recorded.get("held_out") != [p.image for p in held_out]:
             scores = score_fold(load_segmenter(run), held_out)

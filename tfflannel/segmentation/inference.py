@@ -7,7 +7,6 @@ code `segment`, `predict`, `explain` and the export run, so the Jaccard index
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,17 +18,10 @@ from tqdm.auto import tqdm
 
 from tfflannel.film_pipeline import equalize_gamma_tf, film_mask, flip_average, lung_masks, segmenter_input
 from tfflannel.models.fc_densenet import SEGMENTATION_CLASSES, build_fc_densenet, lung_class_indices
+from tfflannel.utils import sha256_of_file
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 SHIPPED_SEGMENTER = WEIGHTS_DIR / "lung_segmenter.json"
-
-
-def file_fingerprint(*paths):
-    """sha256 over the bytes of `paths` (the weights that define a segmenter)."""
-    digest = hashlib.sha256()
-    for path in paths:
-        digest.update(Path(path).read_bytes())
-    return digest.hexdigest()
 
 
 @dataclass
@@ -139,13 +131,13 @@ def load_segmenter(source=None):
         config = yaml.safe_load(config_path.read_text())["segmentation"] if config_path.exists() else {}
         model = keras.saving.load_model(path / "model.keras", compile=False)
         return Segmenter(model, int(config.get("input_size", model.input_shape[1])), config.get("classes", "lung"),
-                         str(path), file_fingerprint(path / "model.keras"))
+                         str(path), sha256_of_file(path / "model.keras"))
     if not path.exists():
         raise FileNotFoundError(f"{path}: no segmentation model here (expected a run directory, .keras or .json)")
     if path.suffix == ".keras":
         model = keras.saving.load_model(path, compile=False)
         classes = "lung" if model.output_shape[-1] == 2 else "jsrt"
-        return Segmenter(model, int(model.input_shape[1]), classes, str(path), file_fingerprint(path))
+        return Segmenter(model, int(model.input_shape[1]), classes, str(path), sha256_of_file(path))
     descriptor = json.loads(path.read_text())
     classes = descriptor.get("classes", "lung")
     size = int(descriptor.get("input_size", 256))
@@ -153,7 +145,7 @@ def load_segmenter(source=None):
                               input_shape=(size, size, 1), **descriptor.get("architecture", {}))
     model.load_weights(path.parent / descriptor["weights"])
     return Segmenter(model, size, classes, descriptor.get("description", str(path)),
-                     file_fingerprint(path, path.parent / descriptor["weights"]),
+                     sha256_of_file(path, path.parent / descriptor["weights"]),
                      flip_tta=bool(descriptor.get("flip_tta", False)))
 
 

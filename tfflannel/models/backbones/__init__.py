@@ -6,11 +6,11 @@ Every other part of tfflannel looks backbones up by name:
     >>> "inception_v3" in list_backbones()
     True
 
-Importing this package registers the families in `keras_apps.py`,
-`densenet.py`, `inception_tv.py`, `resnext.py` and `vgg.py`.
+Importing this package registers the families in `keras_apps.py`, `covidnet.py`,
+`densenet.py`, `inception_tv.py`, `resnext.py`, `vgg.py` and `test_cnn.py` (a tiny test model).
 """
 
-from tfflannel.models.backbones import densenet, inception_tv, keras_apps, resnext, vgg  # noqa: F401,E402
+from tfflannel.models.backbones import covidnet, densenet, inception_tv, keras_apps, resnext, test_cnn, vgg  # noqa: F401,E402
 from tfflannel.models.backbones.registry import (  # noqa: F401
     BackboneConfig,
     backbone_config,

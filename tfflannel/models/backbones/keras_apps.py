@@ -100,3 +100,57 @@ def mobilenet_v2(inputs, weights=None, include_top=False):
         KerasTensor. The (B, h, w, feature_dim) last feature map, or (B, 1000) logits with `include_top`.
     """
     return _application(keras.applications.MobileNetV2, inputs, weights, include_top)
+
+
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@register_backbone(BackboneConfig("efficientnet_b4", 380, "raw", 1792, "top_activation", True, 19_341_616))
+def efficientnet_b4(inputs, weights=None, include_top=False):
+    """EfficientNet-B4 (Tan & Le 2019), Keras applications: the backbone of AI-COVID (Bai, Wang et al. 2020).
+
+    AI-COVID classified chest CT slices (its input was CT, not chest X-ray); here the same backbone is trained on
+    chest X-rays, as a baseline in the Patched FLANNEL protocol, not a reproduction of AI-COVID.
+
+    Keras' EfficientNet scales its input itself (0-255 RGB -> /255 -> ImageNet mean/std in a `Normalization`
+    layer), hence the backbone's `raw` pre-processing. Keras' ImageNet file stores the standard deviations in
+    that layer's `variance` and Keras adds a compensating rescaling only for `weights="imagenet"`; for a local
+    copy of that file the stored variance is squared instead, which gives the same input scaling.
+
+    Args:
+        inputs: KerasTensor. (B, H, W, 3) RGB input in [0, 255].
+        weights: None, `"imagenet"` (Keras' download) or the path of Keras' `efficientnetb4_notop.h5`.
+            Defaults to `None`.
+        include_top: bool. Keep Keras' 1000-class classifier, returning logits (parameter-count checks).
+            Defaults to `False`.
+
+    Returns:
+        KerasTensor. The (B, h, w, 1792) last feature map, or (B, 1000) logits with `include_top`.
+    """
+    model = keras.applications.EfficientNetB4(include_top=include_top, weights=weights, input_tensor=inputs,
+                                              classifier_activation=None if include_top else "softmax")
+    if weights not in (None, "imagenet"):
+        fix_stored_imagenet_std(model)
+    return model.output
+
+
+def fix_stored_imagenet_std(model):
+    """Square the variance of a Keras EfficientNet input `Normalization` that holds the ImageNet std as variance.
+
+    Args:
+        model: keras.Model. A keras.applications EfficientNet with loaded weights.
+
+    Returns:
+        bool. Whether the variance was the ImageNet std (and is now its square).
+    """
+    import numpy as np
+
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Normalization):
+            mean, variance, *rest = layer.get_weights()
+            if not np.allclose(variance, _IMAGENET_STD, atol=1e-4):
+                return False
+            layer.set_weights([mean, np.square(variance), *rest])
+            layer.finalize_state()
+            return True
+    return False

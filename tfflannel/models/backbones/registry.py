@@ -15,15 +15,18 @@ class BackboneConfig:
 
     Attributes:
         name: str. Registry name.
-        input_size: int. Native input side (299 for InceptionV3, else 224).
-        preprocess: str. ImageNet input scaling: `torch` (/255, mean/std), `caffe` (BGR, mean), `tf` ([-1, 1]).
+        input_size: int. Native input side (224; InceptionV3 299, EfficientNet-B4 380, COVID-Net 480).
+        preprocess: str. Input scaling: `torch` (/255, ImageNet mean/std), `caffe` (BGR, mean), `tf` ([-1, 1]),
+            `unit` ([0, 1]) or `raw` (0-255: the backbone scales its input itself).
         feature_dim: int. Channels of the final feature map.
         last_conv: str. Name of the last conv-like layer (Grad-CAM target).
         keras_weights: bool. Whether Keras can download ImageNet weights for it.
-        reference_params: int. torchvision's parameter count with a 1000-class head.
+        reference_params: int. torchvision's parameter count with a 1000-class head (0: no torchvision model).
         head_layers: bool. The reference classifier has layers before its last Linear (VGG's 4096-4096,
             InceptionV3's dropout); the builder returns them with `include_top=True, classes=0`.
         grouped_conv: bool. The builder takes `impl` (`split` | `grouped`) for its grouped convolutions.
+        scratch: bool. No ImageNet weights exist for it in any framework: it always trains from scratch
+            (`reproduce --weights imagenet` / `--weights-dir` give it `none`).
     """
 
     name: str
@@ -35,6 +38,7 @@ class BackboneConfig:
     reference_params: int = 0
     head_layers: bool = False
     grouped_conv: bool = False
+    scratch: bool = False
 
 
 def register_backbone(config):

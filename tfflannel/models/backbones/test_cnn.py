@@ -1,0 +1,43 @@
+"""`test_cnn`: a tiny test model (timm's `test_*` spirit), not a classifier for results.
+
+Four stride-2 3x3 convolutions (16, 32, 64, 64 channels, ReLU) and, as its reference head, global MAX pooling:
+about 61,000 weights with a 4-class head, trained in seconds on a CPU. Global max pooling lets it pick up one
+bright, local cue anywhere in the image within a few hundred steps (global average pooling did not, in the
+trial recorded in issue 22), which is what the shortcut-audit test plants (`tests/audit/test_planted_shortcut.py`).
+Usable by every command like any registered backbone; never report its numbers as a result.
+"""
+
+from __future__ import annotations
+
+from keras import layers
+
+from tfflannel.models.backbones.registry import BackboneConfig, register_backbone
+
+TEST_CNN_CHANNELS = (16, 32, 64, 64)
+
+
+@register_backbone(BackboneConfig("test_cnn", 224, "tf", TEST_CNN_CHANNELS[-1],
+                                  f"test_cnn_conv{len(TEST_CNN_CHANNELS)}", False, 0, head_layers=True))
+def test_cnn(inputs, weights=None, include_top=False, classes=1000, **kwargs):
+    """The test model: stride-2 conv3x3 + ReLU per entry of `TEST_CNN_CHANNELS`, then global max pooling.
+
+    Args:
+        inputs: KerasTensor. (B, H, W, 3) input scaled to [-1, 1].
+        weights: unused (`build_classifier` loads weights after building). Defaults to `None`.
+        include_top: bool. Append the global max pooling (the `reference` head) and, if `classes`, a Dense layer
+            of `classes` logits. Defaults to `False`.
+        classes: int. Logits of the top; `0` stops after the pooling. Defaults to `1000`.
+        **kwargs: ignored (options meant for other backbones, such as `bn_momentum`).
+
+    Returns:
+        KerasTensor. The (B, H / 16, W / 16, 64) feature map; with `include_top` the (B, 64) max-pooled features
+        or (B, classes) logits.
+    """
+    x = inputs
+    for number, channels in enumerate(TEST_CNN_CHANNELS, start=1):
+        x = layers.Conv2D(channels, 3, strides=2, padding="same", activation="relu", name=f"test_cnn_conv{number}")(x)
+    if include_top:
+        x = layers.GlobalMaxPooling2D(name="test_cnn_max_pool")(x)
+        if classes:
+            x = layers.Dense(classes, name="test_cnn_predictions")(x)
+    return x
