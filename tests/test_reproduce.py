@@ -411,6 +411,9 @@ def test_shards_and_an_interrupted_run_give_the_same_table(tmp_path, sample_cls_
                   for out in ("sharded", "single")]
         assert [a["learners"][0]["conditions"] for a in audits] == [audits[1]["learners"][0]["conditions"]] * 2
         assert audits[0]["ensemble"]["conditions"] == audits[1]["ensemble"]["conditions"]
+        for out in ("sharded", "single"):                    # report.md carries each fold's audit
+            assert f"## Does it look at the lungs? Shortcut and confound audit (audit_{fold})\n" in (
+                tmp_path / out / "report" / "report.md").read_text()
 
 
 def test_the_torchvision_preset_names_the_five_and_reproduce_reads_backbones_from_the_config(sample_work, tmp_path):

@@ -240,7 +240,8 @@ def build_jobs(data, out, folds, backbones=PAPER_BACKBONES, modes=MODES, weights
         ensemble = next(e for mode in modes for e in ensembles if e.name == f"train-ensemble f{fold} {mode}")
         jobs.append(Job(f"audit f{fold}", "audit",
                         ("audit", "--runs", ",".join(members), "--ensemble", str(ensemble.target), "--data", data,
-                         "--out", str(out / "report" / f"audit_f{fold}")) + config_args,
+                         "--out", str(out / "report" / f"audit_f{fold}"), "--report", str(out / "report" / "report.md"))
+                        + config_args,
                         out / "report" / f"audit_f{fold}", ("evaluate",), 0))
     return jobs
 

@@ -168,3 +168,12 @@ def test_audit_files_state_the_rule_write_null_for_nan_and_append_once_to_a_repo
     merged = report.read_text()
     assert merged.startswith("# evaluation\n\nTable 3 here.\n\n## Does it look at the lungs?")
     assert merged.count("## Does it look at the lungs?") == 1 and "\n### Rule\n" in merged
+    # reproduce: one titled section per fold's audit; a rerun of one replaces only its own section
+    titled = tmp_path / "report_folds.md"
+    titled.write_text("# evaluation\n")
+    for title in ("audit_f1", "audit_f2", "audit_f1"):
+        append_audit_section(titled, tmp_path / "audit.md", title)
+    text = titled.read_text()
+    assert text.count("## Does it look at the lungs?") == 2
+    assert text.index(" (audit_f2)\n") < text.index(" (audit_f1)\n")       # f1's rerun replaced its old section
+    assert text.count("\n### Rule\n") == 2

@@ -130,15 +130,27 @@ def write_audit(result, out_dir):
     return out_dir / "audit.md"
 
 
-def append_audit_section(report_md, audit_md):
-    """Append audit.md (its title as a `##` section) to an evaluation report.md, atomically; once only."""
+def append_audit_section(report_md, audit_md, title=None):
+    """Append audit.md as a `##` section of an evaluation report.md, atomically; a rerun replaces that section.
+
+    Args:
+        report_md: str or Path. The report to extend.
+        audit_md: str or Path. The audit's Markdown (`audit_runs` writes it).
+        title: str or None. Told after the heading, e.g. `audit_f2`, so several audits (one per fold) each keep
+            their own section. Defaults to `None` (one audit).
+
+    Returns:
+        Path. `report_md`.
+    """
     report_md, audit_md = Path(report_md), Path(audit_md)
     text = report_md.read_text()
-    marker = "\n## Does it look at the lungs?"
+    first, _, rest = audit_md.read_text().partition("\n")
+    heading = "#" + first + (f" ({title})" if title else "")      # audit.md's own title, one level down
+    marker = "\n" + heading + "\n"
     if marker in text:
-        text = text[:text.index(marker)]
-    body = audit_md.read_text().replace("# Does it look at the lungs?", "## Does it look at the lungs?", 1)
-    body = "\n".join(("#" + line) if line.startswith("## ") and not line.startswith("## Does") else line
-                      for line in body.splitlines())
+        start = text.index(marker)
+        following = text.find("\n## Does it look at the lungs?", start + len(marker))
+        text = text[:start] + (text[following:] if following != -1 else "")
+    body = heading + "\n" + "\n".join(("#" + line) if line.startswith("## ") else line for line in rest.splitlines())
     write_text_atomic(report_md, text.rstrip("\n") + "\n\n" + body.rstrip("\n") + "\n")
     return report_md

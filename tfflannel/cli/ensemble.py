@@ -64,9 +64,11 @@ def evaluate_command(run_dirs, out):
               help="Output directory for audit.json, audit.md and plots/.")
 @click.option("--seg", "seg_path", type=click.Path(exists=True),
               help="Segmenter the runs were trained with (run dir, .keras or .json)  [default: the shipped one].")
+@click.option("--report", "report_md", type=click.Path(exists=True, dir_okay=False),
+              help="An evaluate report.md to add the audit to, as a section titled with --out's folder name.")
 @config_options(None)
 @reports_input_errors
-def audit_command(run_dirs, ensemble_dir, workdir, out, seg_path, config_path, overrides):
+def audit_command(run_dirs, ensemble_dir, workdir, out, seg_path, report_md, config_path, overrides):
     """Does it look at the lungs? A shortcut and confound audit on the test partition.
 
     Scores on normal, lungs_only and lungs_removed input, lung attention, a source/view/age probe on the
@@ -81,6 +83,10 @@ def audit_command(run_dirs, ensemble_dir, workdir, out, seg_path, config_path, o
     for learner in result["learners"]:
         click.echo(f"{learner['run']}: shortcut classes {learner['shortcut_classes'] or 'none'}")
     click.echo(f"audit -> {Path(out) / 'audit.json'}, {Path(out) / 'audit.md'}")
+    if report_md:
+        from tfflannel.audit.report import append_audit_section
+
+        click.echo(f"audit section -> {append_audit_section(report_md, Path(out) / 'audit.md', Path(out).name)}")
     click.echo(DISCLAIMER)
 
 

@@ -260,6 +260,10 @@ def evaluate_runs(run_dirs, out_dir, role="test", n_resamples=BOOTSTRAP_RESAMPLE
     bars = plot_f1_bars(table, out_dir / "plots" / "f1_by_class.png")
     write_text_atomic(out_dir / "report.md", "\n".join(_report_lines(
         role, data_text, markdown, bars, source_rows, plots, pooled, pooled_intervals, calibration_rows, bootstrap)))
+    for audit_md in sorted(out_dir.glob("audit*/audit.md")):        # audits made before (reproduce: one per fold)
+        from tfflannel.audit.report import append_audit_section
+
+        append_audit_section(out_dir / "report.md", audit_md, audit_md.parent.name)
     return table
 
 
