@@ -243,6 +243,7 @@ def test_bad_thresholds_and_old_manifests_are_clear_errors(tmp_path, sample_cls_
     prepare_manifest(tmp_path, folders=[sample_cls_dir], progress=False)
     rows = list(csv.reader(open(tmp_path / "manifest.csv", newline="")))
     with open(tmp_path / "manifest.csv", "w", newline="") as handle:       # as written before group_id existed
-        csv.writer(handle).writerows(row[:-1] for row in rows)
+        drop = rows[0].index("group_id")
+        csv.writer(handle).writerows(row[:drop] + row[drop + 1:] for row in rows)
     with pytest.raises(ValueError, match=r"missing column\(s\) \['group_id'\]; .*rerun `prepare-data`"):
         load_manifest(tmp_path)

@@ -34,9 +34,12 @@ from tfflannel.segmentation.preprocess import preprocess_for_segmentation, resiz
 from tfflannel.segmentation.readers import load_pair, split_pairs
 from tfflannel.utils import write_text_atomic
 
-SEGMENT_ONLY_KEYS = ("cache_size", "keep_aspect", "min_lung_fraction", "max_lung_fraction", "min_mask_confidence",
+SEGMENT_ONLY_KEYS = ("cache_size", "min_lung_fraction", "max_lung_fraction", "min_mask_confidence",
                      "max_flip_disagreement", "shard_size", "inference_batch")
 """`segmentation` settings that only `segment` reads: changing one never makes a `train-seg` run stale."""
+
+REMOVED_KEYS = ("keep_aspect",)
+"""Settings removed since (config.REMOVED_KEYS): runs recorded with them still resume."""
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +225,7 @@ def train_segmenter(config, pairs, out_dir, progress=True, extra_callbacks=(), t
     has_val = bool(val_pairs)
     fit = ResumableFit(out_dir, seg.epochs, fingerprint, seg.seed, monitor="val_jaccard" if has_val else None,
                        mode="max", patience=seg.early_stopping_patience if has_val else 0, force=force,
-                       ignore=[f"segmentation.{key}" for key in SEGMENT_ONLY_KEYS])
+                       ignore=[f"segmentation.{key}" for key in SEGMENT_ONLY_KEYS + REMOVED_KEYS])
     if fit.complete and (out_dir / "metrics.json").is_file():
         echo(fit.describe())
         return json.loads((out_dir / "metrics.json").read_text())
