@@ -104,20 +104,6 @@ def _quiet_stderr():
         os.close(saved)
 
 
-@contextlib.contextmanager
-def _quiet_stderr():
-    """Send file descriptor 2 to /dev/null (C++ start-up logs written before TF_CPP_MIN_LOG_LEVEL applies)."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "wb") as devnull:
-            os.dup2(devnull.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
 def set_verbosity(verbose):
     """Quiet TensorFlow on stderr unless `-v`: C++ logs (CUDA, absl, oneDNN) and its Python warnings."""
     level = logging.WARNING - 10 * verbose
