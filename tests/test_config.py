@@ -10,11 +10,11 @@ import pytest
 from tfflannel.config import (
     ExperimentConfig,
     Range,
-    _field_types,
     load_config,
     packaged_config,
     validate,
 )
+from tfflannel.config_fields import field_types
 from tfflannel.errors import ConfigError, InputError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,7 +25,7 @@ def _fields(kind):
     """(dotted key, Literal choices or Range) of every leaf field with that kind of rule, from the annotations."""
     found, defaults = [], ExperimentConfig()
     for section in dataclasses.fields(ExperimentConfig):
-        for name, annotation in _field_types(type(getattr(defaults, section.name))).items():
+        for name, annotation in field_types(type(getattr(defaults, section.name))).items():
             origin = typing.get_origin(annotation)
             if kind == "literal" and origin is typing.Literal:
                 found.append((f"{section.name}.{name}", typing.get_args(annotation)))

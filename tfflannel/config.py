@@ -10,15 +10,13 @@ Garden style): a `Literal[...]` field accepts only the listed values, and an
 `Annotated[int, Range(1)]` field (`PositiveInt`, `Share`, ...) only values in the
 range. A new field is validated by giving it such a type; `validate(config)`
 re-checks the whole tree (after CLI options changed it) and the cross-field
-`RESTRICTIONS`.
+`RESTRICTIONS`. The field types and the code that coerces and checks each value are in
+`tfflannel.config_fields`; this module is the schema (every default) and its loading.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import functools
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal, Optional
@@ -26,58 +24,21 @@ from typing import Annotated, Literal, Optional
 import yaml
 
 from tfflannel.backbone_names import BACKBONE_NAMES, TORCHVISION_BACKBONE_NAMES
+from tfflannel.config_fields import (
+    Momentum,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Probability,
+    Range,
+    Share,
+    apply_values,
+    check_tree,
+    read_yaml,
+)
 from tfflannel.errors import ConfigError
 
-
-@dataclass(frozen=True)
-class Range:
-    """The allowed interval of a numeric config field, used as `Annotated[int, Range(1)]`.
-
-    Args:
-        low: float or None. Lower bound; None for none. Defaults to `None`.
-        high: float or None. Upper bound; None for none. Defaults to `None`.
-        low_open: bool. Exclude `low` itself. Defaults to `False`.
-        high_open: bool. Exclude `high` itself. Defaults to `False`.
-    """
-
-    low: Optional[float] = None
-    high: Optional[float] = None
-    low_open: bool = False
-    high_open: bool = False
-
-    def contains(self, value):
-        """Whether `value` lies in the interval.
-
-        Args:
-            value: int or float. The value to test.
-
-        Returns:
-            bool. True when `value` satisfies both bounds (open bounds exclude the bound itself).
-        """
-        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
-            return False
-        return not (self.high is not None and (value >= self.high if self.high_open else value > self.high))
-
-    def describe(self):
-        """The rule in words, e.g. `>= 1` or `in (0, 0.5]`, for error messages.
-
-        Returns:
-            str. The interval in words; assumes at least one bound is set.
-        """
-        if self.high is None:
-            return f"{'>' if self.low_open else '>='} {self.low:g}"
-        if self.low is None:
-            return f"{'<' if self.high_open else '<='} {self.high:g}"
-        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
-
-
-PositiveInt = Annotated[int, Range(1)]
-NonNegativeInt = Annotated[int, Range(0)]
-PositiveFloat = Annotated[float, Range(0, low_open=True)]
-NonNegativeFloat = Annotated[float, Range(0)]
-Share = Annotated[float, Range(0, 1, high_open=True)]            # a share of something, 1 excluded
-Probability = Annotated[float, Range(0, 1)]
-Momentum = Annotated[float, Range(0, 1, high_open=True)]
 BackboneName = Literal[BACKBONE_NAMES]
 PATCH_INPUTS = ("equalized", "raw")
 """What the patch learners see: the histogram-equalised + gamma film (the original's) or the grey film."""
@@ -280,91 +241,6 @@ class ExperimentConfig:
     audit: AuditConfig = field(default_factory=AuditConfig)
 
 
-def _coerce(value, default, where):
-    if isinstance(default, bool):
-        if isinstance(value, str):
-            lowered = value.lower()
-            if lowered in ("true", "1", "yes"):
-                return True
-            if lowered in ("false", "0", "no"):
-                return False
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where}: expected true or false. Received: {value!r}.")
-    if isinstance(default, tuple):
-        if isinstance(value, str):
-            value = yaml.safe_load(value)
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list. Received: {value!r}.")
-        return tuple(value)
-    if isinstance(default, (int, float)) and not isinstance(default, bool):
-        try:
-            number = float(value)
-            if not isinstance(default, float):
-                if number != int(number):
-                    raise ValueError(value)
-                number = int(number)
-        except (TypeError, ValueError, OverflowError):
-            kind = "a number" if isinstance(default, float) else "a whole number"
-            raise ConfigError(f"{where}: expected {kind}. Received: {value!r}.") from None
-        return number
-    if default is None or isinstance(default, str):
-        return None if value is None else str(value)
-    return value
-
-
-@functools.cache
-def _field_types(cls):
-    """{field name: annotation with its Annotated/Literal extras} of a config dataclass."""
-    return typing.get_type_hints(cls, include_extras=True)
-
-
-def _check_value(annotation, value, where):
-    """Raise ConfigError when `value` breaks the Literal choices or Range of `annotation`."""
-    origin = typing.get_origin(annotation)
-    if origin is Annotated:
-        base, *extras = typing.get_args(annotation)
-        _check_value(base, value, where)
-        for rule in extras:
-            if isinstance(rule, Range) and not rule.contains(value):
-                raise ConfigError(f"{where} must be {rule.describe()}. Received: {value!r}.")
-    elif origin is Literal:
-        choices = typing.get_args(annotation)
-        if value not in choices:
-            close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"{where} must be one of {list(choices)}. Received: {value!r}.{hint}")
-    elif origin is tuple and isinstance(value, tuple):
-        args = typing.get_args(annotation)
-        if len(args) == 2 and args[1] is Ellipsis:
-            for index, item in enumerate(value):
-                _check_value(args[0], item, f"{where}[{index}]")
-
-
-def _apply(section, values, source, prefix=""):
-    names = {f.name for f in dataclasses.fields(section)}
-    for key, value in values.items():
-        dotted = f"{prefix}{key}"
-        if key not in names:
-            if dotted in REMOVED_KEYS:
-                raise ConfigError(f"{source}: '{dotted}' was removed in 0.3: {REMOVED_KEYS[dotted]}.")
-            close = difflib.get_close_matches(key, names, n=1)
-            if close:
-                hint = f"did you mean '{prefix}{close[0]}'?"
-            else:
-                hint = f"valid keys: {sorted(prefix + n for n in names)}"
-            raise ConfigError(f"{source}: unknown key '{dotted}'; {hint}")
-        current = getattr(section, key)
-        if dataclasses.is_dataclass(current):
-            if not isinstance(value, dict):
-                raise ConfigError(f"{source}: '{dotted}' must be a mapping. Received: {value!r}.")
-            _apply(current, value, source, f"{dotted}.")
-        else:
-            value = _coerce(value, current, f"{source}: '{dotted}'")
-            _check_value(_field_types(type(section))[key], value, f"{source}: '{dotted}'")
-            setattr(section, key, value)
-
-
 RESTRICTIONS = (
     ("segmentation.min_lung_fraction < segmentation.max_lung_fraction",
      lambda c: c.segmentation.min_lung_fraction < c.segmentation.max_lung_fraction),
@@ -388,31 +264,11 @@ def validate(config, source="config"):
     Raises:
         ConfigError: a value outside its range or choices, or a broken restriction; the message names the key.
     """
-
-    def walk(section, prefix):
-        for item in dataclasses.fields(section):
-            value = getattr(section, item.name)
-            if dataclasses.is_dataclass(value):
-                walk(value, f"{prefix}{item.name}.")
-            else:
-                _check_value(_field_types(type(section))[item.name], value, f"{source}: '{prefix}{item.name}'")
-
-    walk(config, "")
+    check_tree(config, source)
     for rule, holds in RESTRICTIONS:
         if not holds(config):
             raise ConfigError(f"{source}: {rule} must hold.")
     return config
-
-
-def _safe_load(text, where):
-    """yaml.safe_load with syntax errors (and python/* tags) reported as ConfigError with file and line."""
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        position = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(error, "problem", None) or str(error)
-        raise ConfigError(f"{where}{position}: invalid YAML: {problem}") from None
 
 
 def load_config(path: Optional[str | Path] = None, overrides=()) -> ExperimentConfig:
@@ -437,19 +293,19 @@ def load_config(path: Optional[str | Path] = None, overrides=()) -> ExperimentCo
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: config file not found")
-        values = _safe_load(path.read_text(), str(path)) or {}
+        values = read_yaml(path.read_text(), str(path)) or {}
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: a config file must be a mapping of sections")
-        _apply(config, values, str(path))
+        apply_values(config, values, str(path), REMOVED_KEYS)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected section.key=value")
         dotted, raw = item.split("=", 1)
-        value = _safe_load(raw, f"--set {item!r}") if raw else ""
+        value = read_yaml(raw, f"--set {item!r}") if raw else ""
         nested = value
         for part in reversed(dotted.strip().split(".")):
             nested = {part: nested}
-        _apply(config, nested, "--set")
+        apply_values(config, nested, "--set", REMOVED_KEYS)
     return validate(config, str(path) if path is not None and not overrides else "config")
 
 
@@ -476,7 +332,7 @@ def explicit_keys(path=None, overrides=()):
                 keys.add(f"{prefix}{name}")
 
     if path is not None:
-        walk(_safe_load(Path(path).read_text(), str(path)) or {}, "")
+        walk(read_yaml(Path(path).read_text(), str(path)) or {}, "")
     keys.update(item.split("=", 1)[0].strip() for item in overrides if "=" in item)
     return keys
 
