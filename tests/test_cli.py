@@ -103,7 +103,7 @@ def test_segmenter_choices_equal_the_fc_densenet_presets():
 
 def test_import_weights_choices_equal_the_mappable_backbones():
     from tfflannel.backbone_names import TORCHVISION_BACKBONE_NAMES
-    from tfflannel.models.weights_import import importable_backbones
+    from tfflannel.models.torch_layout import importable_backbones
 
     assert sorted(TORCHVISION_BACKBONE_NAMES) == importable_backbones()
     option = next(p for p in main.commands["import-weights"].params if p.name == "backbone")

@@ -1,7 +1,7 @@
 """Write tests/fixtures/parity/NAME.npz: torchvision logits of seeded weights on a fixed input (needs torch).
 
 For each torchvision-layout backbone, builds the torchvision model, fills every parameter and BN
-statistic from `tfflannel.models.weights_import.seeded_state_dict` (NumPy, seeded per tensor name),
+statistic from `tfflannel.models.state_dicts.seeded_state_dict` (NumPy, seeded per tensor name),
 runs one fixed input in eval mode and stores the input (uint8, scaled to [-1, 1] on both sides), the
 logits and the state dict's (name, shape) list. No weights are stored: the test regenerates them
 from the seed with NumPy and imports them through `import-weights`. Run once, in a venv with torch
@@ -20,7 +20,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tfflannel.models.weights_import import seeded_state_dict  # noqa: E402
+from tfflannel.models.state_dicts import seeded_state_dict  # noqa: E402
 
 OUT = REPO / "tests" / "fixtures" / "parity"
 SEED = 0

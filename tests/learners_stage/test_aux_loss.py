@@ -93,7 +93,8 @@ def test_saved_model_has_one_output_and_a_killed_run_resumes_exactly(tmp_path):
 
 @pytest.mark.slow
 def test_inception_v3_tv_aux_head_loads_from_a_state_dict_and_needs_299(tmp_path):
-    from tfflannel.models.weights_import import import_weights, seeded_state_dict, write_safetensors
+    from tfflannel.models.state_dicts import seeded_state_dict, write_safetensors
+    from tfflannel.models.weights_import import import_weights
 
     pytest.importorskip("safetensors")
     with pytest.raises(InputError, match="needs a 299 px input.*aux_loss_weight: 0"):

@@ -13,15 +13,17 @@ import pytest
 
 pytest.importorskip("safetensors", reason="safetensors is a runtime dependency (pip install safetensors)")
 
-from tfflannel.models.weights_import import (  # noqa: E402
-    assign_state_dict,
-    build_reference_network,
-    import_weights,
-    importable_backbones,
+from tfflannel.models.state_dicts import (  # noqa: E402
     normalise_keys,
     read_state_dict,
     seeded_state_dict,
     write_safetensors,
+)
+from tfflannel.models.torch_layout import importable_backbones  # noqa: E402
+from tfflannel.models.weights_import import (  # noqa: E402
+    assign_state_dict,
+    build_reference_network,
+    import_weights,
 )
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "parity"

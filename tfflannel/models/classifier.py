@@ -128,8 +128,9 @@ def build_classifier(backbone="mobilenet_v2", input_size=None, num_classes=len(C
             auxiliary head on an input below 299 px.
         FileNotFoundError: a weights file that does not exist.
     """
+    from tfflannel.models.state_dicts import is_state_dict_file
     from tfflannel.models.weights_files import check_weights_file
-    from tfflannel.models.weights_import import is_state_dict_file, reference_backbone_of
+    from tfflannel.models.weights_import import reference_backbone_of
 
     config = backbone_config(backbone)
     if head not in HEADS:

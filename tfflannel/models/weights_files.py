@@ -2,7 +2,7 @@
 
 `check_weights_file` reads only what tells a file's kind apart (a safetensors header, a zip archive's
 directory, a pickle's first bytes, an HDF5 superblock), so a command checks `--weights FILE` before it
-writes anything; the readers (`weights_import.read_state_dict`, Keras' `load_weights`) then read the
+writes anything; the readers (`state_dicts.read_state_dict`, Keras' `load_weights`) then read the
 whole file. Every refusal is one line naming the file and what is wrong with it.
 """
 

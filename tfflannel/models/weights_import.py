@@ -1,10 +1,9 @@
 """Torchvision/timm state dicts -> tfflannel backbones, by tensor name (plain NumPy; torch only for `.pth`).
 
-A state dict is read from a safetensors file (the `safetensors` package's NumPy API, no torch) or
-from a torchvision `.pth`/`.pt` file (through torch, extra `tfflannel[torch]`). Every tensor is
-mapped by name onto a Keras layer of the backbone (conv OIHW -> HWIO, Linear transposed, VGG's
-first Linear rows reordered from torch's CHW flatten order to Keras' HWC), and a file that does
-not fit is refused with the names of the missing and unexpected tensors.
+A state dict is read by `state_dicts.read_state_dict` (safetensors with NumPy, or a torchvision
+`.pth`/`.pt` through torch). Every tensor is mapped by name onto a Keras layer of the backbone (conv
+OIHW -> HWIO, Linear transposed, VGG's first Linear rows reordered from torch's CHW flatten order to
+Keras' HWC), and a file that does not fit is refused with the names of the missing and unexpected tensors.
 
 `import_weights` writes the weights of the *reference network*
 `keras.Model(x, create_backbone(NAME, x, include_top=True))` (the 1000-class torchvision model at
@@ -12,179 +11,25 @@ the backbone's native input size), so that `model.load_weights(FILE)` on it repr
 torchvision's logits; `load_backbone_weights` puts the backbone part of such a file, or of a
 `.pth`/safetensors file, into a base-learner classifier whose head starts new.
 
-The seeded generator `seeded_state_dict` fills a state dict from (name, shape) pairs with NumPy;
-the parity fixtures (`tools/make_parity_fixtures.py`) and their test both use it.
+Which torch module each Keras layer is comes from `torch_layout.MODULE_NAMES`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
-import zlib
 from pathlib import Path
 
 import numpy as np
 
 from tfflannel.errors import InputError
-from tfflannel.models.weights_files import SAFETENSORS_SUFFIX, TORCH_SUFFIXES, check_weights_file
+from tfflannel.models.state_dicts import is_state_dict_file, read_state_dict
+from tfflannel.models.torch_layout import FINAL_LINEARS, MODULE_NAMES, apply_timm_aliases, check_importable
 
 log = logging.getLogger(__name__)
 
 REFERENCE_ATTR = "tfflannel_reference_backbone"
 BN_PARAMS = ("weight", "bias", "running_mean", "running_var")
-
-# The Linear layers a classifier replaces (its head starts new) and timm's names for torchvision's.
-FINAL_LINEARS = {"densenet161": ("classifier",), "resnext101_32x8d": ("fc",), "resnet152_tv": ("fc",),
-                 "vgg19_bn": ("classifier.6",), "inception_v3_tv": ("fc", "AuxLogits.fc")}
-TIMM_ALIASES = {"vgg19_bn": {"pre_logits.fc1": "classifier.0", "pre_logits.fc2": "classifier.3",
-                             "head.fc": "classifier.6"}}
-_DENSENET_LEGACY = re.compile(
-    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
-
-
-# --- Keras layer name -> torch module path, per family --------------------------------------------------------------
-
-def _densenet_module(name):
-    rules = ((r"densenet161_stem_conv", "features.conv0"), (r"densenet161_stem_bn", "features.norm0"),
-             (r"densenet161_block(\d+)_layer(\d+)_bn([12])", r"features.denseblock\1.denselayer\2.norm\3"),
-             (r"densenet161_block(\d+)_layer(\d+)_conv([12])", r"features.denseblock\1.denselayer\2.conv\3"),
-             (r"densenet161_transition(\d+)_bn", r"features.transition\1.norm"),
-             (r"densenet161_transition(\d+)_conv", r"features.transition\1.conv"),
-             (r"densenet161_final_bn", "features.norm5"), (r"densenet161_classifier", "classifier"))
-    return _first_match(name, rules)
-
-
-def _resnet_module(prefix):
-    def module(name):
-        match = re.fullmatch(rf"{prefix}_stage(\d)_block(\d+)_(conv\d|bn\d|down_conv|down_bn)", name)
-        if match:
-            stage, block, part = match.groups()
-            part = {"down_conv": "downsample.0", "down_bn": "downsample.1"}.get(part, part)
-            return f"layer{stage}.{int(block) - 1}.{part}"
-        return {f"{prefix}_stem_conv": "conv1", f"{prefix}_stem_bn": "bn1", f"{prefix}_fc": "fc"}.get(name)
-
-    return module
-
-
-def _vgg_module(name):
-    from tfflannel.models.backbones.vgg import VGG19_CFG
-
-    table, index, block, conv = {}, 0, 1, 0
-    for item in VGG19_CFG:
-        if item == "M":
-            index, block, conv = index + 1, block + 1, 0
-            continue
-        conv += 1
-        table[f"vgg19_bn_block{block}_conv{conv}"] = f"features.{index}"
-        table[f"vgg19_bn_block{block}_conv{conv}_bn"] = f"features.{index + 1}"
-        index += 3
-    table.update({"vgg19_bn_fc1": "classifier.0", "vgg19_bn_fc2": "classifier.3",
-                  "vgg19_bn_predictions": "classifier.6"})
-    return table.get(name)
-
-
-def _inception_module(name):
-    rules = ((r"inception_v3_tv_(Conv2d_\w+)_(conv|bn)", r"\1.\2"),
-             (r"inception_v3_tv_(Mixed_\d[a-e])_(branch\w+)_(conv|bn)", r"\1.\2.\3"),
-             (r"inception_v3_tv_AuxLogits_(conv\d)_(conv|bn)", r"AuxLogits.\1.\2"),
-             (r"inception_v3_tv_AuxLogits_fc", "AuxLogits.fc"), (r"inception_v3_tv_fc", "fc"))
-    return _first_match(name, rules)
-
-
-def _first_match(name, rules):
-    for pattern, replacement in rules:
-        if re.fullmatch(pattern, name):
-            return re.sub(pattern, replacement, name)
-    return None
-
-
-MODULE_NAMES = {"densenet161": _densenet_module, "resnext101_32x8d": _resnet_module("resnext101_32x8d"),
-                "resnet152_tv": _resnet_module("resnet152_tv"), "vgg19_bn": _vgg_module,
-                "inception_v3_tv": _inception_module}
-
-
-def importable_backbones():
-    """Backbones whose torchvision state dicts `import-weights` maps (the torchvision-layout ones), sorted."""
-    return sorted(MODULE_NAMES)
-
-
-def _check_backbone(backbone):
-    if backbone not in MODULE_NAMES:
-        raise InputError(f"import-weights maps torchvision state dicts onto the torchvision-layout backbones "
-                         f"{importable_backbones()}. Received: backbone={backbone!r}. Keras-applications "
-                         f"backbones take Keras' own ImageNet files (--weights imagenet or a Keras .h5).")
-
-
-# --- reading ---------------------------------------------------------------------------------------------------------
-
-def read_state_dict(path):
-    """A torchvision/timm state dict as {name: np.ndarray}.
-
-    Args:
-        path: str or Path. A `.safetensors` file (read with NumPy, no torch) or a torchvision `.pth`/`.pt`
-            file (a state dict, optionally under a `state_dict` or `model` key; needs torch).
-
-    Returns:
-        dict of str -> np.ndarray, keys normalised: a `module.` prefix removed and DenseNet's legacy names
-        (`norm.1`, `conv.1`) renamed as torchvision does on load.
-
-    Raises:
-        FileNotFoundError: `path` does not exist.
-        ValueError: an unknown suffix, a truncated or corrupt file (`check_weights_file`), or torch is not
-            installed for a `.pth` file.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: weights file not found")
-    suffix = path.suffix.lower()
-    if suffix not in (SAFETENSORS_SUFFIX, *TORCH_SUFFIXES):
-        raise InputError(f"{path}: expected a torchvision .pth/.pt or a .safetensors state dict. "
-                         f"Received suffix {suffix or '(none)'!r}.")
-    check_weights_file(path)
-    if suffix == SAFETENSORS_SUFFIX:
-        from safetensors import SafetensorError
-        from safetensors.numpy import load_file
-
-        try:
-            state = load_file(str(path))
-        except SafetensorError as error:
-            raise InputError(f"{path}: corrupt safetensors file: {' '.join(str(error).split())}") from None
-    else:
-        state = _read_torch_file(path)
-    return normalise_keys(state)
-
-
-def _read_torch_file(path):
-    try:
-        import torch
-    except ImportError:
-        raise InputError(f"{path}: reading a .pth file needs PyTorch: pip install 'tfflannel[torch]' (or torch), "
-                         f"or pass the same weights as a .safetensors file (for example timm's *.tv_in1k "
-                         f"model.safetensors), which needs no torch.") from None
-    import pickle
-
-    try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, OSError, KeyError, ValueError) as error:
-        raise InputError(f"{path}: truncated or corrupt PyTorch file ({type(error).__name__}: "
-                         f"{' '.join(str(error).split())[:200]})") from None
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict):
-        raise InputError(f"{path}: not a state dict (a mapping of tensor names to tensors)")
-    return {name: tensor.detach().cpu().numpy() for name, tensor in state.items() if hasattr(tensor, "detach")}
-
-
-def normalise_keys(state):
-    """Strip `module.`, rename DenseNet's legacy keys (`norm.1` -> `norm1`), as torchvision's loader does."""
-    out = {}
-    for name, value in state.items():
-        name = name[len("module."):] if name.startswith("module.") else name
-        match = _DENSENET_LEGACY.match(name)
-        out[match.group(1) + match.group(2) if match else name] = np.asarray(value)
-    return out
 
 
 # --- mapping ---------------------------------------------------------------------------------------------------------
@@ -248,8 +93,8 @@ def assign_state_dict(model, backbone, state, skip=()):
         ValueError: tensors the model needs are missing, tensors are left over that the model cannot take,
             or a shape does not fit; the message names them.
     """
-    _check_backbone(backbone)
-    state = _apply_aliases(backbone, state)
+    check_importable(backbone)
+    state = apply_timm_aliases(backbone, state)
     module_of = MODULE_NAMES[backbone]
     plan, expected = [], set()
     for layer in _weighted_layers(model):
@@ -280,15 +125,6 @@ def assign_state_dict(model, backbone, state, skip=()):
         modules = sorted({name.rsplit(".", 1)[0] for name in skipped})
         notes.append(f"skipped {len(skipped)} tensors of {_short(modules)} (not part of this model)")
     return notes
-
-
-def _apply_aliases(backbone, state):
-    aliases = TIMM_ALIASES.get(backbone, {})
-    out = {}
-    for name, value in state.items():
-        module, _, param = name.rpartition(".")
-        out[f"{aliases.get(module, module)}.{param}"] = value
-    return out
 
 
 def _short(names, limit=8):
@@ -333,7 +169,7 @@ def import_weights(backbone, source, out):
     Raises:
         FileNotFoundError, ValueError: see `read_state_dict` and `assign_state_dict`.
     """
-    _check_backbone(backbone)
+    check_importable(backbone)
     out = Path(out)
     if not out.name.endswith(".weights.h5"):
         raise InputError(f"{out}: the output must end in .weights.h5 (Keras' weights format)")
@@ -375,11 +211,6 @@ def reference_backbone_of(path):
     return value.decode() if isinstance(value, bytes) else value
 
 
-def is_state_dict_file(path):
-    """Whether `path` names a torch (`.pth`/`.pt`) or safetensors state dict."""
-    return Path(path).suffix.lower() in (*TORCH_SUFFIXES, SAFETENSORS_SUFFIX)
-
-
 def load_backbone_weights(model, backbone, path):
     """Pretrained backbone weights into a base-learner classifier; its new head keeps its initial values.
 
@@ -394,7 +225,7 @@ def load_backbone_weights(model, backbone, path):
     Raises:
         FileNotFoundError, ValueError: the file is missing, of another backbone, or does not fit.
     """
-    _check_backbone(backbone)
+    check_importable(backbone)
     path = Path(path)
     skip = (*FINAL_LINEARS[backbone], "AuxLogits.", "classifier.0", "classifier.3")
     if is_state_dict_file(path):
@@ -432,48 +263,4 @@ def copy_matching_layers(source, target, replaced, backbone):
     return notes
 
 
-# --- seeded weights (parity fixtures and their test) -----------------------------------------------------------------
 
-def seeded_state_dict(names_shapes, seed=0):
-    """A deterministic torchvision-style state dict from (name, shape) pairs, generated with NumPy.
-
-    Each tensor has its own `np.random.default_rng([seed, crc32(name)])`, so the values do not depend on
-    the order of the list. Conv/Linear weights ~ N(0, 1/fan_in); BN weight U(0.5, 1.5) (U(0.05, 0.25)
-    for ResNet's last BN of a residual branch, `*.bn3`, so that 50 residual blocks keep the logits
-    O(1), as torchvision's `zero_init_residual` damps them), bias and running_mean N(0, 0.1),
-    running_var U(0.5, 1.5) (positive); other biases N(0, 0.1); `num_batches_tracked` 0.
-
-    Args:
-        names_shapes: iterable of (str, tuple of int). Tensor names and shapes, in torch layout.
-        seed: int. Defaults to `0`.
-
-    Returns:
-        dict of str -> np.ndarray (float32; int64 for num_batches_tracked).
-    """
-    names_shapes = [(str(name), tuple(int(d) for d in shape)) for name, shape in names_shapes]
-    bn_modules = {name.rsplit(".", 1)[0] for name, _ in names_shapes if name.endswith(".running_var")}
-    state = {}
-    for name, shape in names_shapes:
-        module, _, param = name.rpartition(".")
-        rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
-        if param == "num_batches_tracked":
-            state[name] = np.zeros(shape, np.int64)
-            continue
-        if module in bn_modules and param == "weight" and module.endswith("bn3"):
-            value = rng.uniform(0.05, 0.25, shape)              # ResNet's last BN of a residual branch (damped)
-        elif module in bn_modules and param in ("weight", "running_var"):
-            value = rng.uniform(0.5, 1.5, shape)
-        elif param == "weight":
-            fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 1
-            value = rng.normal(0.0, 1.0 / np.sqrt(fan_in), shape)
-        else:
-            value = rng.normal(0.0, 0.1, shape)
-        state[name] = value.astype(np.float32)
-    return state
-
-
-def write_safetensors(state, path):
-    """Write a NumPy state dict as a safetensors file (what timm publishes; read back by `read_state_dict`)."""
-    from safetensors.numpy import save_file
-
-    save_file({name: np.ascontiguousarray(value) for name, value in state.items()}, str(path))
