@@ -30,7 +30,7 @@ from PIL import Image  # noqa: E402
 
 from tfflannel.models.classifier import GrayToImageNet  # noqa: E402
 from tfflannel.patches.pipeline import evaluation_dataset  # noqa: E402
-from tfflannel.segmentation.cache import read_cache_records  # noqa: E402
+from tfflannel.segmentation.view_records import read_cache_records  # noqa: E402
 
 
 def ensure_workdir(path):

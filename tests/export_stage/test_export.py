@@ -20,8 +20,8 @@ from tfflannel.data.io import read_image
 from tfflannel.data.manifest import load_manifest
 from tfflannel.evaluation.report import _load_run
 from tfflannel.models.classifier import build_classifier
-from tfflannel.segmentation.cache import read_cache_records
 from tfflannel.segmentation.inference import load_segmenter
+from tfflannel.segmentation.view_records import read_cache_records
 from tfflannel.serving.builder import build_pipeline
 from tfflannel.utils import read_csv
 

@@ -19,9 +19,10 @@ from tfflannel.cli import main
 from tfflannel.data.io import read_image
 from tfflannel.data.manifest import load_manifest, prepare_manifest
 from tfflannel.film_pipeline import ViewSettings, equalize_gamma_tf, letterbox, to_uint8
-from tfflannel.segmentation.cache import CacheSettings, build_cache, read_cache_records
+from tfflannel.segmentation.cache import CacheSettings, build_cache
 from tfflannel.segmentation.inference import load_segmenter
 from tfflannel.segmentation.qc_grid import qc_order, qc_tile
+from tfflannel.segmentation.view_records import read_cache_records
 from tfflannel.utils import read_csv, write_csv_atomic
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -91,7 +91,7 @@ def random_segmenter():
 def test_flip_tta_averages_the_mirrored_output_and_export_masks_equal_the_cache(random_segmenter, sample_cls_dir):
     from tfflannel.data.io import read_image
     from tfflannel.film_pipeline import ViewSettings
-    from tfflannel.segmentation.cache import ViewMaker
+    from tfflannel.segmentation.view_maker import ViewMaker
     from tfflannel.serving.pipeline import InferencePipeline
 
     batch = np.random.default_rng(0).random((2, 64, 64, 1), dtype=np.float32)

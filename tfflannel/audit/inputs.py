@@ -1,7 +1,7 @@
 """Score base learners on counterfactual inputs: `normal`, `lungs_only`, `lungs_removed` (TensorFlow-specific).
 
 Every input is made by the film pipeline (`tfflannel.film_pipeline`): the segmenter and the view settings
-give each film its masked view and lung mask (`segmentation.cache.view_maker`, the code `segment` caches
+give each film its masked view and lung mask (`segmentation.view_maker.view_maker`, the code `segment` caches
 with), then
 
 - a patch learner sees K patches at the fixed, seeded evaluation centres of that mask

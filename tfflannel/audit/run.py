@@ -4,7 +4,7 @@
 directory, for each base-learner run (and an ensemble of them):
 
 1. the films are segmented and viewed with the segmenter and view settings the run was trained with
-   (`segmentation.cache.view_maker`: the film pipeline), and scored on `normal`, `lungs_only` and
+   (`segmentation.view_maker`: the film pipeline), and scored on `normal`, `lungs_only` and
    `lungs_removed` inputs (`audit.inputs`);
 2. `lung_attention`, the source / view / age-group probes on the penultimate features (`audit.probe`);
 3. metrics per condition and per stratum, and the per-class shortcut rule (`audit.verdict`).
@@ -82,7 +82,7 @@ def _decode_view(pngs):
 
 def _views(films, rows, view, segmenter, cached, batch):
     """The films' masked views: from the cache where it holds them, else made by the film pipeline (`view_maker`)."""
-    from tfflannel.segmentation.cache import view_maker
+    from tfflannel.segmentation.view_maker import view_maker
 
     if cached is not None and all(row["image_id"] in cached for row in rows):
         return [_decode_view(cached[row["image_id"]]) for row in rows]

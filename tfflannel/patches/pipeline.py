@@ -17,7 +17,8 @@ from tfflannel import CLASS_NAMES
 from tfflannel.data.manifest import partition_rows  # noqa: F401  (re-exported: one partition rule)
 from tfflannel.errors import InputError
 from tfflannel.film_pipeline import crop_patches, evaluation_centres, sample_centres  # noqa: F401  (re-exported)
-from tfflannel.segmentation.cache import FEATURE_SPEC, cache_shards
+from tfflannel.segmentation.cache import cache_shards
+from tfflannel.segmentation.view_records import FEATURE_SPEC
 
 
 def decode_example(example):

@@ -3,7 +3,8 @@
 Each record holds the PNG-encoded masked view and mask (uint8), the image id, the
 lung bounding box, lung fraction, the mask's confidence and flip disagreement
 (`film_pipeline.segment_quality`) and the mask-quality flag, all made by
-`tfflannel.film_pipeline`, the code the export runs too. The cache holds no
+`tfflannel.film_pipeline` (through `segmentation.view_maker`), the code the export runs too; the record
+format is `segmentation.view_records`. The cache holds no
 label, split or fold: they belong to the manifest, and readers take them from it.
 
 The cache records what made it: `cache.json` holds the segmenter's weights hash
@@ -26,15 +27,16 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
 
 from tfflannel.data.io import ImageReadError, read_image
 from tfflannel.data.manifest import load_manifest
 from tfflannel.errors import InputError
-from tfflannel.film_pipeline import ViewSettings, lung_bbox, masked_view, segment_quality
+from tfflannel.film_pipeline import ViewSettings
 from tfflannel.segmentation.cache_record import CacheRecord, read_cache_record, remove_cache_record, write_cache_record
+from tfflannel.segmentation.view_maker import view_maker
+from tfflannel.segmentation.view_records import FEATURE_SPEC, encode_record
 from tfflannel.utils import atomic_path, read_csv, write_csv_atomic
 
 log = logging.getLogger(__name__)
@@ -71,99 +73,6 @@ class CacheSettings:
 
 def _digest(*parts):
     return hashlib.sha256("\n".join(map(str, parts)).encode()).hexdigest()
-
-
-def _bytes(value):
-    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
-
-
-def _int(values):
-    return tf.train.Feature(int64_list=tf.train.Int64List(value=list(values)))
-
-
-def _float(value):
-    return tf.train.Feature(float_list=tf.train.FloatList(value=[value]))
-
-
-FEATURE_SPEC = {
-    "image_id": tf.io.FixedLenFeature([], tf.string),
-    "image_png": tf.io.FixedLenFeature([], tf.string),
-    "mask_png": tf.io.FixedLenFeature([], tf.string),
-    "lung_bbox": tf.io.FixedLenFeature([4], tf.int64),
-    "lung_fraction": tf.io.FixedLenFeature([], tf.float32),
-    "mask_ok": tf.io.FixedLenFeature([], tf.int64),
-    # -1: a record written before these were recorded (the next `segment` rewrites its shard).
-    "mask_confidence": tf.io.FixedLenFeature([], tf.float32, default_value=-1.0),
-    "flip_disagreement": tf.io.FixedLenFeature([], tf.float32, default_value=-1.0),
-}
-
-
-class ViewMaker:
-    """Films -> cache views with a segmenter, batched: the film pipeline's functions, compiled once."""
-
-    def __init__(self, segmenter, view_settings):
-        self.segmenter, self.settings = segmenter, view_settings
-        # One trace with unknown film sizes, as in the export's signatures: a graph specialised to one film's shape
-        # may be rewritten differently by Grappler (e.g. a division by a folded constant) and differ by an ulp.
-        film, grey, square = (tf.TensorSpec([None, None], dtype) for dtype in (tf.uint8, tf.float32, tf.bool))
-        scalar = tf.TensorSpec([], tf.float32)
-        self._prepare = tf.function(segmenter.prepare, input_signature=[film])
-        # XLA fuses the clean-up's integer/max loops (3x faster on a CPU); its masks are exact, so identical
-        # to the export's un-compiled graph (tested).
-        self._quality = tf.function(
-            lambda probs, flipped: segment_quality(probs, flipped, segmenter.lung_classes, segmenter.flip_tta),
-            jit_compile=True)
-        self._view = tf.function(self._view_one, input_signature=[film, grey, square, scalar, scalar])
-
-    def _view_one(self, film, equalized, square_mask, confidence, disagreement):
-        view = masked_view(film, square_mask, self.settings, equalized, confidence, disagreement)
-        view["lung_bbox"] = lung_bbox(view["mask"])
-        view["mask_confidence"], view["flip_disagreement"] = confidence, disagreement
-        return view
-
-    def views(self, films, batch_size=8):
-        """(H, W) uint8 films -> list of dicts of NumPy values.
-
-        Keys: image, mask, lung_bbox, lung_fraction, mask_ok, mask_confidence, flip_disagreement. The segmenter
-        runs on each batch and on its mirror (`Segmenter.outputs`): the passes flip TTA needs anyway.
-        """
-        out = []
-        for start in range(0, len(films), batch_size):
-            chunk = films[start:start + batch_size]
-            prepared = [self._prepare(tf.constant(film)) for film in chunk]
-            inputs = tf.stack([p[0] for p in prepared])
-            inputs = tf.pad(inputs, [[0, batch_size - len(chunk)], [0, 0], [0, 0], [0, 0]])   # one compiled shape
-            quality = self._quality(*self.segmenter.outputs(inputs))
-            for i, (film, (_, equalized)) in enumerate(zip(chunk, prepared, strict=True)):
-                view = self._view(tf.constant(film), equalized, quality["masks"][i], quality["mask_confidence"][i],
-                                  quality["flip_disagreement"][i])
-                out.append({k: v.numpy() for k, v in view.items()})
-        return out
-
-
-def view_maker(segmenter, view_settings):
-    """The `ViewMaker` of a segmenter and view settings, made (and traced) once per process."""
-    makers = segmenter.__dict__.setdefault("_view_makers", {})
-    if view_settings not in makers:
-        makers[view_settings] = ViewMaker(segmenter, view_settings)
-    return makers[view_settings]
-
-
-def encode_record(image_id, view):
-    """One serialized tf.train.Example for a cached view (PNG: lossless storage of the uint8 arrays)."""
-    import cv2
-
-    features = {
-        "image_id": _bytes(image_id.encode()),
-        "image_png": _bytes(cv2.imencode(".png", view["image"])[1].tobytes()),
-        "mask_png": _bytes(cv2.imencode(".png", view["mask"] * 255)[1].tobytes()),
-        "lung_bbox": _int(int(v) for v in view["lung_bbox"]),
-        "lung_fraction": _float(float(view["lung_fraction"])),
-        "mask_ok": _int([int(view["mask_ok"])]),
-        "mask_confidence": _float(float(view["mask_confidence"])),
-        "flip_disagreement": _float(float(view["flip_disagreement"])),
-    }
-    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString(deterministic=True)
 
 
 def plan_shards(rows, settings, key):
@@ -281,6 +190,50 @@ def _remove_orphans(cache, others):
             tmp.unlink(missing_ok=True)
 
 
+def _record_of_key(workdir, key):
+    """The cache's `CacheRecord` if it holds `key`; else None, with `cache.json` and `index.csv` removed.
+
+    Records made another way (segmenter, size, QC, input) or of unknown provenance (an unreadable record):
+    no reader may use them.
+    """
+    try:
+        recorded = read_cache_record(workdir)
+    except InputError:
+        recorded = None                      # unreadable: of unknown provenance
+    if recorded is None or recorded.key != key:
+        remove_cache_record(workdir)
+        (Path(workdir) / "cache" / "index.csv").unlink(missing_ok=True)
+        recorded = None
+    return recorded
+
+
+def _finish_cache(workdir, plan, errors, state):
+    """Write the complete cache's index, errors and QC grid, remove old-layout files, then record it.
+
+    Returns:
+        int. Old-layout shard files removed.
+    """
+    cache = Path(workdir) / "cache"
+    removed = 0
+    index = [row for name, _ in plan for row in read_csv(_parts(cache, name)[0])]
+    write_csv_atomic(cache / "errors.csv", errors, ERROR_COLUMNS)
+    write_csv_atomic(cache / "index.csv", index, INDEX_COLUMNS)
+    current = {name for name, _ in plan}
+    for old in cache.glob("shard-*.tfrecord"):
+        if old.name not in current:
+            old.unlink()
+            removed += 1
+    stems = {Path(name).stem for name in current}
+    for old in (cache / "parts").glob("*.csv"):
+        if old.name.split(".")[0] not in stems:
+            old.unlink()
+    from tfflannel.segmentation.qc_grid import write_qc_grid
+
+    write_qc_grid(cache)
+    write_cache_record(workdir, state)   # last: the cache is complete
+    return removed
+
+
 def build_cache(workdir, segmenter, settings=None, shard=(1, 1), progress=True):
     """Segment every manifest image into `WORKDIR/cache/`, rebuilding only what is stale; returns a summary.
 
@@ -307,25 +260,11 @@ def build_cache(workdir, segmenter, settings=None, shard=(1, 1), progress=True):
     (cache / "parts").mkdir(parents=True, exist_ok=True)
     key = settings.key(segmenter)
     plan = plan_shards(rows, settings, key)
-    try:
-        recorded = read_cache_record(workdir)
-    except InputError:
-        recorded = None                      # unreadable: of unknown provenance
-    if recorded is None or recorded.key != key:
-        # Records made another way (segmenter, size, QC, input) or of unknown provenance: no reader may use them.
-        remove_cache_record(workdir)
-        (cache / "index.csv").unlink(missing_ok=True)
-        recorded = None
+    recorded = _record_of_key(workdir, key)
     mine = {name for number, (name, _) in enumerate(plan) if number % parts == part - 1}
     _remove_orphans(cache, {Path(name).stem for name, _ in plan if name not in mine})
-    todo, skipped = [], 0
-    for name, chunk in plan:
-        if name not in mine:
-            continue
-        if _finished(cache, name):
-            skipped += 1
-        else:
-            todo.append((name, chunk))
+    todo = [(name, chunk) for name, chunk in plan if name in mine and not _finished(cache, name)]
+    skipped = len(mine) - len(todo)
     reusable = _reusable(cache) if recorded is not None and todo else {}
     bar = tqdm(total=sum(len(chunk) for _, chunk in todo), desc="segmenting", unit="img", disable=not progress)
     for name, chunk in todo:
@@ -337,22 +276,7 @@ def build_cache(workdir, segmenter, settings=None, shard=(1, 1), progress=True):
     errors = [e for name, _ in plan if _parts(cache, name)[1].exists() for e in read_csv(_parts(cache, name)[1])]
     state = CacheRecord(key=key, shard_size=settings.shard_size, shards=[name for name, _ in plan])
     if complete and (todo or recorded != state or not (cache / "index.csv").is_file()):
-        index = [row for name, _ in plan for row in read_csv(_parts(cache, name)[0])]
-        write_csv_atomic(cache / "errors.csv", errors, ERROR_COLUMNS)
-        write_csv_atomic(cache / "index.csv", index, INDEX_COLUMNS)
-        current = {name for name, _ in plan}
-        for old in cache.glob("shard-*.tfrecord"):
-            if old.name not in current:
-                old.unlink()
-                removed += 1
-        stems = {Path(name).stem for name in current}
-        for old in (cache / "parts").glob("*.csv"):
-            if old.name.split(".")[0] not in stems:
-                old.unlink()
-        from tfflannel.segmentation.qc_grid import write_qc_grid
-
-        write_qc_grid(cache)
-        write_cache_record(workdir, state)   # last: the cache is complete
+        removed = _finish_cache(workdir, plan, errors, state)
     return {"shards": len(plan), "written": len(todo), "skipped": skipped, "errors": len(errors),
             "complete": complete, "removed": removed, "cache": str(cache)}
 
@@ -385,25 +309,3 @@ def cache_shards(workdir, rows=None):
     return [str(cache / name) for name in dict.fromkeys(r["shard"] for r in index.values())]
 
 
-def read_cache_records(cache_dir, limit=None):
-    """Decode the records of a cache (the first `limit`, in index order) into dicts of NumPy arrays."""
-    cache = Path(cache_dir)
-    names = dict.fromkeys(r["shard"] for r in read_csv(cache / "index.csv"))
-    dataset = tf.data.TFRecordDataset([str(cache / name) for name in names])
-    if limit is not None:
-        dataset = dataset.take(limit)
-    records = []
-    for raw in dataset:
-        example = tf.io.parse_single_example(raw, FEATURE_SPEC)
-        records.append({
-            "image_id": example["image_id"].numpy().decode(),
-            "image": tf.io.decode_png(example["image_png"], channels=1).numpy()[..., 0],
-            "mask": (tf.io.decode_png(example["mask_png"], channels=1).numpy()[..., 0] > 0).astype(np.uint8),
-            "lung_bbox": example["lung_bbox"].numpy().tolist(),
-            "lung_fraction": float(example["lung_fraction"]),
-            "mask_ok": int(example["mask_ok"]),
-            "mask_confidence": float(example["mask_confidence"]),
-            "flip_disagreement": float(example["flip_disagreement"]),
-            "raw": raw.numpy(),
-        })
-    return records

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from tfflannel.segmentation.cache import FEATURE_SPEC
+from tfflannel.segmentation.view_records import FEATURE_SPEC
 from tfflannel.utils import read_csv, write_image_grid
 
 
