@@ -13,7 +13,7 @@ from tfflannel.evaluation.metrics import (
     table3,
     table3_markdown,
 )
-from tfflannel.evaluation.report import plot_confusion, plot_curves
+from tfflannel.evaluation.plots import plot_confusion, plot_curves
 
 
 def test_metrics_equal_sklearn_with_a_class_never_predicted():

@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from tfflannel.evaluation.calibration import ECE_BINS, expected_calibration_error, reliability_bins  # noqa: E402
+from tfflannel.evaluation.plots import save_figure  # noqa: E402
 
 CALIBRATION_COLUMNS = ("run", "ece", "classwise_ece", "brier", "nll", "temperature", "ece_before", "n", "folds")
 
@@ -31,8 +32,6 @@ def plot_reliability(labels, probabilities, title, path, before=None, bins=ECE_B
     Returns:
         `path`.
     """
-    from tfflannel.evaluation.report import save_figure
-
     labels = np.asarray(labels, int)
     fig, (ax, ax_count) = plt.subplots(2, 1, figsize=(4.6, 5.2), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8, label="perfect calibration")

@@ -6,25 +6,21 @@ import collections
 import json
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve  # noqa: E402
-
-from tfflannel import CLASS_NAMES, DISCLAIMER  # noqa: E402
-from tfflannel.evaluation.calibration import apply_temperature, calibration_metrics, expected_calibration_error  # noqa: E402
-from tfflannel.evaluation.intervals import (  # noqa: E402
+from tfflannel import CLASS_NAMES, DISCLAIMER
+from tfflannel.evaluation.calibration import apply_temperature, calibration_metrics, expected_calibration_error
+from tfflannel.evaluation.intervals import (
     BOOTSTRAP_LEVEL,
     BOOTSTRAP_RESAMPLES,
     BOOTSTRAP_SEED,
     classification_intervals,
     patient_groups,
 )
-from tfflannel.evaluation.metrics import classification_metrics, metrics_rows, table3, table3_markdown  # noqa: E402
-from tfflannel.evaluation.reliability import CALIBRATION_COLUMNS, calibration_markdown, plot_reliability  # noqa: E402
-from tfflannel.utils import atomic_path, write_csv_atomic, write_text_atomic  # noqa: E402
+from tfflannel.evaluation.metrics import classification_metrics, metrics_rows, table3, table3_markdown
+from tfflannel.evaluation.plots import plot_confusion, plot_curves, plot_f1_bars
+from tfflannel.evaluation.reliability import CALIBRATION_COLUMNS, calibration_markdown, plot_reliability
+from tfflannel.utils import write_csv_atomic, write_text_atomic
 
 METRIC_COLUMNS = ("run", "fold", "class", "precision", "recall", "f1", "support", "ci_low", "ci_high")
 TABLE3_COLUMNS = ("run", "class", "f1_mean", "f1_std", "folds", "ci_low", "ci_high")
@@ -38,89 +34,6 @@ def load_run_predictions(run_dir, role="test"):
     info = load_run_info(run_dir)
     table = read_predictions(run_dir, role)
     return info.display_name, info.fold, str(info.workdir_path(run_dir)), table.image_ids, table.labels, table.probs
-
-
-def save_figure(fig, path):
-    """Save a matplotlib figure as a PNG atomically and close it; returns `path`."""
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
-
-
-def plot_confusion(matrix, title, path):
-    """Draw a confusion matrix with its counts and save it as a PNG (atomically).
-
-    Args:
-        matrix: array-like. (4, 4) counts, rows true class, columns predicted class, in `CLASS_NAMES` order.
-        title: str. Plot title.
-        path: str or Path. Output PNG.
-
-    Returns:
-        `path`.
-    """
-    matrix = np.asarray(matrix)
-    fig, ax = plt.subplots(figsize=(4.8, 4.2))
-    ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(len(CLASS_NAMES)), [c.replace("_", "\n") for c in CLASS_NAMES], fontsize=7)
-    ax.set_yticks(range(len(CLASS_NAMES)), CLASS_NAMES, fontsize=7)
-    for (i, j), value in np.ndenumerate(matrix):
-        ax.text(j, i, str(value), ha="center", va="center", color="white" if value > matrix.max() / 2 else "black")
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title, fontsize=8)
-    return save_figure(fig, path)
-
-
-def plot_curves(labels, scores, title, path):
-    """Per-class and micro-averaged PR and ROC curves; scores used as they are (no second softmax)."""
-    one_hot = np.eye(len(CLASS_NAMES))[labels]
-    fig, (ax_pr, ax_roc) = plt.subplots(1, 2, figsize=(10, 4.2))
-    for index, name in enumerate([*CLASS_NAMES, "micro"]):
-        truth = one_hot.ravel() if name == "micro" else one_hot[:, index]
-        score = scores.ravel() if name == "micro" else scores[:, index]
-        if truth.sum() == 0 or truth.sum() == len(truth):
-            continue  # a curve needs both positives and negatives
-        precision, recall, _ = precision_recall_curve(truth, score)
-        fpr, tpr, _ = roc_curve(truth, score)
-        style = {"linestyle": "--", "color": "black"} if name == "micro" else {}
-        ax_pr.plot(recall, precision, label=f"{name} AP={average_precision_score(truth, score):.3f}", **style)
-        ax_roc.plot(fpr, tpr, label=f"{name} AUC={auc(fpr, tpr):.3f}", **style)
-    ax_pr.set(xlabel="recall", ylabel="precision", title=f"PR: {title}")
-    ax_roc.set(xlabel="false positive rate", ylabel="true positive rate", title=f"ROC: {title}")
-    ax_roc.plot([0, 1], [0, 1], color="grey", linewidth=0.5)
-    for ax in (ax_pr, ax_roc):
-        ax.legend(fontsize=7)
-        ax.title.set_fontsize(8)
-    return save_figure(fig, path)
-
-
-def plot_f1_bars(table, path):
-    """Draw grouped bars of F1 per class and macro, one bar per run, with the std over folds as error bars.
-
-    Args:
-        table: list of dict. Table-3 rows (`run`, `class`, `f1_mean`, `f1_std`), as `table3` returns; a missing
-            row is drawn as 0 and a NaN std (one fold) as no error bar.
-        path: str or Path. Output PNG.
-
-    Returns:
-        `path`.
-    """
-    runs = list(dict.fromkeys(row["run"] for row in table))
-    classes = [*CLASS_NAMES, "macro"]
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(classes)), 4))
-    width = 0.8 / max(len(runs), 1)
-    for index, run in enumerate(runs):
-        values = [next((r["f1_mean"] for r in table if r["run"] == run and r["class"] == c), 0.0) for c in classes]
-        errors = [next((0.0 if np.isnan(r["f1_std"]) else r["f1_std"]
-                        for r in table if r["run"] == run and r["class"] == c), 0.0)
-                  for c in classes]
-        ax.bar(np.arange(len(classes)) + index * width, values, width, yerr=errors, label=run)
-    ax.set_xticks(np.arange(len(classes)) + width * (len(runs) - 1) / 2, classes, fontsize=8)
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("F1 (mean over folds)")
-    ax.legend(fontsize=7)
-    return save_figure(fig, path)
 
 
 def _slug(name):
@@ -189,6 +102,60 @@ def _calibration_row(name, parts):
     return row
 
 
+def _score_runs(run_dirs, role, n_resamples, seed):
+    """Each run's metrics with their patient-bootstrap intervals.
+
+    Returns:
+        (metric rows, {(name, fold): metrics}, {name: [loaded runs]} in run order, runs.json summaries).
+    """
+    metric_rows, per_run, pooled, summaries = [], {}, collections.defaultdict(list), []
+    for run_dir in run_dirs:
+        part = _load_run(run_dir, role)
+        name, fold = part["name"], part["fold"]
+        metrics = classification_metrics(part["labels"], part["scores"])
+        intervals = classification_intervals(part["labels"], part["scores"], part["groups"], n_resamples, seed)
+        metric_rows += metrics_rows(name, fold, metrics, intervals)
+        per_run[(name, fold)] = metrics
+        pooled[name].append(part)
+        summaries.append({"run": name, "fold": fold, "dir": str(run_dir), "accuracy": metrics["accuracy"],
+                          "accuracy_ci": list(intervals["accuracy"]), "macro_f1": metrics["macro_f1"],
+                          "macro_f1_ci": list(intervals["macro_f1"]), "confusion": metrics["confusion"],
+                          "temperature": part["temperature"].temperature,
+                          "temperature_note": part["temperature"].note})
+    return metric_rows, per_run, pooled, summaries
+
+
+def _model_plots_and_sources(out_dir, pooled, per_run, sources):
+    """Each model's confusion, curves and reliability plots, and its per-source rows of the report.
+
+    Args:
+        out_dir: Path. The report directory (plots go to `plots/`).
+        pooled: dict. {name: [loaded runs]}.
+        per_run: dict. {(name, fold): metrics}.
+        sources: dict or None. {image_id: source} when the manifest has several sources, else None.
+
+    Returns:
+        (list of (name, confusion path, curves path, reliability path), list of Markdown table rows).
+    """
+    plots, source_rows = [], []
+    for name, parts in pooled.items():
+        labels, scores, ids = _pool(parts, "labels"), _pool(parts, "scores"), _pool(parts, "ids")
+        fitted = any(p["temperature"].fitted for p in parts)
+        confusion = np.sum([per_run[key]["confusion"] for key in per_run if key[0] == name], axis=0)
+        plots.append((name, plot_confusion(confusion, f"{name} (summed over folds)",
+                                           out_dir / "plots" / f"confusion_{_slug(name)}.png"),
+                      plot_curves(labels, scores, name, out_dir / "plots" / f"curves_{_slug(name)}.png"),
+                      plot_reliability(labels, _pool(parts, "probabilities"), f"reliability: {name}",
+                                       out_dir / "plots" / f"reliability_{_slug(name)}.png",
+                                       before=scores if fitted else None)))
+        if sources is not None:
+            for source in sorted({sources.get(i, "?") for i in ids}):
+                keep = np.array([sources.get(i, "?") == source for i in ids])
+                m = classification_metrics(labels[keep], scores[keep])
+                source_rows.append(f"| {name} | {source} | {keep.sum()} | {m['accuracy']:.3f} | {m['macro_f1']:.3f} |")
+    return plots, source_rows
+
+
 def evaluate_runs(run_dirs, out_dir, role="test", n_resamples=BOOTSTRAP_RESAMPLES, seed=BOOTSTRAP_SEED):
     """Evaluate every run on its `role` predictions and write the report; returns the Table-3 rows.
 
@@ -211,20 +178,7 @@ def evaluate_runs(run_dirs, out_dir, role="test", n_resamples=BOOTSTRAP_RESAMPLE
     """
     out_dir = Path(out_dir)
     (out_dir / "plots").mkdir(parents=True, exist_ok=True)
-    metric_rows, per_run, pooled, source_rows, summaries = [], {}, collections.defaultdict(list), [], []
-    for run_dir in run_dirs:
-        part = _load_run(run_dir, role)
-        name, fold = part["name"], part["fold"]
-        metrics = classification_metrics(part["labels"], part["scores"])
-        intervals = classification_intervals(part["labels"], part["scores"], part["groups"], n_resamples, seed)
-        metric_rows += metrics_rows(name, fold, metrics, intervals)
-        per_run[(name, fold)] = metrics
-        pooled[name].append(part)
-        summaries.append({"run": name, "fold": fold, "dir": str(run_dir), "accuracy": metrics["accuracy"],
-                          "accuracy_ci": list(intervals["accuracy"]), "macro_f1": metrics["macro_f1"],
-                          "macro_f1_ci": list(intervals["macro_f1"]), "confusion": metrics["confusion"],
-                          "temperature": part["temperature"].temperature,
-                          "temperature_note": part["temperature"].note})
+    metric_rows, per_run, pooled, summaries = _score_runs(run_dirs, role, n_resamples, seed)
     pooled_intervals = {name: classification_intervals(_pool(parts, "labels"), _pool(parts, "scores"),
                                                        _pool(parts, "groups"), n_resamples, seed)
                         for name, parts in pooled.items()}
@@ -241,22 +195,7 @@ def evaluate_runs(run_dirs, out_dir, role="test", n_resamples=BOOTSTRAP_RESAMPLE
     workdir = next(iter(pooled.values()))[0]["workdir"] if pooled else None
     data_text, sources, multi_source = _data_section(workdir) if workdir and Path(workdir, "manifest.csv").exists() \
         else ("(manifest not found)", {}, False)
-    plots = []
-    for name, parts in pooled.items():
-        labels, scores, ids = _pool(parts, "labels"), _pool(parts, "scores"), _pool(parts, "ids")
-        fitted = any(p["temperature"].fitted for p in parts)
-        confusion = np.sum([per_run[key]["confusion"] for key in per_run if key[0] == name], axis=0)
-        plots.append((name, plot_confusion(confusion, f"{name} (summed over folds)",
-                                           out_dir / "plots" / f"confusion_{_slug(name)}.png"),
-                      plot_curves(labels, scores, name, out_dir / "plots" / f"curves_{_slug(name)}.png"),
-                      plot_reliability(labels, _pool(parts, "probabilities"), f"reliability: {name}",
-                                       out_dir / "plots" / f"reliability_{_slug(name)}.png",
-                                       before=scores if fitted else None)))
-        if multi_source:
-            for source in sorted({sources.get(i, "?") for i in ids}):
-                keep = np.array([sources.get(i, "?") == source for i in ids])
-                m = classification_metrics(labels[keep], scores[keep])
-                source_rows.append(f"| {name} | {source} | {keep.sum()} | {m['accuracy']:.3f} | {m['macro_f1']:.3f} |")
+    plots, source_rows = _model_plots_and_sources(out_dir, pooled, per_run, sources if multi_source else None)
     bars = plot_f1_bars(table, out_dir / "plots" / "f1_by_class.png")
     write_text_atomic(out_dir / "report.md", "\n".join(_report_lines(
         role, data_text, markdown, bars, source_rows, plots, pooled, pooled_intervals, calibration_rows, bootstrap)))
