@@ -244,22 +244,60 @@ def train_segmenter(config, pairs, out_dir, progress=True, extra_callbacks=(), t
     weights = [seg.background_weight] + [1.0] * (model.output_shape[-1] - 1)
     model.compile(optimizer=keras.optimizers.AdamW(learning_rate=seg.learning_rate, weight_decay=seg.weight_decay),
                   loss=segmentation_loss(seg.loss, weights, lung_class_indices(seg.classes)))
+    batches, fit_kwargs, tf_callbacks = _training_batches(seg, (train_x, train_y), (val_x, val_y), out_dir,
+                                                          fit.initial_epoch, has_val)
+    callbacks = [*_training_callbacks(seg, train_x, (val_x, val_y), has_val, time_limit_s), *tf_callbacks,
+                 *extra_callbacks]
+    started = time.time()
+    history = fit.fit(model, batches, callbacks=callbacks, verbose=2 if progress else 0, **fit_kwargs)
+    elapsed = time.time() - started
+    return _finish_run(seg, out_dir, fit, history, elapsed, train_x, (train_pairs, val_pairs), val_x, val_y)
+
+
+def _training_batches(seg, train, val, out_dir, first_epoch, has_val):
+    """The augmented training batches for the backend, the `fit` arguments they need and backend callbacks.
+
+    Args:
+        seg: SegmentationConfig.
+        train: (images, labels) arrays of the training pairs.
+        val: (images, labels) arrays of the validation pairs.
+        out_dir: Path. The run directory (TensorBoard logs go to `logs/`).
+        first_epoch: int. The epoch training starts (or resumes) at.
+        has_val: bool. Whether there are validation pairs.
+
+    Returns:
+        (batches, dict of extra `fit` keyword arguments, list of callbacks: TensorBoard and mask images on
+        TensorFlow, none otherwise).
+    """
+    (train_x, train_y), (val_x, val_y) = train, val
     flip = seg.classes == "lung"
     if keras.backend.backend() == "tensorflow":
         from tfflannel.segmentation.tf_pipeline import MaskImageLogger, make_training_dataset
 
         batches = make_training_dataset(train_x, train_y, seg.batch_size, seed=seg.seed, augment=seg.augment, flip=flip,
-                                        first_epoch=fit.initial_epoch, epochs=seg.epochs, strength=seg.augment_strength)
+                                        first_epoch=first_epoch, epochs=seg.epochs, strength=seg.augment_strength)
         fit_kwargs = {"steps_per_epoch": int(np.ceil(len(train_x) / seg.batch_size))}
         tf_callbacks = [keras.callbacks.TensorBoard(log_dir=str(out_dir / "logs"))]
         if has_val:
             tf_callbacks.append(MaskImageLogger(out_dir / "logs", val_x[:4], val_y[:4], seg.classes,
                                                 predict_lung_masks))
-    else:
-        batches = AugmentedBatches(train_x, train_y, seg.batch_size, seed=seg.seed, augment=seg.augment, flip=flip,
-                                   first_epoch=fit.initial_epoch, strength=seg.augment_strength)
-        fit_kwargs, tf_callbacks = {}, []
+        return batches, fit_kwargs, tf_callbacks
+    batches = AugmentedBatches(train_x, train_y, seg.batch_size, seed=seg.seed, augment=seg.augment, flip=flip,
+                               first_epoch=first_epoch, strength=seg.augment_strength)
+    return batches, {}, []
 
+
+def _training_callbacks(seg, train_x, val, has_val, time_limit_s):
+    """Inference-mode Jaccard (with precise BN), the learning-rate schedule and the optional time limit.
+
+    Args:
+        seg: SegmentationConfig.
+        train_x: training images (precise BN's batches).
+        val: (images, labels) arrays of the validation pairs.
+        has_val: bool. Whether there are validation pairs.
+        time_limit_s: float or None. Stop cleanly after this many seconds.
+    """
+    val_x, val_y = val
     callbacks = [InferenceJaccard(train_x, val_x, val_y, seg.classes, seg.precise_bn_batch, seg.precise_bn,
                                   seg.eval_every)]
     if seg.lr_schedule == "plateau":
@@ -271,11 +309,25 @@ def train_segmenter(config, pairs, out_dir, progress=True, extra_callbacks=(), t
             step_decay(scale_milestones(seg.lr_milestones, seg.epochs), seg.learning_rate)))
     if time_limit_s:
         callbacks.append(TimeLimit(time_limit_s))
-    callbacks += [*tf_callbacks, *extra_callbacks]
-    started = time.time()
-    history = fit.fit(model, batches, callbacks=callbacks, verbose=2 if progress else 0, **fit_kwargs)
-    elapsed = time.time() - started
+    return callbacks
 
+
+def _finish_run(seg, out_dir, fit, history, elapsed, train_x, pairs, val_x, val_y):
+    """Reload the best model (precise BN without validation), measure it and write metrics.json; return the metrics.
+
+    Args:
+        seg: SegmentationConfig.
+        out_dir: Path. The run directory.
+        fit: ResumableFit. The fit that ran (its best epoch).
+        history: dict. Keras history of the run.
+        elapsed: float. Seconds the fit took.
+        train_x: training images (precise BN's batches when there is no validation).
+        pairs: (training pairs, validation pairs).
+        val_x: validation images.
+        val_y: validation labels.
+    """
+    train_pairs, val_pairs = pairs
+    has_val = bool(val_pairs)
     # model.keras holds the best epoch, saved right after InferenceJaccard's precise-BN pass: statistics included.
     model = keras.saving.load_model(out_dir / "model.keras", compile=False)
     if not has_val and seg.precise_bn:
