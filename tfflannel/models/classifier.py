@@ -94,6 +94,49 @@ def set_batchnorm_momentum(model, momentum):
 HEADS = ("reference", "gap")
 
 
+def _weights_source(backbone, config, weights):
+    """Check `weights` for `backbone` and say where they go.
+
+    Args:
+        backbone: str. The backbone name.
+        config: its `backbone_config`.
+        weights: the `build_classifier` argument.
+
+    Returns:
+        (weights: str or None, pretrained: bool (a state dict or an import-weights file, loaded by name into
+        the backbone), application_weights: `"imagenet"` or a Keras-applications `.h5` for keras.applications
+        itself, else None).
+
+    Raises:
+        ValueError: ImageNet weights Keras does not have, or a Keras file for a torchvision-layout backbone.
+        FileNotFoundError: a weights file that does not exist.
+    """
+    from tfflannel.models.state_dicts import is_state_dict_file
+    from tfflannel.models.weights_files import check_weights_file
+    from tfflannel.models.weights_import import reference_backbone_of
+
+    weights = None if weights in (None, "none", "None") else str(weights)
+    if weights == "imagenet" and not config.keras_weights:
+        raise InputError(
+            f"Keras has no ImageNet weights for {backbone!r}. "
+            f"Pass torchvision's ImageNet weights of {backbone} "
+            f"(a .pth or timm's .safetensors file, or the .weights.h5 that `import-weights` makes of it) with "
+            f"--weights PATH, or use --weights none.")
+    if weights is not None and weights != "imagenet" and not Path(weights).is_file():
+        raise FileNotFoundError(
+            f"{weights}: weights file not found (pass --weights none, imagenet or an existing file)")
+    if weights is not None and weights != "imagenet":
+        check_weights_file(weights)
+    pretrained = weights is not None and (is_state_dict_file(weights) or (
+        weights.endswith(".weights.h5") and reference_backbone_of(weights) is not None))
+    # Keras' own ImageNet files (legacy `.h5`, not `.weights.h5`) go to keras.applications itself.
+    keras_file = weights not in (None, "imagenet") and not pretrained and not weights.endswith(".weights.h5")
+    if keras_file and not config.keras_weights:
+        raise InputError(f"{weights}: {backbone!r} takes a torchvision .pth/.safetensors state dict, an "
+                         f"import-weights .weights.h5 or a .weights.h5 saved from a tfflannel classifier")
+    return weights, pretrained, weights if weights == "imagenet" or keras_file else None
+
+
 def build_classifier(backbone="mobilenet_v2", input_size=None, num_classes=len(CLASS_NAMES), weights=None,
                      bn_momentum=0.9, dropout=0.0, head="reference", grouped_conv="split", aux_loss_weight=0.0):
     """Build a base learner.
@@ -128,48 +171,18 @@ def build_classifier(backbone="mobilenet_v2", input_size=None, num_classes=len(C
             auxiliary head on an input below 299 px.
         FileNotFoundError: a weights file that does not exist.
     """
-    from tfflannel.models.state_dicts import is_state_dict_file
-    from tfflannel.models.weights_files import check_weights_file
-    from tfflannel.models.weights_import import reference_backbone_of
-
     config = backbone_config(backbone)
     if head not in HEADS:
         raise ValueError(f"head must be one of {HEADS}. Received: head={head!r}.")
     size = input_size or config.input_size
-    weights = None if weights in (None, "none", "None") else str(weights)
-    if weights == "imagenet" and not config.keras_weights:
-        raise InputError(
-            f"Keras has no ImageNet weights for {backbone!r}. "
-            f"Pass torchvision's ImageNet weights of {backbone} "
-            f"(a .pth or timm's .safetensors file, or the .weights.h5 that `import-weights` makes of it) with "
-            f"--weights PATH, or use --weights none.")
-    if weights is not None and weights != "imagenet" and not Path(weights).is_file():
-        raise FileNotFoundError(
-            f"{weights}: weights file not found (pass --weights none, imagenet or an existing file)")
-    if weights is not None and weights != "imagenet":
-        check_weights_file(weights)
-    pretrained = weights is not None and (is_state_dict_file(weights) or (
-        weights.endswith(".weights.h5") and reference_backbone_of(weights) is not None))
+    weights, pretrained, application_weights = _weights_source(backbone, config, weights)
     inputs = keras.Input((size, size, 1), name="patch")
     x = GrayToImageNet(config.preprocess, name="imagenet_scaling")(inputs)
-    # Keras' own ImageNet files (legacy `.h5`, not `.weights.h5`) go to keras.applications itself.
-    keras_file = weights not in (None, "imagenet") and not pretrained and not weights.endswith(".weights.h5")
-    if keras_file and not config.keras_weights:
-        raise InputError(f"{weights}: {backbone!r} takes a torchvision .pth/.safetensors state dict, an "
-                         f"import-weights .weights.h5 or a .weights.h5 saved from a tfflannel classifier")
-    application_weights = weights if weights == "imagenet" or keras_file else None
-    options = {"impl": grouped_conv} if config.grouped_conv else {}
     aux = aux_loss_weight > 0 and head == "reference" and backbone in AUX_HEAD_BACKBONES
     if aux and size < 299:
         raise InputError(f"{backbone}'s auxiliary head needs a 299 px input (got {size}); set aux_loss_weight: 0 "
                          f"to train without the auxiliary loss")
-    if aux:
-        x, aux_features = create_backbone(backbone, x, include_top=True, classes=0, aux_logits=True, **options)
-    elif head == "reference" and config.head_layers:
-        x = create_backbone(backbone, x, include_top=True, classes=0, **options)
-    else:
-        x = layers.GlobalAveragePooling2D(name="head_pool")(create_backbone(backbone, x, weights=application_weights,
-                                                                             **options))
+    x, aux_features = _backbone_features(backbone, config, x, head, aux, application_weights, grouped_conv)
     if dropout:
         x = layers.Dropout(dropout, name="head_dropout")(x)
     logits = layers.Dense(num_classes, name="head_logits")(x)
@@ -180,14 +193,41 @@ def build_classifier(backbone="mobilenet_v2", input_size=None, num_classes=len(C
         aux_outputs = layers.Activation("softmax", dtype="float32", name="aux_probabilities")(aux_logits)
         model = AuxiliaryLossModel(model, aux_outputs, aux_loss_weight, name=f"{backbone}_aux_training")
     set_batchnorm_momentum(model.network if aux else model, bn_momentum)
+    _load_classifier_weights(model, model.network if aux else model, backbone, weights, pretrained,
+                             application_weights)
+    return model
+
+
+def _load_classifier_weights(model, network, backbone, weights, pretrained, application_weights):
+    """Load what `_weights_source` found: backbone weights by name into `network`, or a whole tfflannel file.
+
+    Keras-applications weights (`application_weights`) were loaded when the backbone was built.
+    """
     if pretrained:
         from tfflannel.models.weights_import import load_backbone_weights
 
-        for note in load_backbone_weights(model.network if aux else model, backbone, weights):
+        for note in load_backbone_weights(network, backbone, weights):
             log.info("%s: %s", weights, note)
     elif weights is not None and application_weights is None:
         _load_local_weights(inference_model(model), weights)
-    return model
+
+
+def _backbone_features(backbone, config, x, head, aux, application_weights, grouped_conv):
+    """The backbone on `x` up to the new head's input, and the auxiliary head's features (`aux`) or None.
+
+    The input of the new head is torchvision's reference head without its last Linear (`reference` head of a
+    backbone that has head layers, or `aux`), else global average pooling.
+
+    Returns:
+        (features tensor, auxiliary features or None).
+    """
+    options = {"impl": grouped_conv} if config.grouped_conv else {}
+    if aux:
+        return create_backbone(backbone, x, include_top=True, classes=0, aux_logits=True, **options)
+    if head == "reference" and config.head_layers:
+        return create_backbone(backbone, x, include_top=True, classes=0, **options), None
+    return layers.GlobalAveragePooling2D(name="head_pool")(create_backbone(backbone, x, weights=application_weights,
+                                                                            **options)), None
 
 
 AUX_HEAD_BACKBONES = ("inception_v3_tv",)
