@@ -95,6 +95,32 @@ def parse_names(text, allowed, option):
     return names
 
 
+def _weights_in_directory(backbones, weights_dir):
+    """{backbone: its weights file in `weights_dir`}, each checked (`resolve_weights`'s `--weights-dir`).
+
+    Raises:
+        InputError: not a directory; backbones without a file (all listed at once); a truncated or corrupt file.
+    """
+    directory = Path(weights_dir)
+    if not directory.is_dir():
+        raise InputError(f"--weights-dir {weights_dir}: not a directory.")
+    found, missing = {}, []
+    for backbone in backbones:
+        files = [directory / f"{backbone}{suffix}" for suffix in WEIGHT_SUFFIXES]
+        hit = next((f for f in files if f.is_file()), None)
+        if hit is None:
+            missing.append(str(directory / f"{backbone}.weights.h5"))
+        found[backbone] = str(hit)
+    if missing:
+        raise InputError(f"--weights-dir {weights_dir}: no weights for {len(missing)} backbone(s): "
+                         f"{', '.join(missing)} (nor .safetensors/.pth of the same name); make each with "
+                         f"`tfflannel import-weights --backbone NAME --from TORCHVISION_FILE --out "
+                         f"{directory}/NAME.weights.h5`.")
+    for path in found.values():
+        check_weights_file(path)
+    return found
+
+
 def resolve_weights(backbones, weights="none", weights_dir=None):
     """The `--weights` value of each backbone's training jobs, checked before any job runs.
 
@@ -125,24 +151,7 @@ def resolve_weights(backbones, weights="none", weights_dir=None):
     if weights_dir is not None:
         if weights != "none":
             raise InputError(f"--weights {weights} and --weights-dir {weights_dir}: give one of them.")
-        directory = Path(weights_dir)
-        if not directory.is_dir():
-            raise InputError(f"--weights-dir {weights_dir}: not a directory.")
-        found, missing = {}, []
-        for backbone in backbones:
-            files = [directory / f"{backbone}{suffix}" for suffix in WEIGHT_SUFFIXES]
-            hit = next((f for f in files if f.is_file()), None)
-            if hit is None:
-                missing.append(str(directory / f"{backbone}.weights.h5"))
-            found[backbone] = str(hit)
-        if missing:
-            raise InputError(f"--weights-dir {weights_dir}: no weights for {len(missing)} backbone(s): "
-                             f"{', '.join(missing)} (nor .safetensors/.pth of the same name); make each with "
-                             f"`tfflannel import-weights --backbone NAME --from TORCHVISION_FILE --out "
-                             f"{directory}/NAME.weights.h5`.")
-        for path in found.values():
-            check_weights_file(path)
-        return found
+        return _weights_in_directory(backbones, weights_dir)
     if weights not in ("none", "imagenet"):
         if len(backbones) > 1:
             raise InputError(f"--weights {weights}: one weights file cannot fit {len(backbones)} backbones; put "
@@ -199,11 +208,30 @@ def build_jobs(data, out, folds, backbones=PAPER_BACKBONES, modes=MODES, weights
     per_backbone = resolve_weights([*backbones, *baselines], weights, weights_dir)
     data, out, config_args = str(data), Path(out), tuple(config_args)
     part, parts = shard
-    jobs, learners = [], {}
+    jobs = []
     if "patch" in modes:
         segment_args = ("segment", "--data", data) + (("--shard", f"{part}/{parts}") if parts > 1 else ())
         jobs.append(Job("segment", "segment", segment_args + config_args, Path(data) / "cache", shard=None))
-    unit, standalone = 0, []
+    learner_jobs, learners, standalone = _learner_jobs(folds, backbones, baselines, modes, data, out, per_backbone,
+                                                       config_args, parts)
+    jobs += learner_jobs
+    ensembles = _ensemble_jobs(learners, out, config_args, parts)
+    jobs += ensembles
+    run_dirs = ([str(p.target) for group in learners.values() for p in group] + [str(p.target) for p in standalone]
+                + [str(e.target) for e in ensembles])
+    jobs.append(Job("evaluate", "evaluate", ("evaluate", "--runs", ",".join(run_dirs), "--out", str(out / "report")),
+                    out / "report", tuple(j.name for j in jobs if j.kind in ("predict", "ensemble")), 0))
+    jobs += _audit_jobs(folds, modes, learners, standalone, ensembles, data, out, config_args)
+    return jobs
+
+
+def _learner_jobs(folds, backbones, baselines, modes, data, out, per_backbone, config_args, parts):
+    """The train and predict-base jobs of every fold, backbone and mode, shards assigned round-robin.
+
+    Returns:
+        (list of Job, {(fold, mode): [ensemble members' predict jobs]}, [baselines' predict jobs]).
+    """
+    jobs, learners, standalone, unit = [], {}, [], 0
     for fold in folds:
         for backbone in [*backbones, *baselines]:
             for mode in modes:
@@ -221,6 +249,11 @@ def build_jobs(data, out, folds, backbones=PAPER_BACKBONES, modes=MODES, weights
                 else:
                     learners.setdefault((fold, mode), []).append(predict)
                 unit += 1
+    return jobs, learners, standalone
+
+
+def _ensemble_jobs(learners, out, config_args, parts):
+    """One train-ensemble job per (fold, mode) over its members' predictions, shards assigned round-robin."""
     ensembles = []
     for index, ((fold, mode), predicts) in enumerate(sorted(learners.items())):
         target = out / f"f{fold}" / ENSEMBLE_NAMES[mode]
@@ -229,11 +262,12 @@ def build_jobs(data, out, folds, backbones=PAPER_BACKBONES, modes=MODES, weights
                              ("train-ensemble", "--fold", str(fold), "--runs", runs, "--out", str(target))
                              + config_args,
                              target, tuple(p.name for p in predicts), index % parts))
-    jobs += ensembles
-    run_dirs = ([str(p.target) for group in learners.values() for p in group] + [str(p.target) for p in standalone]
-                + [str(e.target) for e in ensembles])
-    jobs.append(Job("evaluate", "evaluate", ("evaluate", "--runs", ",".join(run_dirs), "--out", str(out / "report")),
-                    out / "report", tuple(j.name for j in jobs if j.kind in ("predict", "ensemble")), 0))
+    return ensembles
+
+
+def _audit_jobs(folds, modes, learners, standalone, ensembles, data, out, config_args):
+    """One audit job per fold (its learners, baselines and ensemble), after evaluate, on shard 1."""
+    jobs = []
     for fold in folds:
         members = [str(p.target) for mode in modes for p in learners[(fold, mode)]]
         members += [str(p.target) for p in standalone if Path(p.target).parent.name == f"f{fold}"]
