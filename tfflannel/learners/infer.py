@@ -116,6 +116,27 @@ def _check_cache_is_the_trained_one(run_dir, info, workdir):
                          "retrain the run")
 
 
+def _roles_done(run_dir, identity, force, echo):
+    """The partitions whose predictions were made with `identity` and are still on disk (none with `force`).
+
+    Says on `echo` when the recorded inputs differ from `identity` (and what changed).
+    """
+    recorded = read_provenance(run_dir)
+    done = set(recorded.get("done", [])) if recorded.get("identity") == identity and not force else set()
+    if recorded.get("identity") and recorded["identity"] != identity and not force:
+        changes = "; ".join(diff_keys(recorded["identity"], identity))
+        echo(f"{run_dir / 'predictions'}: recomputing, inputs changed: {changes}")
+    return {role for role in done if predictions_path(run_dir, role).is_file()}
+
+
+def _counted(batches, bar, started):
+    """Yield `batches`, advancing the progress `bar` by each batch's images and showing images/s since `started`."""
+    for batch in batches:
+        yield batch
+        bar.update(int(tf.shape(batch[1])[0]))
+        bar.set_postfix(img_per_s=f"{bar.n / max(time.time() - started, 1e-9):.1f}")
+
+
 def predict_base(run_dir, workdir=None, k=100, images_per_batch=4, seed=0, roles=ROLES, progress=True, force=False,
                  echo=print):
     """Write RUNDIR/predictions/{train,valid,test}.csv and provenance.json.
@@ -150,12 +171,7 @@ def predict_base(run_dir, workdir=None, k=100, images_per_batch=4, seed=0, roles
     k = 1 if info.kind == "global" else int(k)
     _check_cache_is_the_trained_one(run_dir, info, workdir)
     identity = prediction_identity(run_dir, info, workdir, k, seed, images_per_batch)
-    recorded = read_provenance(run_dir)
-    done = set(recorded.get("done", [])) if recorded.get("identity") == identity and not force else set()
-    if recorded.get("identity") and recorded["identity"] != identity and not force:
-        changes = "; ".join(diff_keys(recorded["identity"], identity))
-        echo(f"{run_dir / 'predictions'}: recomputing, inputs changed: {changes}")
-    done = {role for role in done if predictions_path(run_dir, role).is_file()}
+    done = _roles_done(run_dir, identity, force, echo)
     todo = [role for role in roles if role not in done]
     if not todo:
         echo(f"{run_dir / 'predictions'}: up to date (K={k}, seed {seed}); --force recomputes")
@@ -172,14 +188,7 @@ def predict_base(run_dir, workdir=None, k=100, images_per_batch=4, seed=0, roles
             dataset = evaluation_dataset(workdir, role, fold, k, size, seed, images_per_batch)
         started = time.time()
         bar = tqdm(total=len(partition), desc=f"predict-base {role}", unit="img", disable=not progress)
-
-        def counted(batches, bar=bar, started=started):
-            for batch in batches:
-                yield batch
-                bar.update(int(tf.shape(batch[1])[0]))
-                bar.set_postfix(img_per_s=f"{bar.n / max(time.time() - started, 1e-9):.1f}")
-
-        probs, labels, ids = predict_image_scores(model, counted(dataset))
+        probs, labels, ids = predict_image_scores(model, _counted(dataset, bar, started))
         bar.close()
         votes, means = (t.numpy() for t in aggregate_scores(probs)) if len(probs) else (probs[:, 0], probs[:, 0])
         write_predictions(run_dir, role, ids, labels, votes, means)
