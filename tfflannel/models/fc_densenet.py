@@ -119,6 +119,26 @@ def apply_transition_down(x, dropout, bn_momentum, name):
     return layers.MaxPooling2D(2, name=f"{name}_pool")(x)
 
 
+def _architecture(preset, input_shape, overrides):
+    """The preset's architecture with `overrides` applied, checked against itself and the input shape.
+
+    Raises:
+        ValueError: an unknown preset, `down_blocks` and `up_blocks` of different lengths, or H or W not a
+            multiple of `2 ** len(down_blocks)`.
+    """
+    if preset not in FC_DENSENET_PRESETS:
+        raise ValueError(f"preset must be one of {sorted(FC_DENSENET_PRESETS)}. Received: preset={preset!r}.")
+    arch = dict(FC_DENSENET_PRESETS[preset], **overrides)
+    depth = len(arch["down_blocks"])
+    if len(arch["up_blocks"]) != depth:
+        raise ValueError(f"down_blocks and up_blocks must have the same length. Received: {arch}.")
+    if input_shape[0] is not None and (input_shape[0] % 2**depth or input_shape[1] % 2**depth):
+        raise ValueError(
+            f"input height and width must be multiples of {2**depth}. Received: input_shape={input_shape}."
+        )
+    return arch
+
+
 def build_fc_densenet(
     preset="fcdn103",
     num_classes=2,
@@ -153,17 +173,8 @@ def build_fc_densenet(
     Example:
         >>> model = build_fc_densenet("fcdn_small", input_shape=(64, 64, 1))
     """
-    if preset not in FC_DENSENET_PRESETS:
-        raise ValueError(f"preset must be one of {sorted(FC_DENSENET_PRESETS)}. Received: preset={preset!r}.")
-    arch = dict(FC_DENSENET_PRESETS[preset], **overrides)
-    depth = len(arch["down_blocks"])
-    if len(arch["up_blocks"]) != depth:
-        raise ValueError(f"down_blocks and up_blocks must have the same length. Received: {arch}.")
-    if input_shape[0] is not None and (input_shape[0] % 2**depth or input_shape[1] % 2**depth):
-        raise ValueError(
-            f"input height and width must be multiples of {2**depth}. Received: input_shape={input_shape}."
-        )
-    growth = arch["growth_rate"]
+    arch = _architecture(preset, input_shape, overrides)
+    depth, growth = len(arch["down_blocks"]), arch["growth_rate"]
 
     # === Functional Model ===
     inputs = keras.Input(shape=input_shape, name="image")
