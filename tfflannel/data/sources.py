@@ -187,6 +187,22 @@ _KCX_PNEUMONIA = re.compile(r"^(person\d+)_(bacteria|virus)_\d+", re.IGNORECASE)
 _KCX_NORMAL = re.compile(r"IM-(\d+)-", re.IGNORECASE)
 
 
+def _kcx_label_and_patient(folder, name):
+    """(label, patient) of a Kaggle pneumonia file from its class folder and file name; patient None if it gives none.
+
+    NORMAL files are `...IM-XXXX...` (label normal); PNEUMONIA files are `personN_bacteria_...` or
+    `personN_virus_...` (the type gives the label).
+    """
+    if folder == "NORMAL":
+        match = _KCX_NORMAL.search(name)
+        return "normal", (f"IM-{match.group(1)}" if match else None)
+    match = _KCX_PNEUMONIA.match(name)
+    if not match:
+        return None, None
+    label = "bacterial_pneumonia" if match.group(2).lower() == "bacteria" else "viral_pneumonia"
+    return label, match.group(1).lower()
+
+
 def read_kcx(root):
     """Read the Kaggle pneumonia layout `{train,val,test}/{NORMAL,PNEUMONIA}/*`.
 
@@ -222,17 +238,7 @@ def read_kcx(root):
                 if path.suffix.lower() not in IMAGE_SUFFIXES:
                     rejected.append({"path": str(path), "source": "kcx", "reason": "not an image file name"})
                     continue
-                if folder == "NORMAL":
-                    match = _KCX_NORMAL.search(path.name)
-                    label = "normal"
-                    patient = f"IM-{match.group(1)}" if match else None
-                else:
-                    match = _KCX_PNEUMONIA.match(path.name)
-                    label = None
-                    patient = None
-                    if match:
-                        patient = match.group(1).lower()
-                        label = "bacterial_pneumonia" if match.group(2).lower() == "bacteria" else "viral_pneumonia"
+                label, patient = _kcx_label_and_patient(folder, path.name)
                 if patient is None:
                     reason = "file name gives no patient id or pneumonia type"
                     rejected.append({"path": str(path), "source": "kcx", "reason": reason})
@@ -249,6 +255,24 @@ def read_kcx(root):
     if not seen_class_dir:
         raise DatasetError(f"{root}: no {{train,val,test}}/{{NORMAL,PNEUMONIA}} folders found")
     return records, rejected
+
+
+def _read_patients_csv(patients_csv):
+    """{filename: row} of a generic folder's `patients.csv`.
+
+    Raises:
+        DatasetError: the file lacks the `filename` or `patient_id` column.
+    """
+    table = {}
+    with open(patients_csv, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        if not {"filename", "patient_id"} <= set(reader.fieldnames or []):
+            raise DatasetError(
+                f"{patients_csv}: needs columns 'filename' and 'patient_id'; found {reader.fieldnames}"
+            )
+        for row in reader:
+            table[row["filename"].strip()] = row
+    return table
 
 
 def read_folder(root):
@@ -274,17 +298,8 @@ def read_folder(root):
     root = Path(root).resolve()
     if not root.is_dir():
         raise DatasetError(f"{root}: folder not found")
-    table = {}
     patients_csv = root / "patients.csv"
-    if patients_csv.is_file():
-        with open(patients_csv, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            if not {"filename", "patient_id"} <= set(reader.fieldnames or []):
-                raise DatasetError(
-                    f"{patients_csv}: needs columns 'filename' and 'patient_id'; found {reader.fieldnames}"
-                )
-            for row in reader:
-                table[row["filename"].strip()] = row
+    table = _read_patients_csv(patients_csv) if patients_csv.is_file() else {}
     records, rejected = [], []
     source_default = root.name.replace(":", "_") or "folder"
     for directory in sorted(p for p in root.iterdir() if p.is_dir()):
