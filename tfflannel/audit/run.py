@@ -145,6 +145,35 @@ def _ensemble_conditions(ensemble_dir, learners, scored, labels):
     return {"run": info.display_name, "dir": str(ensemble_dir), "score": column, "conditions": conditions}, normal
 
 
+def _learner_audit(run_dir, info, scores, labels, groups, rows, audit):
+    """One learner's audit.json entry: metrics per condition, shortcut flag, attribute probes, lung attention.
+
+    Args:
+        run_dir: Path. The run.
+        info: RunInfo. The run's record.
+        scores: dict. Its scores per condition (`probs`, and `features` for `normal`) and `attention`.
+        labels: (N,) int array. The test films' classes.
+        groups: list of str. Their patient groups (the probes' folds and bootstrap).
+        rows: list of dict. Their manifest rows (the probed attributes).
+        audit: AuditConfig.
+    """
+    conditions = {c: condition_metrics(labels, scores[c]["probs"]) for c in CONDITIONS}
+    flagged = shortcut_classes(labels, conditions, audit.kept_share, audit.min_gain)
+    probes, reasons = {}, {}
+    for column in PROBED:
+        probes[column], reasons[column] = attribute_probe(
+            scores["normal"]["features"], [r.get(column, "") for r in rows], groups, audit.probe_folds,
+            audit.seed, audit.bootstrap_resamples)
+    attention = scores["attention"]
+    return {
+        "run": info.display_name, "dir": str(run_dir), "mode": "patch" if info.kind == "patch" else "global",
+        "conditions": conditions,
+        "lung_attention": float(np.nanmean(attention)) if np.isfinite(attention).any() else None,
+        "source_probe": probes["source"], "view_probe": probes["view"], "age_group_probe": probes["age_group"],
+        "probe_notes": {column: reason for column, reason in reasons.items() if reason},
+        "shortcut": bool(flagged), "shortcut_classes": flagged}
+
+
 def audit_runs(run_dirs, workdir, out_dir, config, ensemble_dir=None, segmenter=None, progress=True):
     """Audit base-learner runs (and an ensemble of them) on the test partition; write audit.json, audit.md, plots.
 
@@ -184,21 +213,7 @@ def audit_runs(run_dirs, workdir, out_dir, config, ensemble_dir=None, segmenter=
               "rule": {"kept_share": audit.kept_share, "min_gain": audit.min_gain}, "k": k, "seed": seed,
               "single_source_classes": single_source_classes(rows), "n": int(len(rows))}
     for (run_dir, _, info, _), scores in zip(learners, scored, strict=True):
-        conditions = {c: condition_metrics(labels, scores[c]["probs"]) for c in CONDITIONS}
-        flagged = shortcut_classes(labels, conditions, audit.kept_share, audit.min_gain)
-        probes, reasons = {}, {}
-        for column in PROBED:
-            probes[column], reasons[column] = attribute_probe(
-                scores["normal"]["features"], [r.get(column, "") for r in rows], groups, audit.probe_folds,
-                audit.seed, audit.bootstrap_resamples)
-        attention = scores["attention"]
-        result["learners"].append({
-            "run": info.display_name, "dir": str(run_dir), "mode": "patch" if info.kind == "patch" else "global",
-            "conditions": conditions,
-            "lung_attention": float(np.nanmean(attention)) if np.isfinite(attention).any() else None,
-            "source_probe": probes["source"], "view_probe": probes["view"], "age_group_probe": probes["age_group"],
-            "probe_notes": {column: reason for column, reason in reasons.items() if reason},
-            "shortcut": bool(flagged), "shortcut_classes": flagged})
+        result["learners"].append(_learner_audit(run_dir, info, scores, labels, groups, rows, audit))
         result["strata"] += strata_rows(info.display_name, labels, scores["normal"]["probs"], rows)
     if ensemble_dir:
         result["ensemble"], normal = _ensemble_conditions(Path(ensemble_dir), learners, scored, labels)
