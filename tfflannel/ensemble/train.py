@@ -194,15 +194,8 @@ def train_ensemble(config, run_dirs, out_dir, fold=None, progress=True, force=Fa
         echo(fit.describe())
         return json.loads(summary_path.read_text())
 
-    member_k = {fingerprint.get(f"member{i}.k") for i in range(len(run_dirs))}
     first = infos[0][1]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_run_info(out_dir, RunInfo(
-        kind="ensemble", fold=fold, workdir=relative_to_run(first.workdir_path(run_dirs[0]), out_dir),
-        k=member_k.pop() if len(member_k) == 1 else None, seed=cfg.seed,
-        name=f"ensemble:{cfg.kind}({'+'.join(names)})", runs=[relative_to_run(r, out_dir) for r in run_dirs],
-        learners=names, score=cfg.score, fit_on=cfg.fit_on, manifest_sha256=first.manifest_sha256))
-    dump_config(config, out_dir / "config.yaml")
+    _record_run(out_dir, config, run_dirs, names, fold, first, fingerprint)
     seed_run(cfg.seed, config.runtime.deterministic)
     groups = _patients(first.workdir_path(run_dirs[0]), ids)
     if holdout:
@@ -211,40 +204,70 @@ def train_ensemble(config, run_dirs, out_dir, fold=None, progress=True, force=Fa
     else:
         fit_rows, hold_rows = np.arange(len(ids)), np.zeros((0,), int)
     alpha = inverse_frequency_alpha(labels[fit_rows], len(CLASS_NAMES))
-    one_hot = np.eye(len(CLASS_NAMES), dtype=np.float32)
-
     if not fit.complete:
-        strategy = make_strategy(config.runtime.strategy)
-        with strategy.scope():
-            model = build_ensemble(cfg.kind, len(run_dirs), len(CLASS_NAMES))
-            model.compile(optimizer=keras.optimizers.AdamW(cfg.learning_rate, weight_decay=cfg.weight_decay),
-                          loss=keras.losses.CategoricalFocalCrossentropy(alpha=alpha, gamma=cfg.gamma),
-                          metrics=[keras.metrics.F1Score(average="macro", name="macro_f1"), "accuracy"])
-        callbacks = [
-            keras.callbacks.LearningRateScheduler(step_decay(scale_milestones(cfg.lr_milestones, cfg.epochs),
-                                                                  cfg.learning_rate)),
-            keras.callbacks.TensorBoard(log_dir=str(out_dir / "logs")),
-        ]
-        validation = (scores[hold_rows], one_hot[labels[hold_rows]]) if len(hold_rows) else None
-        multi = strategy.num_replicas_in_sync > 1    # every batch splits evenly over the replicas
-        batches = EpochBatches(scores[fit_rows], one_hot[labels[fit_rows]],
-                               replica_batch_size(cfg.batch_size, strategy),
-                               cfg.seed, fit.initial_epoch, drop_remainder=multi)
-        fit.fit(model, batches, callbacks=callbacks, verbose=2 if progress else 0, validation_data=validation)
-    best = keras.saving.load_model(out_dir / "model.keras", compile=False)
+        _fit_weights(fit, config, len(run_dirs), alpha, scores, labels, fit_rows, hold_rows, progress)
+    summary = _finish(out_dir, run_dirs, cfg, names, alpha, (labels, scores, groups), fit_rows, hold_rows)
+    write_text_atomic(summary_path, json.dumps(summary, indent=2) + "\n")
+    return summary
 
+
+def _finish(out_dir, run_dirs, cfg, names, alpha, fit_data, fit_rows, hold_rows):
+    """Test predictions of the kept model, its temperature (calibration.json), and learner_weights.json's content."""
+    labels, scores, groups = fit_data
+    best = keras.saving.load_model(out_dir / "model.keras", compile=False)
     test_ids, test_labels, test_scores = join_predictions(run_dirs, "test", cfg.score)
     probabilities = np.asarray(best.predict(test_scores, verbose=0))
+    one_hot = np.eye(len(CLASS_NAMES), dtype=np.float32)
     votes = one_hot[np.argmax(probabilities, axis=-1)] if len(probabilities) else probabilities
     write_predictions(out_dir, "test", test_ids, test_labels, votes, probabilities)
     calibration = calibrate_ensemble(out_dir, run_dirs, cfg.calibration,
                                      *_calibration_films(best, run_dirs, cfg, labels, scores, hold_rows, groups))
-    summary = {"learners": names, "alpha": alpha, "fit_images": int(len(fit_rows)),
-               "holdout_images": int(len(hold_rows)), "temperature": calibration["temperature"]}
-    if cfg.kind != "mlp":
-        weighting = keras.Model(best.input, best.get_layer("learner_weights").output)
-        weights = np.asarray(weighting.predict(test_scores, verbose=0))
-        summary["mean_weight_on_test"] = {name: float(w) for name, w in zip(names, weights.mean(axis=0), strict=True)}
-        summary["std_weight_on_test"] = {name: float(w) for name, w in zip(names, weights.std(axis=0), strict=True)}
-    write_text_atomic(summary_path, json.dumps(summary, indent=2) + "\n")
-    return summary
+    return {"learners": names, "alpha": alpha, "fit_images": int(len(fit_rows)),
+            "holdout_images": int(len(hold_rows)), "temperature": calibration["temperature"],
+            **_weights_on_test(best, names, test_scores)}
+
+
+def _record_run(out_dir, config, run_dirs, names, fold, first, fingerprint):
+    """Write the ensemble's run.yaml (members, the K their scores were made with) and config.yaml."""
+    cfg = config.ensemble
+    member_k = {fingerprint.get(member_key(i, "k")) for i in range(len(run_dirs))}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_run_info(out_dir, RunInfo(
+        kind="ensemble", fold=fold, workdir=relative_to_run(first.workdir_path(run_dirs[0]), out_dir),
+        k=member_k.pop() if len(member_k) == 1 else None, seed=cfg.seed,
+        name=f"ensemble:{cfg.kind}({'+'.join(names)})", runs=[relative_to_run(r, out_dir) for r in run_dirs],
+        learners=names, score=cfg.score, fit_on=cfg.fit_on, manifest_sha256=first.manifest_sha256))
+    dump_config(config, out_dir / "config.yaml")
+
+
+def _fit_weights(fit, config, num_learners, alpha, scores, labels, fit_rows, hold_rows, progress):
+    """Fit the ensemble's weights on `fit_rows` (resuming `fit`), selecting on `hold_rows` when there are any."""
+    cfg = config.ensemble
+    one_hot = np.eye(len(CLASS_NAMES), dtype=np.float32)
+    strategy = make_strategy(config.runtime.strategy)
+    with strategy.scope():
+        model = build_ensemble(cfg.kind, num_learners, len(CLASS_NAMES))
+        model.compile(optimizer=keras.optimizers.AdamW(cfg.learning_rate, weight_decay=cfg.weight_decay),
+                      loss=keras.losses.CategoricalFocalCrossentropy(alpha=alpha, gamma=cfg.gamma),
+                      metrics=[keras.metrics.F1Score(average="macro", name="macro_f1"), "accuracy"])
+    callbacks = [
+        keras.callbacks.LearningRateScheduler(step_decay(scale_milestones(cfg.lr_milestones, cfg.epochs),
+                                                              cfg.learning_rate)),
+        keras.callbacks.TensorBoard(log_dir=str(fit.run_dir / "logs")),
+    ]
+    validation = (scores[hold_rows], one_hot[labels[hold_rows]]) if len(hold_rows) else None
+    multi = strategy.num_replicas_in_sync > 1    # every batch splits evenly over the replicas
+    batches = EpochBatches(scores[fit_rows], one_hot[labels[fit_rows]], replica_batch_size(cfg.batch_size, strategy),
+                           cfg.seed, fit.initial_epoch, drop_remainder=multi)
+    fit.fit(model, batches, callbacks=callbacks, verbose=2 if progress else 0, validation_data=validation)
+
+
+def _weights_on_test(model, names, test_scores):
+    """Mean and std of each learner's GENet/FLANNEL weight over the test films (nothing for `mlp`)."""
+    try:
+        layer = model.get_layer("learner_weights")
+    except ValueError:
+        return {}
+    weights = np.asarray(keras.Model(model.input, layer.output).predict(test_scores, verbose=0))
+    return {"mean_weight_on_test": {name: float(w) for name, w in zip(names, weights.mean(axis=0), strict=True)},
+            "std_weight_on_test": {name: float(w) for name, w in zip(names, weights.std(axis=0), strict=True)}}
