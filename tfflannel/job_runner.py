@@ -33,12 +33,13 @@ def _run_complete(run_dir):
 
 def _predicted_roles(run_dir):
     """The partitions a run's predict-base finished (an unreadable provenance counts as none)."""
-    from tfflannel.predictions import read_provenance
+    from tfflannel.provenance import read_provenance
 
     try:
-        return set(read_provenance(run_dir).get("done", []))
-    except (OSError, ValueError):
+        provenance = read_provenance(run_dir)
+    except InputError:
         return set()
+    return set(provenance.done) if provenance is not None else set()
 
 
 def cache_matches_manifest(cache):

@@ -3,12 +3,11 @@
 One row per image, keyed by image_id: the label name, the vote fractions (share of the K patches
 predicting each class) and the mean softmax probabilities. Base learners (predict-base) and
 ensembles (train-ensemble) write the same columns; train-ensemble and evaluate read them.
-`predictions/provenance.json` records what made the files (model hash, manifest hash, K, seed).
+`predictions/provenance.json` records what made the files (its contract: `tfflannel/provenance.py`).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,13 +15,12 @@ import numpy as np
 
 from tfflannel import CLASS_NAMES
 from tfflannel.errors import InputError
-from tfflannel.utils import read_csv, write_csv_atomic, write_text_atomic
+from tfflannel.utils import read_csv, write_csv_atomic
 
 ROLES = ("train", "valid", "test")
 SCORES = ("prob", "vote")
 PREDICTION_COLUMNS = ("image_id", "label") + tuple(f"vote_{c}" for c in CLASS_NAMES) + tuple(
     f"prob_{c}" for c in CLASS_NAMES)
-PROVENANCE_FILE = "provenance.json"
 
 
 def prediction_row(image_id, label, votes, probabilities):
@@ -119,14 +117,3 @@ def read_predictions(run_dir, role):
     probs = np.array([[float(row[f"prob_{c}"]) for c in CLASS_NAMES] for row in rows], float)
     shape = (-1, len(CLASS_NAMES))
     return Predictions(path, ids, labels, votes.reshape(shape), probs.reshape(shape))
-
-
-def read_provenance(run_dir):
-    """RUNDIR/predictions/provenance.json as a dict, or `{}` if absent."""
-    path = Path(run_dir) / "predictions" / PROVENANCE_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def write_provenance(run_dir, provenance):
-    """Write RUNDIR/predictions/provenance.json atomically."""
-    write_text_atomic(Path(run_dir) / "predictions" / PROVENANCE_FILE, json.dumps(provenance, indent=2) + "\n")

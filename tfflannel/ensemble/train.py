@@ -27,7 +27,8 @@ from tfflannel.ensemble.calibration import calibrate_ensemble, calibration_is_cu
 from tfflannel.errors import InputError
 from tfflannel.learners.strategy import chief_writes, make_strategy, replica_batch_size
 from tfflannel.models.ensemble import build_ensemble, inverse_frequency_alpha
-from tfflannel.predictions import read_predictions, read_provenance, write_predictions
+from tfflannel.predictions import read_predictions, write_predictions
+from tfflannel.provenance import read_provenance
 from tfflannel.resume import ResumableFit, config_fingerprint
 from tfflannel.resume_state import member_key
 from tfflannel.run_info import RunInfo, load_run_info, relative_to_run, save_run_info
@@ -125,9 +126,10 @@ def _member_provenance(run_dirs, roles):
     """Per member: the hash of each prediction file used, and the K and seed that made them."""
     members = {}
     for index, run_dir in enumerate(run_dirs):
-        identity = read_provenance(run_dir).get("identity", {})
-        members[member_key(index, "k")] = identity.get("k")
-        members[member_key(index, "seed")] = identity.get("seed")
+        provenance = read_provenance(run_dir)
+        identity = provenance.identity if provenance is not None else None
+        members[member_key(index, "k")] = identity.k if identity is not None else None
+        members[member_key(index, "seed")] = identity.seed if identity is not None else None
         for role in roles:
             members[member_key(index, f"{role}_sha256")] = file_sha256(Path(run_dir) / "predictions" / f"{role}.csv")
     return members

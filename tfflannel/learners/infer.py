@@ -31,10 +31,9 @@ from tfflannel.predictions import (  # noqa: F401
     ROLES,
     prediction_row,
     predictions_path,
-    read_provenance,
     write_predictions,
-    write_provenance,
 )
+from tfflannel.provenance import PredictionIdentity, Provenance, read_provenance, write_provenance
 from tfflannel.run_info import load_run_info, manifest_sha256
 from tfflannel.segmentation.cache_record import recorded_cache_key
 from tfflannel.utils import diff_keys, file_sha256
@@ -91,13 +90,17 @@ def read_run(run_dir):
 
 
 def prediction_identity(run_dir, info, workdir, k, seed, images_per_batch):
-    """What predict-base's outputs depend on, as a flat dict (stored in predictions/provenance.json)."""
+    """What predict-base's outputs depend on (stored in predictions/provenance.json).
+
+    Returns:
+        PredictionIdentity.
+    """
     workdir = Path(workdir)
-    return {"model_sha256": file_sha256(Path(run_dir) / "model.keras"), "kind": info.kind,
-            "backbone": info.backbone, "fold": info.fold, "input_size": info.input_size, "resize": info.resize,
-            "manifest_sha256": manifest_sha256(workdir),
-            "cache_index_sha256": file_sha256(workdir / "cache" / "index.csv") if info.kind == "patch" else None,
-            "k": int(k), "seed": int(seed), "images_per_batch": int(images_per_batch)}
+    return PredictionIdentity(
+        model_sha256=file_sha256(Path(run_dir) / "model.keras"), kind=info.kind, backbone=info.backbone,
+        fold=info.fold, input_size=info.input_size, resize=info.resize, manifest_sha256=manifest_sha256(workdir),
+        cache_index_sha256=file_sha256(workdir / "cache" / "index.csv") if info.kind == "patch" else None,
+        k=int(k), seed=int(seed), images_per_batch=int(images_per_batch))
 
 
 def _check_cache_is_the_trained_one(run_dir, info, workdir):
@@ -119,14 +122,17 @@ def _check_cache_is_the_trained_one(run_dir, info, workdir):
 def _roles_done(run_dir, identity, force, echo):
     """The partitions whose predictions were made with `identity` and are still on disk (none with `force`).
 
-    Says on `echo` when the recorded inputs differ from `identity` (and what changed).
+    Says on `echo` when the recorded inputs differ from `identity` (and what changed). With `force` the
+    recorded provenance is not read (so an unreadable one is simply rewritten).
     """
-    recorded = read_provenance(run_dir)
-    done = set(recorded.get("done", [])) if recorded.get("identity") == identity and not force else set()
-    if recorded.get("identity") and recorded["identity"] != identity and not force:
-        changes = "; ".join(diff_keys(recorded["identity"], identity))
+    recorded = None if force else read_provenance(run_dir)
+    if recorded is None or recorded.identity is None:
+        return set()
+    if recorded.identity != identity:
+        changes = "; ".join(diff_keys(recorded.identity.as_dict(), identity.as_dict()))
         echo(f"{run_dir / 'predictions'}: recomputing, inputs changed: {changes}")
-    return {role for role in done if predictions_path(run_dir, role).is_file()}
+        return set()
+    return {role for role in recorded.done if predictions_path(run_dir, role).is_file()}
 
 
 def _counted(batches, bar, started):
@@ -176,7 +182,7 @@ def predict_base(run_dir, workdir=None, k=100, images_per_batch=4, seed=0, roles
     if not todo:
         echo(f"{run_dir / 'predictions'}: up to date (K={k}, seed {seed}); --force recomputes")
         return {}
-    write_provenance(run_dir, {"identity": identity, "done": sorted(done)})
+    write_provenance(run_dir, Provenance(identity, tuple(sorted(done))))
     fold, size = info.fold, int(info.input_size)
     rows = load_manifest(workdir)
     speeds = {}
@@ -193,6 +199,6 @@ def predict_base(run_dir, workdir=None, k=100, images_per_batch=4, seed=0, roles
         votes, means = (t.numpy() for t in aggregate_scores(probs)) if len(probs) else (probs[:, 0], probs[:, 0])
         write_predictions(run_dir, role, ids, labels, votes, means)
         done.add(role)
-        write_provenance(run_dir, {"identity": identity, "done": sorted(done)})
+        write_provenance(run_dir, Provenance(identity, tuple(sorted(done))))
         speeds[role] = len(ids) / max(time.time() - started, 1e-9)
     return speeds

@@ -63,20 +63,20 @@ def scored_with(run_dir):
     Returns:
         dict. The scores' identity, or `{}`.
     """
-    from tfflannel.predictions import read_provenance
+    from tfflannel.provenance import read_provenance
     from tfflannel.utils import file_sha256
 
     try:
         recorded = read_provenance(run_dir)
-    except (OSError, ValueError) as error:
-        warnings.warn(f"{run_dir}: unreadable predictions/provenance.json ({error}); K and seed not checked",
-                      stacklevel=3)
+    except InputError as error:
+        warnings.warn(f"{error}; K and seed not checked", stacklevel=3)
         return {}
-    identity = recorded.get("identity") or {}
+    if recorded is None or recorded.identity is None or not recorded.done:
+        return {}
     model = Path(run_dir) / "model.keras"
-    if not recorded.get("done") or not model.is_file() or identity.get("model_sha256") != file_sha256(model):
+    if not model.is_file() or recorded.identity.model_sha256 != file_sha256(model):
         return {}
-    return identity
+    return recorded.identity.as_dict()
 
 
 def recorded_inference(run_dirs, ensemble_dir=None):
@@ -171,7 +171,7 @@ def scored_k_seed_problems(run_dirs, infos, k, seed):
             continue
         for name, key, served in (("K", "k", k), ("patch seed", "seed", seed)):
             was, option = evaluated[key], f"inference.{key}"
-            if int(was) != int(served):
+            if was is not None and int(was) != int(served):
                 problems.append(f"{run_dir}: its predict-base scores (predictions/provenance.json) used {name} "
                                 f"{was}, served with {name} {served}; fix: --set {option}={was}")
     return problems
