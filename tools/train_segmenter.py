@@ -31,6 +31,11 @@ from tfflannel.segmentation.cross_validation import (  # noqa: E402
     deduplicate_pairs,
     format_cv_table,
 )
+from tfflannel.segmentation.descriptor import (  # noqa: E402
+    DESCRIPTOR_FILE,
+    SegmenterDescriptor,
+    write_segmenter_descriptor,
+)
 from tfflannel.segmentation.readers import read_pairs  # noqa: E402
 from tfflannel.segmentation.train import build_segmenter, train_segmenter  # noqa: E402
 
@@ -46,7 +51,7 @@ def train_final(config, pairs, out, cross_validation=None, time_limit_s=None):
         time_limit_s: float or None.
 
     Returns:
-        dict. The descriptor written to `out/lung_segmenter.json`.
+        SegmenterDescriptor. The descriptor written to `out/lung_segmenter.json`.
     """
     import keras
 
@@ -58,24 +63,24 @@ def train_final(config, pairs, out, cross_validation=None, time_limit_s=None):
     model.set_weights(trained.get_weights())
     weights_name = f"lung_{seg.model}_{seg.input_size}.weights.h5"
     model.save_weights(out / weights_name)
-    descriptor = {
-        "preset": seg.model, "input_size": seg.input_size, "classes": seg.classes, "weights": weights_name,
-        "flip_tta": False,
-        "description": f"FC-DenseNet ({seg.model}, {seg.input_size} px) lung segmenter trained on {len(pairs)} "
-                       "radiologist-masked CXRs",
-        "training": {**{k: getattr(seg, k) for k in RECIPE_KEYS}, "pairs": len(pairs),
-                     "seconds": metrics.get("train_seconds")},
-    }
+    flip_tta, cv_record = False, None
     if cross_validation:
         summary = cross_validation["summary"]
-        descriptor["flip_tta"] = summary["clean+flip"]["jaccard_mean"] > summary["clean"]["jaccard_mean"]
-        chosen = summary["clean+flip" if descriptor["flip_tta"] else "clean"]
-        descriptor["cross_validation"] = {
+        flip_tta = summary["clean+flip"]["jaccard_mean"] > summary["clean"]["jaccard_mean"]
+        chosen = summary["clean+flip" if flip_tta else "clean"]
+        cv_record = {
             "folds": cross_validation["folds"], "pairs": cross_validation["pairs"],
-            "patients": cross_validation["patients"], "variant": "clean+flip" if descriptor["flip_tta"] else "clean",
+            "patients": cross_validation["patients"], "variant": "clean+flip" if flip_tta else "clean",
             **{k: round(chosen[k], 4) for k in ("jaccard_mean", "jaccard_std", "dice_mean", "dice_std")},
         }
-    (out / "lung_segmenter.json").write_text(json.dumps(descriptor, indent=2) + "\n")
+    descriptor = SegmenterDescriptor(
+        preset=seg.model, input_size=seg.input_size, classes=seg.classes, weights=weights_name, flip_tta=flip_tta,
+        description=f"FC-DenseNet ({seg.model}, {seg.input_size} px) lung segmenter trained on {len(pairs)} "
+                    "radiologist-masked CXRs",
+        training={**{k: getattr(seg, k) for k in RECIPE_KEYS}, "pairs": len(pairs),
+                  "seconds": metrics.get("train_seconds")},
+        cross_validation=cv_record)
+    write_segmenter_descriptor(out / DESCRIPTOR_FILE, descriptor)
     return descriptor
 
 
@@ -121,7 +126,7 @@ def main():
             result = json.loads((out / "cv" / "cv.json").read_text())
         descriptor = train_final(config, pairs, out / "final", result,
                                  args.max_minutes * 60 if args.max_minutes else None)
-        print(json.dumps(descriptor, indent=2))
+        print(json.dumps(descriptor.as_dict(), indent=2))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ code `segment`, `predict`, `explain` and the export run, so the Jaccard index
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,12 +15,14 @@ import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
 
+from tfflannel.errors import InputError
 from tfflannel.film_pipeline import equalize_gamma_tf, film_mask, flip_average, lung_masks, segmenter_input
 from tfflannel.models.fc_densenet import SEGMENTATION_CLASSES, build_fc_densenet, lung_class_indices
+from tfflannel.segmentation.descriptor import DESCRIPTOR_FILE, read_segmenter_descriptor
 from tfflannel.utils import sha256_of_file
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
-SHIPPED_SEGMENTER = WEIGHTS_DIR / "lung_segmenter.json"
+SHIPPED_SEGMENTER = WEIGHTS_DIR / DESCRIPTOR_FILE
 
 
 @dataclass
@@ -120,8 +121,8 @@ def load_segmenter(source=None):
 
     Args:
         source: None (the shipped lung segmenter), a `train-seg` run directory
-            (its `model.keras` and `config.yaml`), a `.keras` file, or a JSON
-            descriptor `{"preset", "input_size", "classes", "weights"}`.
+            (its `model.keras` and `config.yaml`), a `.keras` file, or a segmenter
+            descriptor `.json` (`segmentation.descriptor`).
     """
     path = Path(source) if source else SHIPPED_SEGMENTER
     if path.is_dir():
@@ -138,15 +139,19 @@ def load_segmenter(source=None):
         model = keras.saving.load_model(path, compile=False)
         classes = "lung" if model.output_shape[-1] == 2 else "jsrt"
         return Segmenter(model, int(model.input_shape[1]), classes, str(path), sha256_of_file(path))
-    descriptor = json.loads(path.read_text())
-    classes = descriptor.get("classes", "lung")
-    size = int(descriptor.get("input_size", 256))
-    model = build_fc_densenet(descriptor["preset"], num_classes=len(SEGMENTATION_CLASSES[classes]),
-                              input_shape=(size, size, 1), **descriptor.get("architecture", {}))
-    model.load_weights(path.parent / descriptor["weights"])
-    return Segmenter(model, size, classes, descriptor.get("description", str(path)),
-                     sha256_of_file(path, path.parent / descriptor["weights"]),
-                     flip_tta=bool(descriptor.get("flip_tta", False)))
+    descriptor = read_segmenter_descriptor(path)
+    if descriptor.classes not in SEGMENTATION_CLASSES:
+        raise InputError(f"{path}: segmenter descriptor `classes` must be one of {sorted(SEGMENTATION_CLASSES)}. "
+                         f"Received: {descriptor.classes!r}.")
+    size = descriptor.input_size
+    model = build_fc_densenet(descriptor.preset, num_classes=len(SEGMENTATION_CLASSES[descriptor.classes]),
+                              input_shape=(size, size, 1), **descriptor.architecture)
+    weights = descriptor.weights_path(path)
+    if not weights.is_file():
+        raise FileNotFoundError(f"{path}: its weights file {weights} is missing")
+    model.load_weights(weights)
+    return Segmenter(model, size, descriptor.classes, descriptor.description or str(path),
+                     sha256_of_file(path, weights), flip_tta=descriptor.flip_tta)
 
 
 def evaluate_segmenter(segmenter, pairs, batch_size=8, progress=True, clean=True):
