@@ -174,3 +174,18 @@ def test_every_lr_milestone_is_a_fraction_of_the_run():
     assert scale_milestones(config.ensemble.lr_milestones, config.ensemble.epochs) == (50,)   # the original's epoch 50
     assert scale_milestones(config.global_learner.lr_milestones, config.global_learner.epochs) == (150, 225)
     assert scale_milestones(config.segmentation.lr_milestones, config.segmentation.epochs) == (70, 80, 90)
+
+
+def test_a_runs_own_config_is_read_with_settings_removed_since_dropped_while_a_users_config_is_refused(tmp_path):
+    from tfflannel.errors import ConfigError
+    from tfflannel.run_info import load_run_config
+
+    assert load_run_config(tmp_path) == load_config()                   # no config.yaml: the defaults
+    (tmp_path / "config.yaml").write_text("segmentation:\n  input_size: 128\n  keep_aspect: true\n  classes: jsrt\n")
+    settings = load_run_config(tmp_path).segmentation
+    assert (settings.input_size, settings.classes) == (128, "jsrt")
+    with pytest.raises(ConfigError, match="keep_aspect"):
+        load_config(tmp_path / "config.yaml")
+    (tmp_path / "config.yaml").write_text("segmentation:\n  input_size: 8\n")
+    with pytest.raises(ConfigError, match="config.yaml"):
+        load_run_config(tmp_path)

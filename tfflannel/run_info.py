@@ -142,3 +142,37 @@ def load_run_info(run_dir):
 def save_run_info(run_dir, info):
     """Write RUNDIR/run.yaml atomically from a RunInfo."""
     write_text_atomic(Path(run_dir) / RUN_FILE, yaml.safe_dump(info.to_dict(), sort_keys=False))
+
+
+def load_run_config(run_dir):
+    """The config a run was made with (RUNDIR/config.yaml, written by `dump_config`); the defaults if it has none.
+
+    Settings removed since the run was made (`REMOVED_KEYS`) are dropped from the run's own record instead of refused:
+    the file is what an older version wrote, not a choice the user can edit away.
+
+    Args:
+        run_dir: str or Path. A run directory of train-patch, train-global, train-seg or train-ensemble.
+
+    Returns:
+        ExperimentConfig.
+
+    Raises:
+        ConfigError: the file is not valid YAML or holds an unknown key or a bad value (naming the file).
+    """
+    from tfflannel.config import REMOVED_KEYS, ExperimentConfig, validate
+    from tfflannel.config_fields import apply_values, read_yaml
+    from tfflannel.errors import ConfigError
+
+    path = Path(run_dir) / "config.yaml"
+    config = ExperimentConfig()
+    if not path.is_file():
+        return config
+    values = read_yaml(path.read_text(), str(path)) or {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: a config file must be a mapping of sections")
+    for dotted in REMOVED_KEYS:
+        section, key = dotted.split(".", 1)
+        if isinstance(values.get(section), dict):
+            values[section].pop(key, None)
+    apply_values(config, values, str(path), REMOVED_KEYS)
+    return validate(config, str(path))

@@ -33,11 +33,11 @@ PROBED = ("source", "view", "age_group")
 
 def _run_view(run_dir):
     """The ViewSettings of a run's own config.yaml (the view it was trained on); defaults if it has none."""
-    from tfflannel.config import load_config
     from tfflannel.film_pipeline import ViewSettings
+    from tfflannel.run_info import load_run_config
 
-    path = Path(run_dir) / "config.yaml"
-    return ViewSettings.from_config(load_config(path)) if path.is_file() else ViewSettings()
+    return ViewSettings.from_config(load_run_config(run_dir)) if (Path(run_dir) / "config.yaml").is_file() \
+        else ViewSettings()
 
 
 def _load_learners(run_dirs, segmenter, k, seed):

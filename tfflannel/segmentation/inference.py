@@ -126,13 +126,15 @@ def load_segmenter(source=None):
     """
     path = Path(source) if source else SHIPPED_SEGMENTER
     if path.is_dir():
-        import yaml
+        from tfflannel.run_info import load_run_config
 
-        config_path = path / "config.yaml"
-        config = yaml.safe_load(config_path.read_text())["segmentation"] if config_path.exists() else {}
         model = keras.saving.load_model(path / "model.keras", compile=False)
-        return Segmenter(model, int(config.get("input_size", model.input_shape[1])), config.get("classes", "lung"),
-                         str(path), sha256_of_file(path / "model.keras"))
+        if (path / "config.yaml").is_file():
+            settings = load_run_config(path).segmentation
+            size, classes = settings.input_size, settings.classes
+        else:
+            size, classes = int(model.input_shape[1]), "lung"
+        return Segmenter(model, size, classes, str(path), sha256_of_file(path / "model.keras"))
     if not path.exists():
         raise FileNotFoundError(f"{path}: no segmentation model here (expected a run directory, .keras or .json)")
     if path.suffix == ".keras":
