@@ -14,7 +14,7 @@ def test_reduced_demo_end_to_end(tmp_path):
     out = tmp_path / "demo"
     result = CliRunner().invoke(main, [
         "demo", "--out", str(out),
-        "--set", "demo.backbones=[mobilenet_v2]", "--set", "demo.patch_epochs=1", "--set", "demo.global_epochs=1",
+        "--set", "demo.backbones=[test_cnn]", "--set", "demo.patch_epochs=1", "--set", "demo.global_epochs=1",
         "--set", "patched.patch_size=64", "--set", "global_learner.resize=80", "--set", "global_learner.crop_size=64",
         "--set", "inference.k=4", "--set", "ensemble.epochs=3",
     ])
@@ -26,7 +26,7 @@ def test_reduced_demo_end_to_end(tmp_path):
         rows = list(csv.DictReader(handle))
     assert list(rows[0]) == ["run", "fold", "class", "precision", "recall", "f1", "support", "ci_low", "ci_high"]
     runs = {r["run"] for r in rows}
-    assert {"patch:mobilenet_v2", "global:mobilenet_v2"} <= runs and sum(r.startswith("ensemble:") for r in runs) == 2
+    assert {"patch:test_cnn", "global:test_cnn"} <= runs and sum(r.startswith("ensemble:") for r in runs) == 2
     assert all(0.0 <= float(r["f1"]) <= 1.0 for r in rows)
     with open(report / "table3.csv") as handle:
         table = list(csv.DictReader(handle))
@@ -37,7 +37,7 @@ def test_reduced_demo_end_to_end(tmp_path):
     plots = list((report / "plots").glob("*.png"))
     assert len(plots) == 1 + 3 * 4 + 1 and all(p.stat().st_size > 5000 for p in plots)     # + audit_conditions
     audit = json.loads((report / "audit.json").read_text())
-    assert [learner["run"] for learner in audit["learners"]] == ["patch:mobilenet_v2", "global:mobilenet_v2"]
+    assert [learner["run"] for learner in audit["learners"]] == ["patch:test_cnn", "global:test_cnn"]
     assert audit["ensemble"]["run"].startswith("ensemble:") and audit["partition"] == "test"
     assert "## Does it look at the lungs?" in text and "shortcut class" in text
     assert "report ->" in result.output and "RESEARCH USE ONLY" in result.output
