@@ -186,7 +186,7 @@ def test_train_seg_resumes_exactly(tmp_path, sample_seg_dir):
     from tfflannel.segmentation.readers import read_pairs
     from tfflannel.segmentation.train import train_segmenter
 
-    config = load_config(overrides=["segmentation.model=fcdn_small", "segmentation.epochs=2",
+    config = load_config(overrides=["segmentation.model=fcdn_test", "segmentation.epochs=2",
                                     "segmentation.input_size=32", "segmentation.batch_size=8"])
     pairs = read_pairs(sample_seg_dir)[:8]
     _interrupted_equals_uninterrupted(

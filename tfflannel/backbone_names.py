@@ -38,5 +38,5 @@ SCRATCH_BACKBONE_NAMES = ("covidnet_cxr",)
 torchvision file exists): they always train from scratch, and `reproduce --weights imagenet` / `--weights-dir`
 give them `none` instead of refusing. `tests/learners_stage/test_backbones.py` ties this to the registry."""
 
-SEGMENTER_NAMES = ("fcdn103", "fcdn56", "fcdn67", "fcdn_medium", "fcdn_small")
+SEGMENTER_NAMES = ("fcdn103", "fcdn56", "fcdn67", "fcdn_medium", "fcdn_small", "fcdn_test")
 """Sorted FC-DenseNet presets (`tfflannel.models.fc_densenet.FC_DENSENET_PRESETS`): the `train-seg --model` choices."""

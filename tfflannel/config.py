@@ -68,7 +68,7 @@ class DataConfig:
 class SegmentationConfig:
     """FC-DenseNet lung segmenter: architecture, recipe and mask quality control."""
 
-    model: Literal["fcdn103", "fcdn67", "fcdn56", "fcdn_medium", "fcdn_small"] = "fcdn103"
+    model: Literal["fcdn103", "fcdn67", "fcdn56", "fcdn_medium", "fcdn_small", "fcdn_test"] = "fcdn103"
     input_size: Annotated[int, Range(32)] = 256
     classes: Literal["lung", "jsrt"] = "lung"
     epochs: PositiveInt = 100

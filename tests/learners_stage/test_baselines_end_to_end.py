@@ -51,5 +51,5 @@ def test_a_baseline_trains_is_scored_audited_and_served_through_the_common_comma
     films = sorted(paths)[:3]
     served = json.loads(invoke("predict", *[sample_workdir / paths[f] for f in films], "--model",
                                tmp_path / "export").stdout)
-    for film, answer in zip(films, served):
+    for film, answer in zip(films, served, strict=True):
         np.testing.assert_allclose([answer["probabilities"][c] for c in CLASS_NAMES], scored[film], atol=1e-5)

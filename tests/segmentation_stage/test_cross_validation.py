@@ -123,7 +123,7 @@ def test_cross_validation_killed_resumes_and_scores_against_numpy(sample_seg_dir
     listing = tmp_path / "pairs.csv"                      # 8 films, the first two listed twice
     listing.write_text("image,mask,patient_id\n" + "".join(
         f"{p.image},{p.masks['lung']},{p.patient_id}\n" for p in pairs + pairs[:2]))
-    recipe = {"model": "fcdn_small", "input_size": 32, "epochs": 2, "batch_size": 4, "learning_rate": 1e-3,
+    recipe = {"model": "fcdn_test", "input_size": 32, "epochs": 2, "batch_size": 4, "learning_rate": 1e-3,
               "loss": "dice_weighted_ce", "seed": 0}
     out = tmp_path / "run"
     command = [sys.executable, str(REPO / "tools" / "train_segmenter.py"), "--stage", "cv", "--cv", "2",

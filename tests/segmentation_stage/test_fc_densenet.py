@@ -47,7 +47,7 @@ def test_fcdn103_trainable_parameters_match_original():
     assert _trainable(model) == _count_like_pytorch(48, 16, (4, 5, 7, 10, 12), 15, (12, 10, 7, 5, 4))
 
 
-@pytest.mark.parametrize("preset", ["fcdn67", "fcdn56", "fcdn_small"])
+@pytest.mark.parametrize("preset", ["fcdn67", "fcdn56", "fcdn_small", "fcdn_test"])
 def test_family_members_match_their_pytorch_count(preset):
     arch = FC_DENSENET_PRESETS[preset]
     model = build_fc_densenet(preset, num_classes=2)

@@ -13,7 +13,7 @@ from tfflannel.cli import main
 def test_train_seg_cli_loss_decreases_and_writes_outputs(tmp_path, sample_seg_dir):
     out = tmp_path / "seg"
     result = CliRunner().invoke(main, [
-        "train-seg", "--pairs", str(sample_seg_dir), "--out", str(out), "--model", "fcdn_small", "--epochs", "4",
+        "train-seg", "--pairs", str(sample_seg_dir), "--out", str(out), "--model", "fcdn_test", "--epochs", "4",
         "--set", "segmentation.input_size=64", "--set", "segmentation.batch_size=4",
         "--set", "segmentation.learning_rate=0.002", "--set", "segmentation.augment=false",
         "--set", "segmentation.lr_schedule=plateau",
@@ -27,19 +27,19 @@ def test_train_seg_cli_loss_decreases_and_writes_outputs(tmp_path, sample_seg_di
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["train_pairs"] + metrics["validation_pairs"] == 20 and metrics["epochs_run"] == 4
     assert 0.0 <= metrics["val_jaccard_inference"] <= 1.0
-    assert yaml.safe_load((out / "config.yaml").read_text())["segmentation"]["model"] == "fcdn_small"
+    assert yaml.safe_load((out / "config.yaml").read_text())["segmentation"]["model"] == "fcdn_test"
     assert any((out / "logs").rglob("*.tfevents*")), "TensorBoard logs written"
     model = keras.saving.load_model(out / "model.keras", compile=False)
     assert model.output_shape == (None, 64, 64, 2)
     # a setting only `segment` reads does not make the run stale; one that changes the training does
     again = CliRunner().invoke(main, [
-        "train-seg", "--pairs", str(sample_seg_dir), "--out", str(out), "--model", "fcdn_small", "--epochs", "4",
+        "train-seg", "--pairs", str(sample_seg_dir), "--out", str(out), "--model", "fcdn_test", "--epochs", "4",
         "--set", "segmentation.input_size=64", "--set", "segmentation.batch_size=4",
         "--set", "segmentation.learning_rate=0.002", "--set", "segmentation.augment=false",
         "--set", "segmentation.lr_schedule=plateau", "--set", "segmentation.min_mask_confidence=0.9"])
     assert again.exit_code == 0 and "complete" in again.output, again.output
     changed = CliRunner().invoke(main, ["train-seg", "--pairs", str(sample_seg_dir), "--out", str(out),
-                                        "--model", "fcdn_small", "--epochs", "5"])
+                                        "--model", "fcdn_test", "--epochs", "5"])
     assert changed.exit_code != 0 and "segmentation.epochs: 4 -> 5" in changed.output, changed.output
 
 

@@ -23,6 +23,8 @@ FC_DENSENET_PRESETS = {
                         up_blocks=(4,) * 5),
     # Small member for CPU training and tests (trains in minutes on 2 cores).
     "fcdn_small": dict(first_filters=16, growth_rate=8, down_blocks=(3,) * 5, bottleneck_layers=3, up_blocks=(3,) * 5),
+    # A test model (as timm's `test_*`): the same five levels, one layer per block; traces and trains in seconds.
+    "fcdn_test": dict(first_filters=8, growth_rate=4, down_blocks=(1,) * 5, bottleneck_layers=1, up_blocks=(1,) * 5),
 }
 
 SEGMENTATION_CLASSES = {
@@ -151,7 +153,8 @@ def build_fc_densenet(
     """Build an FC-DenseNet as a functional Keras model with a softmax output.
 
     Args:
-        preset: str. One of `FC_DENSENET_PRESETS` (`fcdn103`, `fcdn67`, `fcdn56`, `fcdn_small`).
+        preset: str. One of `FC_DENSENET_PRESETS` (`fcdn103`, `fcdn67`, `fcdn56`, `fcdn_medium`, `fcdn_small`,
+            `fcdn_test`).
             Defaults to `"fcdn103"`.
         num_classes: int. Output classes (2 = background/lung, 4 = JSRT style). Defaults to `2`.
         input_shape: tuple. (H, W, C); H and W multiples of `2 ** len(down_blocks)` (32 for every
