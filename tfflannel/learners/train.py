@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
@@ -186,6 +188,70 @@ def _check_weights(weights):
         check_weights_file(weights)
 
 
+@dataclass(frozen=True)
+class LearnerTask:
+    """What a base learner's training needs that differs between `train-patch` and `train-global`.
+
+    `train_learner` does the rest (resume state, strategy, compile, validation, callbacks, fit) for both.
+
+    Args:
+        section: str. Config section of the learner (`patched` or `global_learner`).
+        info: RunInfo. The run's run.yaml.
+        training_epochs: callable `(batch, drop_remainder, first_epoch, epochs) -> tf.data.Dataset` of the
+            training epochs `[first_epoch, epochs)`, each drawn from (seed, epoch).
+        training_steps: callable `(batch, drop_remainder) -> int`, the steps of one epoch.
+        validation_data: callable `() -> tf.data.Dataset` of the fixed validation inputs.
+        l1: float. L1 penalty on every kernel. Defaults to `0.0`.
+        schedule: callable `(section) -> list of keras callbacks` (a learning-rate schedule). Defaults to none.
+    """
+
+    section: str
+    info: RunInfo
+    training_epochs: Callable
+    training_steps: Callable
+    validation_data: Callable
+    l1: float = 0.0
+    schedule: Callable = lambda section: []
+
+
+def train_learner(config, task, backbone, out_dir, weights=None, progress=True, extra_callbacks=(), force=False):
+    """Train one base learner as `task` describes it; a killed run resumes exactly when rerun.
+
+    Args:
+        config: ExperimentConfig. Uses `config.<task.section>` and `config.runtime`.
+        task: LearnerTask.
+        backbone: str. Registered backbone name.
+        out_dir: str or Path. Run directory.
+        weights: str. `imagenet`, `none` or a weights file. Defaults to `None`.
+        progress: bool. Keras progress lines. Defaults to `True`.
+        extra_callbacks: list of keras callbacks. Defaults to `()`.
+        force: bool. Start over even if `out_dir` holds a complete or different run. Defaults to `False`.
+
+    Returns:
+        ResumableFit.
+    """
+    cfg = getattr(config, task.section)
+    fit = _start_run(config, task.section, out_dir, task.info, weights, force)
+    if fit.complete:
+        return fit
+    out_dir = Path(out_dir)
+    strategy = make_strategy(config.runtime.strategy)
+    batch = replica_batch_size(cfg.batch_size, strategy)
+    multi = strategy.num_replicas_in_sync > 1
+
+    def epochs_of(first, stop):
+        return task.training_epochs(batch, multi, first, stop)
+
+    steps = task.training_steps(batch, multi)
+    train = epochs_of(fit.initial_epoch, cfg.epochs)
+    with strategy.scope():
+        model = _compiled_classifier(cfg, backbone, task.info.input_size, weights, task.l1)
+    bn_batches = precise_bn_batches(cfg.precise_bn_batches, strategy, f"{task.section}.precise_bn_batches")
+    validation = ValidationF1(task.validation_data, lambda epoch: epochs_of(epoch, epoch + 1), bn_batches)
+    callbacks = [validation, *task.schedule(cfg), SamplePatchImages(out_dir / "logs", train), *extra_callbacks]
+    return _fit(fit, model, train, steps, out_dir, callbacks, progress)
+
+
 @chief_writes
 def train_patch_learner(config, backbone, fold, workdir, out_dir, weights=None, progress=True, extra_callbacks=(),
                         force=False):
@@ -214,29 +280,18 @@ def train_patch_learner(config, backbone, fold, workdir, out_dir, weights=None, 
     _check_fold(workdir, fold)
     _check_weights(weights)
     size = cfg.patch_size or backbone_config(backbone).input_size
-    info = _run_info("patch", backbone, fold, workdir, out_dir, size, cfg.val_patches, cfg.seed)
-    fit = _start_run(config, "patched", out_dir, info, weights, force)
-    if fit.complete:
-        return fit
-    out_dir = Path(out_dir)
-    strategy = make_strategy(config.runtime.strategy)
-    batch = replica_batch_size(cfg.batch_size, strategy)
-    multi = strategy.num_replicas_in_sync > 1
-
-    def epochs_of(first, stop):
-        return training_dataset(workdir, fold, size, batch, cfg.patches_per_image, cfg.seed, cfg.augment,
-                                drop_remainder=multi, first_epoch=first, epochs=stop)
-
-    steps = training_steps(workdir, fold, batch, cfg.patches_per_image, drop_remainder=multi)
-    train = epochs_of(fit.initial_epoch, cfg.epochs)
-    with strategy.scope():
-        model = _compiled_classifier(cfg, backbone, size, weights, cfg.l1)
-    validation = ValidationF1(lambda: evaluation_dataset(workdir, "valid", fold, cfg.val_patches, size, cfg.seed,
-                                                         cfg.images_per_batch),
-                              lambda epoch: epochs_of(epoch, epoch + 1),
-                              precise_bn_batches(cfg.precise_bn_batches, strategy, "patched.precise_bn_batches"))
-    callbacks = [validation, SamplePatchImages(out_dir / "logs", train), *extra_callbacks]
-    return _fit(fit, model, train, steps, out_dir, callbacks, progress)
+    task = LearnerTask(
+        section="patched",
+        info=_run_info("patch", backbone, fold, workdir, out_dir, size, cfg.val_patches, cfg.seed),
+        training_epochs=lambda batch, drop, first, stop: training_dataset(
+            workdir, fold, size, batch, cfg.patches_per_image, cfg.seed, cfg.augment, drop_remainder=drop,
+            first_epoch=first, epochs=stop),
+        training_steps=lambda batch, drop: training_steps(workdir, fold, batch, cfg.patches_per_image,
+                                                          drop_remainder=drop),
+        validation_data=lambda: evaluation_dataset(workdir, "valid", fold, cfg.val_patches, size, cfg.seed,
+                                                   cfg.images_per_batch),
+        l1=cfg.l1)
+    return train_learner(config, task, backbone, out_dir, weights, progress, extra_callbacks, force)
 
 
 @chief_writes
@@ -257,27 +312,13 @@ def train_global_learner(config, backbone, fold, workdir, out_dir, weights=None,
     train_rows, valid_rows = manifest_partition(rows, "train", fold), manifest_partition(rows, "valid", fold)
     if not valid_rows or not train_rows:
         raise InputError(f"{workdir}: fold {fold} has no {'validation' if not valid_rows else 'training'} images")
-    info = _run_info("global", backbone, fold, workdir, out_dir, crop, 1, cfg.seed, resize=resize)
-    fit = _start_run(config, "global_learner", out_dir, info, weights, force)
-    if fit.complete:
-        return fit
-    out_dir = Path(out_dir)
-    strategy = make_strategy(config.runtime.strategy)
-    batch = replica_batch_size(cfg.batch_size, strategy)
-    multi = strategy.num_replicas_in_sync > 1
-
-    def epochs_of(first, stop):
-        return global_training_dataset(train_rows, resize, crop, batch, cfg.seed, drop_remainder=multi,
-                                       first_epoch=first, epochs=stop)
-
-    steps = len(train_rows) // batch if multi else math.ceil(len(train_rows) / batch)
-    train = epochs_of(fit.initial_epoch, cfg.epochs)
-    with strategy.scope():
-        model = _compiled_classifier(cfg, backbone, crop, weights)
-    validation = ValidationF1(lambda: global_evaluation_dataset(valid_rows, resize, crop),
-                              lambda epoch: epochs_of(epoch, epoch + 1),
-                              precise_bn_batches(cfg.precise_bn_batches, strategy, "global_learner.precise_bn_batches"))
-    schedule = keras.callbacks.LearningRateScheduler(step_decay(scale_milestones(cfg.lr_milestones, cfg.epochs),
-                                                                cfg.learning_rate))
-    callbacks = [validation, schedule, SamplePatchImages(out_dir / "logs", train), *extra_callbacks]
-    return _fit(fit, model, train, steps, out_dir, callbacks, progress)
+    task = LearnerTask(
+        section="global_learner",
+        info=_run_info("global", backbone, fold, workdir, out_dir, crop, 1, cfg.seed, resize=resize),
+        training_epochs=lambda batch, drop, first, stop: global_training_dataset(
+            train_rows, resize, crop, batch, cfg.seed, drop_remainder=drop, first_epoch=first, epochs=stop),
+        training_steps=lambda batch, drop: len(train_rows) // batch if drop else math.ceil(len(train_rows) / batch),
+        validation_data=lambda: global_evaluation_dataset(valid_rows, resize, crop),
+        schedule=lambda section: [keras.callbacks.LearningRateScheduler(
+            step_decay(scale_milestones(section.lr_milestones, section.epochs), section.learning_rate))])
+    return train_learner(config, task, backbone, out_dir, weights, progress, extra_callbacks, force)
