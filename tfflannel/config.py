@@ -23,7 +23,7 @@ from typing import Annotated, Literal, Optional
 
 import yaml
 
-from tfflannel.backbone_names import BACKBONE_NAMES, TORCHVISION_BACKBONE_NAMES
+from tfflannel.backbone_names import BACKBONE_NAMES, SEGMENTER_NAMES, TORCHVISION_BACKBONE_NAMES
 from tfflannel.config_fields import (
     Momentum,
     NonNegativeFloat,
@@ -68,7 +68,7 @@ class DataConfig:
 class SegmentationConfig:
     """FC-DenseNet lung segmenter: architecture, recipe and mask quality control."""
 
-    model: Literal["fcdn103", "fcdn67", "fcdn56", "fcdn_medium", "fcdn_small", "fcdn_test"] = "fcdn103"
+    model: Literal[SEGMENTER_NAMES] = "fcdn103"   # the FC-DenseNet presets (models/fc_densenet.py)
     input_size: Annotated[int, Range(32)] = 256
     classes: Literal["lung", "jsrt"] = "lung"
     epochs: PositiveInt = 100

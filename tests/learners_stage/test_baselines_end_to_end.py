@@ -49,7 +49,7 @@ def test_a_baseline_trains_is_scored_audited_and_served_through_the_common_comma
     with open(sample_workdir / "manifest.csv") as handle:
         paths = {r["image_id"]: r["path"] for r in csv.DictReader(handle) if r["image_id"] in scored}
     films = sorted(paths)[:3]
-    served = json.loads(invoke("predict", *[sample_workdir / paths[f] for f in films], "--model",
+    served = json.loads(invoke("predict", *[paths[f] for f in films], "--model",
                                tmp_path / "export").stdout)
     for film, answer in zip(films, served, strict=True):
         np.testing.assert_allclose([answer["probabilities"][c] for c in CLASS_NAMES], scored[film], atol=1e-5)
