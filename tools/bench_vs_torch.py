@@ -67,7 +67,7 @@ def time_calls(call, steps):
     return (time.perf_counter() - started) / steps
 
 
-def build_tensorflow_steps(name, batch, grouped_conv, threads):
+def build_tensorflow_steps(name, batch, grouped_conv, threads, batch_norm="fused", jit_compile=False):
     """Build a tfflannel classifier (`head="reference"`, random init) and return its timed train and infer calls.
 
     Args:
@@ -75,6 +75,9 @@ def build_tensorflow_steps(name, batch, grouped_conv, threads):
         batch: int. Batch size.
         grouped_conv: str. `split` or `grouped` (ResNeXt's grouped convolutions).
         threads: int. TensorFlow intra- and inter-op threads.
+        batch_norm: str. `fused` (the layers' default: one fused kernel per batch norm in a training step) or
+            `keras` (Keras's separate ops, `BatchNormalization(fused=False)`). Defaults to `"fused"`.
+        jit_compile: bool. Compile the train step with XLA. Defaults to `False`.
 
     Returns:
         tuple: `(train_step, infer_step)`, callables that run one AdamW step / one batched inference.
@@ -86,31 +89,36 @@ def build_tensorflow_steps(name, batch, grouped_conv, threads):
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(threads)
 
+    from tfflannel.models.batch_norm import BatchNormalization
     from tfflannel.models.classifier import build_classifier
+    from tfflannel.models.precise_bn import model_layers
 
     size = BACKBONES[name][2]
     keras.utils.set_random_seed(0)
     keras.backend.clear_session()
     model = build_classifier(name, size, head="reference", grouped_conv=grouped_conv)
+    for layer in model_layers(model):
+        if isinstance(layer, BatchNormalization):
+            layer.fused = batch_norm == "fused"
     model.compile(optimizer=keras.optimizers.AdamW(1e-5, weight_decay=1e-4),
-                  loss=keras.losses.SparseCategoricalCrossentropy())
+                  loss=keras.losses.SparseCategoricalCrossentropy(), jit_compile=jit_compile)
     x, y = fixed_batch(batch, size, 1)
     return (lambda: model.train_on_batch(x, y)), (lambda: model.predict_on_batch(x))
 
 
-def measure_torch(name, batch, steps, threads):
-    """Measure the torchvision model with a 4-class last Linear: AdamW train steps and eval-mode inference.
+def build_torch_steps(name, batch, threads):
+    """Build the torchvision model with a 4-class last Linear and return its train and infer calls.
 
-    Runs in the `--torch-worker` subprocess (needs torch and torchvision).
+    Runs in a subprocess of a Python with torch and torchvision (never a tfflannel dependency).
 
     Args:
         name: str. A key of `BACKBONES`.
         batch: int. Batch size.
-        steps: int. Timed steps after one warm-up step.
         threads: int. torch intra-op threads.
 
     Returns:
-        dict: `train` and `infer` images per second, the torch `threads` used and the torch `version`.
+        tuple: `(train_step, infer_step)`, callables that run one AdamW step (its optimizer update inside a
+        `torch.profiler.record_function("optimizer")` region) / one eval-mode batched inference.
     """
     import torch
     import torchvision
@@ -132,19 +140,40 @@ def measure_torch(name, batch, steps, threads):
     x = torch.from_numpy(images.transpose(0, 3, 1, 2) / 255.0).float()
     y = torch.from_numpy(labels)
 
-    def step():
+    def train_step():
         model.train()
         optimizer.zero_grad()
         loss = loss_fn(model(x), y)
         loss.backward()
-        optimizer.step()
+        with torch.profiler.record_function("optimizer"):
+            optimizer.step()
 
-    def infer():
+    def infer_step():
         model.eval()
         with torch.no_grad():
             model(x)
 
-    return {"train": batch / time_calls(step, steps), "infer": batch / time_calls(infer, steps),
+    return train_step, infer_step
+
+
+def measure_torch(name, batch, steps, threads):
+    """Measure the torchvision model: images/s of AdamW train steps and of eval-mode inference.
+
+    Runs in the `--torch-worker` subprocess (needs torch and torchvision).
+
+    Args:
+        name: str. A key of `BACKBONES`.
+        batch: int. Batch size.
+        steps: int. Timed steps after one warm-up step.
+        threads: int. torch intra-op threads.
+
+    Returns:
+        dict: `train` and `infer` images per second, the torch `threads` used and the torch `version`.
+    """
+    import torch
+
+    train_step, infer_step = build_torch_steps(name, batch, threads)
+    return {"train": batch / time_calls(train_step, steps), "infer": batch / time_calls(infer_step, steps),
             "threads": torch.get_num_threads(), "version": torch.__version__}
 
 
@@ -177,6 +206,9 @@ def main():
     parser.add_argument("--grouped-conv", default="split", choices=("split", "grouped"))
     parser.add_argument("--threads", type=int, default=os.cpu_count(),
                         help="Compute threads for both frameworks  [default: all cores].")
+    parser.add_argument("--batch-norm", default="fused", choices=("fused", "keras"),
+                        help="tfflannel's batch-norm kernel in a training step  [default: fused].")
+    parser.add_argument("--jit-compile", action="store_true", help="Compile tfflannel's train step with XLA.")
     parser.add_argument("--torch-worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.torch_worker:
@@ -188,6 +220,7 @@ def main():
         parser.error(f"--repeats must be at least 3. Received: {args.repeats}.")
     load = os.getloadavg()[0]
     print(f"CPU cores visible: {os.cpu_count()}; threads {args.threads} for both; batch {args.batch}; "
+          f"tfflannel batch norm {args.batch_norm}, XLA {args.jit_compile}, grouped_conv {args.grouped_conv}; "
           f"{args.steps} timed steps x {args.repeats} alternated rounds; load average {load:.1f}; "
           f"images/s (train = AdamW step, infer = eval forward), median [min, max]")
     if load > 0.5:
@@ -196,7 +229,8 @@ def main():
     print(f"{'backbone':18s} {'tf train':>22s} {'torch train':>22s} {'ratio':>22s} {'tf infer':>22s} "
           f"{'torch infer':>22s} {'ratio':>22s}")
     for name in args.backbones:
-        train_step, infer_step = build_tensorflow_steps(name, args.batch, args.grouped_conv, args.threads)
+        train_step, infer_step = build_tensorflow_steps(name, args.batch, args.grouped_conv, args.threads,
+                                                        args.batch_norm, args.jit_compile)
         train_step()
         infer_step()                                              # warm-ups: tracing, allocation
         rounds = []

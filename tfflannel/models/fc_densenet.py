@@ -13,6 +13,8 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from tfflannel.models.batch_norm import BatchNormalization
+
 FC_DENSENET_PRESETS = {
     "fcdn103": dict(first_filters=48, growth_rate=16, down_blocks=(4, 5, 7, 10, 12), bottleneck_layers=15,
                     up_blocks=(12, 10, 7, 5, 4)),
@@ -63,7 +65,7 @@ def apply_dense_layer(x, growth_rate, dropout, bn_momentum, name):
     Returns:
         tensor of shape `(B, H, W, growth_rate)`: only the new features, not concatenated with `x`.
     """
-    x = layers.BatchNormalization(momentum=bn_momentum, epsilon=1e-5, name=f"{name}_bn")(x)
+    x = BatchNormalization(momentum=bn_momentum, epsilon=1e-5, name=f"{name}_bn")(x)
     x = layers.Activation("relu", name=f"{name}_relu")(x)
     x = layers.Conv2D(growth_rate, 3, padding="same", kernel_initializer="he_uniform", name=f"{name}_conv")(x)
     if dropout:
@@ -113,7 +115,7 @@ def apply_transition_down(x, dropout, bn_momentum, name):
         tensor of shape `(B, H // 2, W // 2, C)`.
     """
     channels = x.shape[-1]
-    x = layers.BatchNormalization(momentum=bn_momentum, epsilon=1e-5, name=f"{name}_bn")(x)
+    x = BatchNormalization(momentum=bn_momentum, epsilon=1e-5, name=f"{name}_bn")(x)
     x = layers.Activation("relu", name=f"{name}_relu")(x)
     x = layers.Conv2D(channels, 1, kernel_initializer="he_uniform", name=f"{name}_conv")(x)
     if dropout:

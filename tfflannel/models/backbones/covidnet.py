@@ -42,6 +42,7 @@ from __future__ import annotations
 from keras import layers
 
 from tfflannel.models.backbones.registry import BackboneConfig, register_backbone
+from tfflannel.models.batch_norm import BatchNormalization
 
 PREFIX = "covidnet_cxr"
 STAGE_DEPTHS = (3, 4, 6, 3)
@@ -55,7 +56,7 @@ def _conv_bn_relu(x, filters, kernel, bn_momentum, name, depthwise=False, stride
         x = layers.DepthwiseConv2D(kernel, padding="same", use_bias=False, name=f"{name}_dwconv")(x)
     else:
         x = layers.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=False, name=f"{name}_conv")(x)
-    x = layers.BatchNormalization(momentum=bn_momentum, epsilon=1e-3, name=f"{name}_bn")(x)
+    x = BatchNormalization(momentum=bn_momentum, epsilon=1e-3, name=f"{name}_bn")(x)
     return layers.Activation("relu", name=f"{name}_relu")(x)
 
 

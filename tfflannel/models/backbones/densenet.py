@@ -5,10 +5,11 @@ from __future__ import annotations
 from keras import layers
 
 from tfflannel.models.backbones.registry import BackboneConfig, register_backbone
+from tfflannel.models.batch_norm import BatchNormalization
 
 
 def _bn(x, momentum, name):
-    return layers.BatchNormalization(momentum=momentum, epsilon=1e-5, name=name)(x)
+    return BatchNormalization(momentum=momentum, epsilon=1e-5, name=name)(x)
 
 
 def apply_densenet_layer(x, growth_rate, bn_size, bn_momentum, name):

@@ -1,6 +1,6 @@
 """InceptionV3 in the torchvision layout (Szegedy et al., CVPR 2016), `inception_v3_tv`.
 
-Unlike `keras.applications.InceptionV3` (registered as `inception_v3`), every BatchNorm has a
+Unlike `keras.applications.InceptionV3` (registered as `inception_v3`), every BatchNormalization has a
 scale (gamma), eps 1e-3, and the 3x3 average pools inside the Inception blocks count the padded
 zeros as torchvision's `F.avg_pool2d(x, 3, stride=1, padding=1)` does (explicit `ZeroPadding2D(1)`
 + `valid` pooling; Keras' `same` pooling would exclude them). Layer names follow torchvision's
@@ -14,6 +14,7 @@ from __future__ import annotations
 from keras import layers
 
 from tfflannel.models.backbones.registry import BackboneConfig, register_backbone
+from tfflannel.models.batch_norm import BatchNormalization
 
 PREFIX = "inception_v3_tv"
 
@@ -38,7 +39,7 @@ def apply_basic_conv(x, filters, kernel, name, strides=1, padding="valid", bn_mo
     if padding != "valid":
         x = layers.ZeroPadding2D(padding, name=f"{base}_pad")(x)
     x = layers.Conv2D(filters, kernel, strides=strides, use_bias=False, name=f"{base}_conv")(x)
-    x = layers.BatchNormalization(momentum=bn_momentum, epsilon=1e-3, name=f"{base}_bn")(x)
+    x = BatchNormalization(momentum=bn_momentum, epsilon=1e-3, name=f"{base}_bn")(x)
     return layers.Activation("relu", name=f"{base}_relu")(x)
 
 

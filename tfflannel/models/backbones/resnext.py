@@ -18,6 +18,7 @@ import keras
 from keras import layers, ops
 
 from tfflannel.models.backbones.registry import BackboneConfig, register_backbone
+from tfflannel.models.batch_norm import BatchNormalization
 
 GROUPED_CONV_IMPLS = ("split", "grouped")
 
@@ -81,7 +82,7 @@ class GroupedConv2D(layers.Layer):
 
 
 def _bn(x, momentum, name):
-    return layers.BatchNormalization(momentum=momentum, epsilon=1e-5, name=name)(x)
+    return BatchNormalization(momentum=momentum, epsilon=1e-5, name=name)(x)
 
 
 def apply_bottleneck(x, planes, strides, groups, base_width, bn_momentum, impl, name):

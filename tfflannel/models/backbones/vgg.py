@@ -5,6 +5,7 @@ from __future__ import annotations
 from keras import layers
 
 from tfflannel.models.backbones.registry import BackboneConfig, register_backbone
+from tfflannel.models.batch_norm import BatchNormalization
 
 VGG19_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M")
 
@@ -44,7 +45,7 @@ def vgg19_bn(inputs, weights=None, include_top=False, bn_momentum=0.9, classes=1
         conv += 1
         name = f"vgg19_bn_block{block}_conv{conv}"
         x = layers.Conv2D(item, 3, padding="same", name=name)(x)
-        x = layers.BatchNormalization(momentum=bn_momentum, epsilon=1e-5, name=f"{name}_bn")(x)
+        x = BatchNormalization(momentum=bn_momentum, epsilon=1e-5, name=f"{name}_bn")(x)
         x = layers.Activation("relu", name=f"{name}_relu")(x)
     if include_top:
         if tuple(x.shape[1:3]) != (7, 7):
