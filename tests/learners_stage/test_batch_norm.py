@@ -1,4 +1,4 @@
-"""`BatchNormalization`: the fused training step against NumPy and the Keras layer; inference is the Keras layer's."""
+"""`BatchNormalization`: the fused kernels against NumPy and the Keras layer, in training and in inference."""
 
 import keras
 import numpy as np
@@ -49,26 +49,34 @@ def test_fused_training_step_matches_numpy_and_the_keras_layer():
         np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4, err_msg=name)
 
 
-def test_the_fused_kernel_is_what_a_training_step_runs():
-    def op_types(fused, training):
+def test_the_fused_kernel_is_what_runs():
+    def op_types(fused, training, trainable=True):
         layer, x = _layer_and_batch(fused)
+        layer.trainable = trainable
         graph = tf.function(lambda inputs: layer(inputs, training=training)).get_concrete_function(
             tf.TensorSpec(x.shape, tf.float32)).graph
         return {op.type for op in graph.get_operations()}
 
     assert "FusedBatchNormV3" in op_types(fused=True, training=True)
+    assert "FusedBatchNormV3" in op_types(fused=True, training=False)
+    assert "FusedBatchNormV3" in op_types(fused=True, training=True, trainable=False)
     assert "FusedBatchNormV3" not in op_types(fused=False, training=True)
-    assert "FusedBatchNormV3" not in op_types(fused=True, training=False), "inference stays the Keras layer's"
+    assert "FusedBatchNormV3" not in op_types(fused=False, training=False)
 
 
-def test_inference_and_fallbacks_are_the_keras_layer_bit_for_bit():
+def test_inference_matches_numpy_and_the_keras_layer():
     fused_layer, x = _layer_and_batch(fused=True)
     keras_layer, _ = _layer_and_batch(fused=False)
-    np.testing.assert_array_equal(np.asarray(fused_layer(x, training=False)),
-                                  np.asarray(keras_layer(x, training=False)))
-    fused_layer.trainable = keras_layer.trainable = False                 # frozen: moving statistics, as Keras
-    np.testing.assert_array_equal(np.asarray(fused_layer(x, training=True)), np.asarray(keras_layer(x, training=True)))
-    flat = BatchNormalization()                                                     # 2-D input: not fused, Keras's ops
+    mean, variance = np.asarray(fused_layer.moving_mean), np.asarray(fused_layer.moving_variance)
+    gamma, beta = np.asarray(fused_layer.gamma), np.asarray(fused_layer.beta)
+    expected = (x - mean) / np.sqrt(variance + 1e-5) * gamma + beta
+    ours = np.asarray(fused_layer(x, training=False))
+    np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ours, np.asarray(keras_layer(x, training=False)), rtol=1e-5, atol=1e-5)
+    fused_layer.trainable = False                                          # frozen: moving statistics, as Keras
+    np.testing.assert_allclose(np.asarray(fused_layer(x, training=True)), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(fused_layer.moving_mean), mean)
+    flat = BatchNormalization()                                            # 2-D input: not fused, Keras's ops
     flat_keras = keras.layers.BatchNormalization()
     features = x.reshape(-1, 8)
     np.testing.assert_array_equal(np.asarray(flat(features, training=True)),

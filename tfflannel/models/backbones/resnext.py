@@ -62,9 +62,11 @@ class GroupedConv2D(layers.Layer):
         """Convolve (B, H, W, C_in) inputs to (B, (H - k) // s + 1, (W - k) // s + 1, filters), `valid` padding."""
         if self.impl == "grouped" or self.groups == 1:
             return ops.conv(inputs, self.kernel, strides=self.strides, padding="valid")
-        width, out = inputs.shape[-1] // self.groups, self.filters // self.groups
-        parts = [ops.conv(inputs[..., g * width:(g + 1) * width], self.kernel[..., g * out:(g + 1) * out],
-                          strides=self.strides, padding="valid") for g in range(self.groups)]
+        # `split`, not slicing: a slice's gradient is a zero-padded full-size copy per group (on 2 CPU cores
+        # those copies and their sum took a third of a ResNeXt101 training step); a split's is one concatenation.
+        parts = [ops.conv(group, kernel, strides=self.strides, padding="valid")
+                 for group, kernel in zip(ops.split(inputs, self.groups, axis=-1),
+                                          ops.split(self.kernel, self.groups, axis=-1), strict=True)]
         return ops.concatenate(parts, axis=-1)
 
     def compute_output_shape(self, input_shape):
