@@ -75,8 +75,8 @@ def build_tensorflow_steps(name, batch, grouped_conv, threads, batch_norm="fused
         batch: int. Batch size.
         grouped_conv: str. `split` or `grouped` (ResNeXt's grouped convolutions).
         threads: int. TensorFlow intra- and inter-op threads.
-        batch_norm: str. `fused` (the layers' default: one fused kernel per batch norm in a training step) or
-            `keras` (Keras's separate ops, `BatchNormalization(fused=False)`). Defaults to `"fused"`.
+        batch_norm: str. `fused` (`BatchNormalization`'s default: TensorFlow's fused kernels) or `keras`
+            (Keras's separate ops, `BatchNormalization(fused=False)`). Defaults to `"fused"`.
         jit_compile: bool. Compile the train step with XLA. Defaults to `False`.
 
     Returns:
@@ -207,7 +207,7 @@ def main():
     parser.add_argument("--threads", type=int, default=os.cpu_count(),
                         help="Compute threads for both frameworks  [default: all cores].")
     parser.add_argument("--batch-norm", default="fused", choices=("fused", "keras"),
-                        help="tfflannel's batch-norm kernel in a training step  [default: fused].")
+                        help="tfflannel's batch norm: TensorFlow's fused kernels or Keras's ops  [default: fused].")
     parser.add_argument("--jit-compile", action="store_true", help="Compile tfflannel's train step with XLA.")
     parser.add_argument("--torch-worker", help=argparse.SUPPRESS)
     args = parser.parse_args()

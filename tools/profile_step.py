@@ -1,13 +1,15 @@
-"""Where one training step's time goes: tfflannel (TensorFlow's profiler) vs torchvision (torch's profiler).
+"""Where one training (or inference) step's time goes: tfflannel (TensorFlow's profiler) vs torchvision (torch's).
 
-For each backbone, one AdamW + cross-entropy step on the fixed batch of `tools/bench_vs_torch.py` (same models,
-same threads, same recipe) is profiled in each framework after two warm-up steps. The time of every op is put
+For each backbone, one AdamW + cross-entropy step (`--mode infer`: one eval-mode batched forward) on the fixed
+batch of `tools/bench_vs_torch.py` (same models, same threads, same recipe) is profiled in each framework after
+two warm-up steps. The time of every op is put
 into one of a few categories (convolution forward / backward, batch norm forward / backward, concatenation,
 activation, pooling, optimizer update, other) by its type and name scope, so the two frameworks' profiles can be
 set side by side; the op types that cost most in each framework are listed under the table. Prints; asserts
 nothing. Measure on an idle machine.
 
     python tools/profile_step.py --torch-python /path/to/venv-with-torch/bin/python [--backbones densenet161]
+        [--mode train|infer] [--batch-norm fused|keras] [--jit-compile]
 
 TensorFlow: `tf.profiler.experimental` writes an XSpace trace; the ops' wall times are read from its
 `tf_Compute` lines (one per inter-op thread: two ops that overlap are both counted in full, so the sum can
@@ -94,30 +96,42 @@ def torch_category(name, in_optimizer):
     return "other"
 
 
-def profile_tensorflow(name, batch, threads, batch_norm, jit_compile):
-    """Profile one tfflannel training step (after two warm-up steps) with TensorFlow's profiler.
+def profile_tensorflow(name, batch, threads, batch_norm, jit_compile, mode="train"):
+    """Profile one tfflannel training or inference step (after two warm-up steps) with TensorFlow's profiler.
 
     Args:
         name: str. A key of `BACKBONES`.
         batch: int. Batch size.
         threads: int. TensorFlow intra- and inter-op threads.
-        batch_norm: str. `fused` or `keras` (the learners' `batch_norm_kernel`).
+        batch_norm: str. `fused` (`BatchNormalization`'s default) or `keras` (`fused=False`: Keras's ops).
         jit_compile: bool. Compile the train step with XLA.
+        mode: str. `train` or `infer`. Defaults to `"train"`.
 
     Returns:
         dict: `step_ms` (the profiled step's wall time), `categories` (ms per category) and `ops` (ms per op type).
     """
+    steps = build_tensorflow_steps(name, batch, "split", threads, batch_norm=batch_norm, jit_compile=jit_compile)
+    return profile_tensorflow_step(steps[0] if mode == "train" else steps[1])
+
+
+def profile_tensorflow_step(step):
+    """Profile one call of `step` (after two warm-up calls) with TensorFlow's profiler.
+
+    Args:
+        step: callable. One training or inference step of a Keras model on the TensorFlow backend.
+
+    Returns:
+        dict: `step_ms`, `categories` and `ops`, as `profile_tensorflow`.
+    """
     import tensorflow as tf
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
-    train_step, _ = build_tensorflow_steps(name, batch, "split", threads, batch_norm=batch_norm,
-                                           jit_compile=jit_compile)
-    train_step()
-    train_step()
+    step()
+    step()
     with tempfile.TemporaryDirectory() as logdir:
         tf.profiler.experimental.start(logdir)
         started = time.perf_counter()
-        train_step()
+        step()
         step_ms = (time.perf_counter() - started) * 1e3
         tf.profiler.experimental.stop()
         space = xplane_pb2.XSpace()
@@ -137,8 +151,10 @@ def profile_tensorflow(name, batch, threads, batch_norm, jit_compile):
     return {"step_ms": step_ms, "categories": dict(categories), "ops": dict(ops)}
 
 
-def profile_torch(name, batch, threads):
-    """Profile one torchvision training step (after two warm-up steps) with torch's profiler (self CPU time).
+def profile_torch(name, batch, threads, mode="train"):
+    """Profile one torchvision training or inference step (after two warm-up steps) with torch's profiler.
+
+    Op times are self CPU times.
 
     Runs in the `--torch-worker` subprocess.
 
@@ -146,18 +162,20 @@ def profile_torch(name, batch, threads):
         name: str. A key of `BACKBONES`.
         batch: int. Batch size.
         threads: int. torch intra-op threads.
+        mode: str. `train` or `infer`. Defaults to `"train"`.
 
     Returns:
         dict: like `profile_tensorflow`'s, plus the torch `version`.
     """
     import torch
 
-    train_step, _ = build_torch_steps(name, batch, threads)
-    train_step()
-    train_step()
+    steps = build_torch_steps(name, batch, threads)
+    step = steps[0] if mode == "train" else steps[1]
+    step()
+    step()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
         started = time.perf_counter()
-        train_step()
+        step()
         step_ms = (time.perf_counter() - started) * 1e3
     categories, ops = collections.Counter(), collections.Counter()
     for event in profile.events():
@@ -195,25 +213,28 @@ def main():
     parser.add_argument("--threads", type=int, default=os.cpu_count(),
                         help="Compute threads for both frameworks  [default: all cores].")
     parser.add_argument("--batch-norm", default="fused", choices=("fused", "keras"),
-                        help="tfflannel's batch-norm kernel in training (the learners' `batch_norm_kernel`).")
+                        help="tfflannel's batch norm: TensorFlow's fused kernels or Keras's ops  [default: fused].")
     parser.add_argument("--jit-compile", action="store_true", help="Compile tfflannel's train step with XLA.")
+    parser.add_argument("--mode", default="train", choices=("train", "infer"),
+                        help="Profile a training step or an eval-mode batched forward  [default: train].")
     parser.add_argument("--top", type=int, default=8, help="Op types listed per framework.")
     parser.add_argument("--torch-worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.torch_worker:
-        print(json.dumps(profile_torch(args.torch_worker, args.batch, args.threads)))
+        print(json.dumps(profile_torch(args.torch_worker, args.batch, args.threads, args.mode)))
         return
     if not args.torch_python:
         parser.error("--torch-python PYTHON is required (a Python with torch + torchvision)")
     load = os.getloadavg()[0]
     print(f"threads {args.threads} for both; batch {args.batch}; batch norm {args.batch_norm}; "
-          f"XLA {args.jit_compile}; load average {load:.1f}; ms in one training step")
+          f"XLA {args.jit_compile}; load average {load:.1f}; ms in one {args.mode} step")
     if load > 0.5:
         print(f"warning: load average {load:.1f}: the machine is busy; profile on an idle machine", file=sys.stderr)
     for name in args.backbones:
-        ours = profile_tensorflow(name, args.batch, args.threads, args.batch_norm, args.jit_compile)
+        ours = profile_tensorflow(name, args.batch, args.threads, args.batch_norm, args.jit_compile, args.mode)
         output = subprocess.run([args.torch_python, __file__, "--torch-worker", name, "--batch", str(args.batch),
-                                 "--threads", str(args.threads)], check=True, capture_output=True, text=True).stdout
+                                 "--threads", str(args.threads), "--mode", args.mode],
+                                check=True, capture_output=True, text=True).stdout
         theirs = json.loads(output.strip().splitlines()[-1])
         print_profiles(name, ours, theirs, args.top)
         sys.stdout.flush()
