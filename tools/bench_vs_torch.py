@@ -195,27 +195,42 @@ def summarize(values):
     return f"{statistics.median(values):7.2f} [{min(values):.2f}, {max(values):.2f}]"
 
 
-def main():
-    """Parse the command line, then print images/s and the ratio per backbone (or act as the torch worker)."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_common_options(parser):
+    """Add the options this script and `tools/profile_step.py` share: frameworks, backbones, batch, threads, kernels.
+
+    Args:
+        parser: argparse.ArgumentParser.
+    """
     parser.add_argument("--torch-python", help="A Python with torch + torchvision (runs the torchvision half).")
     parser.add_argument("--backbones", nargs="*", default=sorted(BACKBONES), choices=sorted(BACKBONES))
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=2, help="Timed steps per round after one warm-up step.")
-    parser.add_argument("--repeats", type=int, default=3, help="Rounds, frameworks alternated (at least 3).")
-    parser.add_argument("--grouped-conv", default="split", choices=("split", "grouped"))
     parser.add_argument("--threads", type=int, default=os.cpu_count(),
                         help="Compute threads for both frameworks  [default: all cores].")
     parser.add_argument("--batch-norm", default="fused", choices=("fused", "keras"),
                         help="tfflannel's batch norm: TensorFlow's fused kernels or Keras's ops  [default: fused].")
     parser.add_argument("--jit-compile", action="store_true", help="Compile tfflannel's train step with XLA.")
     parser.add_argument("--torch-worker", help=argparse.SUPPRESS)
+
+
+def parse_common_args(parser):
+    """Parse the command line; `--torch-python` is required unless this process is the torch worker."""
     args = parser.parse_args()
+    if not args.torch_worker and not args.torch_python:
+        parser.error("--torch-python PYTHON is required (a Python with torch + torchvision)")
+    return args
+
+
+def main():
+    """Parse the command line, then print images/s and the ratio per backbone (or act as the torch worker)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_options(parser)
+    parser.add_argument("--steps", type=int, default=2, help="Timed steps per round after one warm-up step.")
+    parser.add_argument("--repeats", type=int, default=3, help="Rounds, frameworks alternated (at least 3).")
+    parser.add_argument("--grouped-conv", default="split", choices=("split", "grouped"))
+    args = parse_common_args(parser)
     if args.torch_worker:
         print(json.dumps(measure_torch(args.torch_worker, args.batch, args.steps, args.threads)))
         return
-    if not args.torch_python:
-        parser.error("--torch-python PYTHON is required (a Python with torch + torchvision)")
     if args.repeats < 3:
         parser.error(f"--repeats must be at least 3. Received: {args.repeats}.")
     load = os.getloadavg()[0]

@@ -31,7 +31,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_vs_torch import BACKBONES, build_tensorflow_steps, build_torch_steps  # noqa: E402
+from bench_vs_torch import add_common_options, build_tensorflow_steps, build_torch_steps, parse_common_args  # noqa: E402
 
 CATEGORIES = ("conv forward", "conv backward", "batch norm forward", "batch norm backward", "concat", "activation",
               "pooling", "dense", "optimizer", "other")
@@ -207,24 +207,14 @@ def print_profiles(name, ours, theirs, top):
 def main():
     """Parse the command line, then profile each backbone in both frameworks (or act as the torch worker)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--torch-python", help="A Python with torch + torchvision (profiles the torchvision half).")
-    parser.add_argument("--backbones", nargs="*", default=sorted(BACKBONES), choices=sorted(BACKBONES))
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=os.cpu_count(),
-                        help="Compute threads for both frameworks  [default: all cores].")
-    parser.add_argument("--batch-norm", default="fused", choices=("fused", "keras"),
-                        help="tfflannel's batch norm: TensorFlow's fused kernels or Keras's ops  [default: fused].")
-    parser.add_argument("--jit-compile", action="store_true", help="Compile tfflannel's train step with XLA.")
+    add_common_options(parser)
     parser.add_argument("--mode", default="train", choices=("train", "infer"),
                         help="Profile a training step or an eval-mode batched forward  [default: train].")
     parser.add_argument("--top", type=int, default=8, help="Op types listed per framework.")
-    parser.add_argument("--torch-worker", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parse_common_args(parser)
     if args.torch_worker:
         print(json.dumps(profile_torch(args.torch_worker, args.batch, args.threads, args.mode)))
         return
-    if not args.torch_python:
-        parser.error("--torch-python PYTHON is required (a Python with torch + torchvision)")
     load = os.getloadavg()[0]
     print(f"threads {args.threads} for both; batch {args.batch}; batch norm {args.batch_norm}; "
           f"XLA {args.jit_compile}; load average {load:.1f}; ms in one {args.mode} step")
