@@ -17,13 +17,16 @@ def seed_run(seed, deterministic=False):
 
     Args:
         seed: int. The run's seed.
-        deterministic: bool. Call `tf.config.experimental.enable_op_determinism()` (GPU kernels such as
-            cuDNN's convolution gradients are otherwise not bit-reproducible; CPU kernels already are).
+        deterministic: bool. Turn on TensorFlow's op determinism (GPU kernels such as cuDNN's convolution
+            gradients are otherwise not bit-reproducible; CPU kernels already are) through
+            `tf_fused_batch_norm.enable_op_determinism`, which also keeps batch norm's inference on Keras's ops.
             Defaults to `False`.
     """
     keras.utils.set_random_seed(int(seed))
     if deterministic:
-        tf.config.experimental.enable_op_determinism()
+        from tfflannel.tf_fused_batch_norm import enable_op_determinism
+
+        enable_op_determinism()
 
 
 def chain_epochs(one_epoch, first_epoch, epochs):

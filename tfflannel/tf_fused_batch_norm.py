@@ -36,6 +36,31 @@ def fused_batch_norm_training(inputs, gamma, beta, epsilon):
     return outputs, mean, variance * tf.maximum(count - 1.0, 0.0) / count
 
 
+_DETERMINISTIC = {"on": False}
+
+
+def enable_op_determinism():
+    """Turn on TensorFlow's op determinism, and with it stop using the fused inference kernel in this process.
+
+    The gradient of `FusedBatchNormV3(is_training=False)` (Grad-CAM, a frozen batch norm) has no deterministic GPU
+    kernel: under `tf.config.experimental.enable_op_determinism()` TensorFlow raises `UnimplementedError` there,
+    where Keras's separate ops work. TensorFlow has no public query of that switch, so tfflannel turns it on only
+    here (`tf_epochs.seed_run`) and the layer falls back to Keras's ops in inference from then on, on every device.
+    Irreversible, as TensorFlow's switch is.
+    """
+    tf.config.experimental.enable_op_determinism()
+    _DETERMINISTIC["on"] = True
+
+
+def inference_kernel_usable():
+    """Whether the fused inference kernel may be used: not after `enable_op_determinism` in this process.
+
+    Returns:
+        bool.
+    """
+    return not _DETERMINISTIC["on"]
+
+
 def fused_batch_norm_inference(inputs, gamma, beta, mean, variance, epsilon):
     """Normalise a channels-last 4-D batch with given (moving) statistics in one fused kernel.
 

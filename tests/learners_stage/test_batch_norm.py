@@ -64,6 +64,20 @@ def test_the_fused_kernel_is_what_runs():
     assert "FusedBatchNormV3" not in op_types(fused=False, training=False)
 
 
+def test_with_op_determinism_inference_uses_keras_ops(monkeypatch):
+    # FusedBatchNormV3's inference gradient has no deterministic GPU kernel (UnimplementedError under op
+    # determinism, which cannot be switched off again in a process: the flag `enable_op_determinism` sets is
+    # patched instead of calling it).
+    from tfflannel import tf_fused_batch_norm
+
+    monkeypatch.setitem(tf_fused_batch_norm._DETERMINISTIC, "on", True)
+    layer, x = _layer_and_batch(fused=True)
+    for training, fused in ((False, False), (True, True)):
+        graph = tf.function(lambda inputs, training=training: layer(inputs, training=training)).get_concrete_function(
+            tf.TensorSpec(x.shape, tf.float32)).graph
+        assert ("FusedBatchNormV3" in {op.type for op in graph.get_operations()}) is fused
+
+
 def test_inference_matches_numpy_and_the_keras_layer():
     fused_layer, x = _layer_and_batch(fused=True)
     keras_layer, _ = _layer_and_batch(fused=False)

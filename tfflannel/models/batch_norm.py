@@ -14,7 +14,8 @@ class BatchNormalization(keras.layers.BatchNormalization):
     with no mask, no `renorm`, `center` and `scale` (and, in training, not `synchronized`) is normalised by
     `FusedBatchNormV3` (`tfflannel.tf_fused_batch_norm`) instead of Keras's separate ops: a training step (training,
     trainable) with the batch's statistics and the kernel's fused gradient, anything else with the moving
-    statistics, which lets TensorFlow fold it into the convolution or ReLU next to it. Outputs and gradients agree
+    statistics, which lets TensorFlow fold it into the convolution or ReLU next to it (not while TensorFlow's op
+    determinism is on: that kernel's gradient has no deterministic GPU implementation). Outputs and gradients agree
     with the Keras layer to float32 rounding (tested). On any other backend, or with `fused=False`, this is the
     Keras layer.
 
@@ -43,6 +44,8 @@ class BatchNormalization(keras.layers.BatchNormalization):
             return super().call(inputs, training=training, mask=mask)
         from tfflannel import tf_fused_batch_norm
 
+        if not batch_statistics and not tf_fused_batch_norm.inference_kernel_usable():
+            return super().call(inputs, training=training, mask=mask)
         inputs = keras.ops.cast(inputs, keras.backend.result_type(inputs.dtype, "float32"))
         gamma, beta = keras.ops.cast(self.gamma, inputs.dtype), keras.ops.cast(self.beta, inputs.dtype)
         if not batch_statistics:
