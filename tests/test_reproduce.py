@@ -280,6 +280,7 @@ def test_jobs_start_and_end_with_a_fresh_process_global_state(tmp_path):
     import keras
     from tensorflow.python.framework import config as tf_framework_config
 
+    from tfflannel import tf_fused_batch_norm
     from tfflannel.config import load_config
     from tfflannel.learners.train import _start_run
     from tfflannel.run_info import RunInfo
@@ -291,6 +292,7 @@ def test_jobs_start_and_end_with_a_fresh_process_global_state(tmp_path):
         _start_run(config, "global_learner", tmp_path / "mixed", info, None, False)
         assert keras.mixed_precision.global_policy().name == "mixed_float16"
         assert tf_framework_config.is_op_determinism_enabled()
+        assert not tf_fused_batch_norm.inference_kernel_usable()
         _start_run(load_config(None), "global_learner", tmp_path / "plain", info, None, False)
         assert keras.mixed_precision.global_policy().name == "float32"
         keras.mixed_precision.set_global_policy("mixed_float16")     # what a job run in this process would leak
@@ -304,6 +306,7 @@ def test_jobs_start_and_end_with_a_fresh_process_global_state(tmp_path):
     finally:
         keras.mixed_precision.set_global_policy("float32")
         tf_framework_config.disable_op_determinism()
+        tf_fused_batch_norm._DETERMINISTIC["on"] = False                  # the flag seed_run set with it
 
 
 def test_a_stale_run_is_reported_with_the_command_that_starts_it_over(sample_work, tmp_path):

@@ -9,6 +9,14 @@ from tfflannel.models.batch_norm import BatchNormalization
 from tfflannel.models.precise_bn import model_layers
 
 
+@pytest.fixture(autouse=True)
+def _op_determinism_off(monkeypatch):
+    """These tests expect the fused inference kernel: not after an earlier test in this process turned it off."""
+    from tfflannel import tf_fused_batch_norm
+
+    monkeypatch.setitem(tf_fused_batch_norm._DETERMINISTIC, "on", False)
+
+
 def _layer_and_batch(fused, momentum=0.9, epsilon=1e-5):
     rng = np.random.default_rng(0)
     x = rng.normal(2.0, 3.0, (4, 6, 5, 8)).astype(np.float32)
