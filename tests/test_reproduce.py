@@ -276,24 +276,26 @@ def test_is_complete_segment_only_for_a_cache_of_the_current_manifest(tmp_path):
 
 
 def test_jobs_start_and_end_with_a_fresh_process_global_state(tmp_path):
-    """_start_run sets the precision policy both ways; each job runs in its own process, leaving this one as it was."""
+    """Starting a learner's run sets the precision policy both ways; each job runs in its own process, leaving
+    this one as it was."""
     import keras
     from tensorflow.python.framework import config as tf_framework_config
 
     from tfflannel import tf_fused_batch_norm
     from tfflannel.config import load_config
-    from tfflannel.learners.train import _start_run
+    from tfflannel.learners.train import LearnerTask
     from tfflannel.run_info import RunInfo
+    from tfflannel.training import start_run
 
     info = RunInfo(kind="global", fold=1, workdir="..", backbone="mobilenet_v2", input_size=32, resize=36, k=1,
                    seed=0, manifest_sha256="0" * 64)
     try:
         config = load_config(None, ["runtime.mixed_precision=true", "runtime.deterministic=true"])
-        _start_run(config, "global_learner", tmp_path / "mixed", info, None, False)
+        start_run(config, LearnerTask("global_learner", info, tmp_path, "mobilenet_v2"), tmp_path / "mixed")
         assert keras.mixed_precision.global_policy().name == "mixed_float16"
         assert tf_framework_config.is_op_determinism_enabled()
         assert not tf_fused_batch_norm.inference_kernel_usable()
-        _start_run(load_config(None), "global_learner", tmp_path / "plain", info, None, False)
+        start_run(load_config(None), LearnerTask("global_learner", info, tmp_path, "mobilenet_v2"), tmp_path / "plain")
         assert keras.mixed_precision.global_policy().name == "float32"
         keras.mixed_precision.set_global_policy("mixed_float16")     # what a job run in this process would leak
         assert run_cli_job(Job("help", "evaluate", ("--help",), tmp_path), tmp_path / "help.log") is None

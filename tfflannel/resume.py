@@ -1,5 +1,7 @@
 """Exact resume for every training stage (train-seg, train-patch, train-global, train-ensemble).
 
+`training.train` drives a `ResumableFit` for each of them (one trainer, four tasks).
+
 Keras' `BackupAndRestore` restores weights, optimizer and the epoch counter, but not the state of
 callbacks (the best value and wait of early stopping or a checkpoint, ReduceLROnPlateau's counters),
 it writes its files in place (a kill during the write leaves a broken backup) and it cannot tell a

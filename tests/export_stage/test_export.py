@@ -382,28 +382,31 @@ def test_predict_several_runs_without_ensemble_and_predict_base_on_an_ensemble_e
 
 
 def test_training_records_the_cache_key_and_a_copied_run_is_checked_against_it(sample_workdir, tmp_path):
-    """_start_run refuses a cache of other view settings and writes cache.json's key into run.yaml; a run folder
-    copied without its work directory is checked against that record."""
+    """Starting a patch learner's run refuses a cache of other view settings and writes cache.json's key into
+    run.yaml; a run folder copied without its work directory is checked against that record."""
     from tfflannel.errors import InputError
     from tfflannel.film_pipeline import ViewSettings
-    from tfflannel.learners.train import _run_info, _start_run
+    from tfflannel.learners.train import LearnerTask, _run_info
     from tfflannel.run_info import load_run_info, save_run_info
     from tfflannel.serving.checks import check_runs_match
+    from tfflannel.training import start_run
 
     run = tmp_path / "work" / "run"
     shutil.copytree(sample_workdir, tmp_path / "work", ignore=shutil.ignore_patterns("*.tfrecord"))
+
+    def task():
+        info = _run_info("patch", "mobilenet_v2", 1, tmp_path / "work", run, 64, 4, 0)
+        return LearnerTask("patched", info, tmp_path / "work", "mobilenet_v2")
+
     raw = load_config(None, ["patched.epochs=1", "patches.input=raw"])
     with pytest.raises(InputError, match=r"input: cache 'equalized', config 'raw'.*rerun `segment`"):
-        _start_run(raw, "patched", run, _run_info("patch", "mobilenet_v2", 1, tmp_path / "work", run, 64, 4, 0), None,
-                   False)
+        start_run(raw, task(), run)
     strict = load_config(None, ["patched.epochs=1", "segmentation.min_mask_confidence=0.9"])
     with pytest.raises(InputError, match=r"min_mask_confidence: cache 0.0, config 0.9"):
-        _start_run(strict, "patched", run, _run_info("patch", "mobilenet_v2", 1, tmp_path / "work", run, 64, 4, 0),
-                   None, False)
+        start_run(strict, task(), run)
     assert not (run / "run.yaml").exists(), "a training on a cache of other view settings is refused"
     config = load_config(None, ["patched.epochs=1"])
-    _start_run(config, "patched", run, _run_info("patch", "mobilenet_v2", 1, tmp_path / "work", run, 64, 4, 0), None,
-               False)
+    start_run(config, task(), run)
     info = load_run_info(run)
     key = json.loads((sample_workdir / "cache" / "cache.json").read_text())["key"]
     assert info.cache_key == key

@@ -62,9 +62,7 @@ def _train_learner(kind, backbone, fold, data, out, epochs, weights, batch_size,
     config.runtime.mixed_precision = config.runtime.mixed_precision or mixed_precision
     validate(config, "options")
     trainer = train_patch_learner if kind == "patch" else train_global_learner
-    fit = trainer(config, backbone, fold, data, out, weights=weights, force=force)
-    if fit.already_complete:
-        click.echo(fit.describe())
+    trainer(config, backbone, fold, data, out, weights=weights, force=force, echo=click.echo)
     click.echo(f"model -> {Path(out) / 'model.keras'}; history -> {Path(out) / 'history.csv'}")
 
 

@@ -25,15 +25,14 @@ from tfflannel import CLASS_NAMES
 from tfflannel.config import dump_config
 from tfflannel.ensemble.calibration import calibrate_ensemble, calibration_is_current
 from tfflannel.errors import InputError
-from tfflannel.learners.strategy import chief_writes, make_strategy, replica_batch_size
+from tfflannel.learners.strategy import chief_writes
 from tfflannel.models.ensemble import build_ensemble, inverse_frequency_alpha
 from tfflannel.predictions import read_predictions, write_predictions
 from tfflannel.provenance import read_provenance
-from tfflannel.resume import ResumableFit, config_fingerprint
 from tfflannel.resume_state import member_key
 from tfflannel.run_info import RunInfo, load_run_info, relative_to_run, save_run_info
 from tfflannel.schedules import scale_milestones, step_decay
-from tfflannel.tf_epochs import seed_run
+from tfflannel.training import TrainingTask, train
 from tfflannel.utils import file_sha256, write_text_atomic
 
 
@@ -154,6 +153,98 @@ def _calibration_films(model, run_dirs, cfg, labels, scores, hold_rows, groups):
     return labels, probabilities, description
 
 
+class EnsembleTask(TrainingTask):
+    """A FLANNEL ensemble's training (`train-ensemble`) as a task of the one trainer (`training.train`).
+
+    Its inputs are the members' predictions of the fold's `ensemble.fit_on` partition, joined by image id;
+    the fingerprint holds the hashes of every prediction file used, so new predictions make the run stale.
+
+    Args:
+        config: ExperimentConfig. Uses `config.ensemble`.
+        run_dirs: list of str or Path. Base-learner runs with predictions/, in the ensemble's input order.
+        fold: int. Expected fold of the runs; `None` accepts their common fold. Defaults to `None`.
+
+    Raises:
+        JoinError: the runs come from several folds (or not `fold`), or their predictions do not join.
+    """
+
+    section = "ensemble"
+    mode = "min"
+    ignore = ("ensemble.calibration",)     # the temperature is fitted after the weights and recorded apart
+    distributed = True
+
+    def __init__(self, config, run_dirs, fold=None):
+        cfg = config.ensemble
+        infos = [run_name(r) for r in run_dirs]
+        folds = {info.fold for _, info in infos}
+        if len(folds) != 1 or (fold is not None and folds != {int(fold)}):
+            wanted = "" if fold is None else f" ({fold})"
+            raise JoinError(f"all runs must come from one fold{wanted}; found folds {sorted(folds)}")
+        self.run_dirs, self.fold, self.first = list(run_dirs), folds.pop(), infos[0][1]
+        self.names, self.calibration = [name for name, _ in infos], cfg.calibration
+        self.members = {"runs": [str(Path(r).resolve()) for r in run_dirs],
+                        **_member_provenance(run_dirs, (cfg.fit_on, "test"))}
+        self.ids, self.labels, self.scores = join_predictions(run_dirs, cfg.fit_on, cfg.score)
+        self.holdout = cfg.holdout_share > 0 and len(self.ids) > 1
+        self.monitor = "val_loss" if self.holdout else None
+
+    def fingerprint(self, config):
+        """The member runs and the hashes, K and seed of their predictions."""
+        return self.members
+
+    def completed(self, fit, out_dir):
+        """learner_weights.json of a complete run whose test predictions and calibration are current, else `None`."""
+        summary = out_dir / "learner_weights.json"
+        if summary.is_file() and (out_dir / "predictions" / "test.csv").is_file() \
+                and calibration_is_current(out_dir, self.run_dirs, self.calibration):
+            return json.loads(summary.read_text())
+        return None
+
+    def prepare(self, config, out_dir):
+        """Write run.yaml and config.yaml; split the films into a fit and a patient-grouped hold-out part."""
+        cfg = config.ensemble
+        _record_run(out_dir, config, self.run_dirs, self.names, self.fold, self.first, self.members)
+        self.groups = _patients(self.first.workdir_path(self.run_dirs[0]), self.ids)
+        if self.holdout:
+            self.fit_rows, self.hold_rows = next(GroupShuffleSplit(1, test_size=cfg.holdout_share,
+                                                                   random_state=cfg.seed)
+                                                 .split(self.scores, self.labels, self.groups))
+        else:
+            self.fit_rows, self.hold_rows = np.arange(len(self.ids)), np.zeros((0,), int)
+        self.alpha = inverse_frequency_alpha(self.labels[self.fit_rows], len(CLASS_NAMES))
+
+    def training_data(self, config, first_epoch, batch_size, drop_remainder):
+        """The fit films' scores and one-hot labels in an order drawn from (seed, epoch); the hold-out films."""
+        one_hot = np.eye(len(CLASS_NAMES), dtype=np.float32)
+        fit_rows, hold_rows = self.fit_rows, self.hold_rows
+        validation = (self.scores[hold_rows], one_hot[self.labels[hold_rows]]) if len(hold_rows) else None
+        batches = EpochBatches(self.scores[fit_rows], one_hot[self.labels[fit_rows]], batch_size, config.ensemble.seed,
+                               first_epoch, drop_remainder=drop_remainder)
+        return batches, {"validation_data": validation}
+
+    def build_model(self, config):
+        """The ensemble head, compiled with AdamW and the focal loss (alpha: inverse class frequency)."""
+        cfg = config.ensemble
+        model = build_ensemble(cfg.kind, len(self.run_dirs), len(CLASS_NAMES))
+        model.compile(optimizer=keras.optimizers.AdamW(cfg.learning_rate, weight_decay=cfg.weight_decay),
+                      loss=keras.losses.CategoricalFocalCrossentropy(alpha=self.alpha, gamma=cfg.gamma),
+                      metrics=[keras.metrics.F1Score(average="macro", name="macro_f1"), "accuracy"])
+        return model
+
+    def callbacks(self, config, model, data, out_dir):
+        """The step-decay learning-rate schedule."""
+        cfg = config.ensemble
+        return [keras.callbacks.LearningRateScheduler(step_decay(scale_milestones(cfg.lr_milestones, cfg.epochs),
+                                                                 cfg.learning_rate))]
+
+    def finalise(self, config, fit, out_dir):
+        """Test predictions, the temperature and learner_weights.json of the kept model; returns the summary."""
+        summary = _finish(out_dir, self.run_dirs, config.ensemble, self.names, self.alpha,
+                          (self.labels, self.scores, self.groups), self.fit_rows, self.hold_rows)
+        write_text_atomic(out_dir / "learner_weights.json", json.dumps(summary, indent=2) + "\n")
+        return summary
+
+
 @chief_writes
 def train_ensemble(config, run_dirs, out_dir, fold=None, progress=True, force=False, echo=print):
     """Fit, select, and write RUNDIR/{model.keras, learner_weights.json, predictions/test.csv, ...}.
@@ -173,44 +264,7 @@ def train_ensemble(config, run_dirs, out_dir, fold=None, progress=True, force=Fa
     Raises:
         StaleRunError: `out_dir` was fit on other predictions or settings (and not `force`).
     """
-    cfg = config.ensemble
-    out_dir = Path(out_dir)
-    infos = [run_name(r) for r in run_dirs]
-    folds = {info.fold for _, info in infos}
-    if len(folds) != 1 or (fold is not None and folds != {int(fold)}):
-        wanted = "" if fold is None else f" ({fold})"
-        raise JoinError(f"all runs must come from one fold{wanted}; found folds {sorted(folds)}")
-    fold = folds.pop()
-    names = [name for name, _ in infos]
-    fingerprint = {**config_fingerprint("ensemble", cfg),
-                   "runs": [str(Path(r).resolve()) for r in run_dirs],
-                   **_member_provenance(run_dirs, (cfg.fit_on, "test"))}
-    ids, labels, scores = join_predictions(run_dirs, cfg.fit_on, cfg.score)
-    holdout = cfg.holdout_share > 0 and len(ids) > 1
-    # the temperature is fitted after the weights and recorded apart (calibration.json): it never makes them stale
-    fit = ResumableFit(out_dir, cfg.epochs, fingerprint, cfg.seed, monitor="val_loss" if holdout else None,
-                       mode="min", force=force, ignore=("ensemble.calibration",))
-    summary_path = out_dir / "learner_weights.json"
-    if fit.complete and summary_path.is_file() and (out_dir / "predictions" / "test.csv").is_file() \
-            and calibration_is_current(out_dir, run_dirs, cfg.calibration):
-        echo(fit.describe())
-        return json.loads(summary_path.read_text())
-
-    first = infos[0][1]
-    _record_run(out_dir, config, run_dirs, names, fold, first, fingerprint)
-    seed_run(cfg.seed, config.runtime.deterministic)
-    groups = _patients(first.workdir_path(run_dirs[0]), ids)
-    if holdout:
-        fit_rows, hold_rows = next(GroupShuffleSplit(1, test_size=cfg.holdout_share, random_state=cfg.seed)
-                                   .split(scores, labels, groups))
-    else:
-        fit_rows, hold_rows = np.arange(len(ids)), np.zeros((0,), int)
-    alpha = inverse_frequency_alpha(labels[fit_rows], len(CLASS_NAMES))
-    if not fit.complete:
-        _fit_weights(fit, config, len(run_dirs), alpha, scores, labels, fit_rows, hold_rows, progress)
-    summary = _finish(out_dir, run_dirs, cfg, names, alpha, (labels, scores, groups), fit_rows, hold_rows)
-    write_text_atomic(summary_path, json.dumps(summary, indent=2) + "\n")
-    return summary
+    return train(config, EnsembleTask(config, run_dirs, fold), out_dir, progress, force=force, echo=echo)
 
 
 def _finish(out_dir, run_dirs, cfg, names, alpha, fit_data, fit_rows, hold_rows):
@@ -240,28 +294,6 @@ def _record_run(out_dir, config, run_dirs, names, fold, first, fingerprint):
         name=f"ensemble:{cfg.kind}({'+'.join(names)})", runs=[relative_to_run(r, out_dir) for r in run_dirs],
         learners=names, score=cfg.score, fit_on=cfg.fit_on, manifest_sha256=first.manifest_sha256))
     dump_config(config, out_dir / "config.yaml")
-
-
-def _fit_weights(fit, config, num_learners, alpha, scores, labels, fit_rows, hold_rows, progress):
-    """Fit the ensemble's weights on `fit_rows` (resuming `fit`), selecting on `hold_rows` when there are any."""
-    cfg = config.ensemble
-    one_hot = np.eye(len(CLASS_NAMES), dtype=np.float32)
-    strategy = make_strategy(config.runtime.strategy)
-    with strategy.scope():
-        model = build_ensemble(cfg.kind, num_learners, len(CLASS_NAMES))
-        model.compile(optimizer=keras.optimizers.AdamW(cfg.learning_rate, weight_decay=cfg.weight_decay),
-                      loss=keras.losses.CategoricalFocalCrossentropy(alpha=alpha, gamma=cfg.gamma),
-                      metrics=[keras.metrics.F1Score(average="macro", name="macro_f1"), "accuracy"])
-    callbacks = [
-        keras.callbacks.LearningRateScheduler(step_decay(scale_milestones(cfg.lr_milestones, cfg.epochs),
-                                                              cfg.learning_rate)),
-        keras.callbacks.TensorBoard(log_dir=str(fit.run_dir / "logs")),
-    ]
-    validation = (scores[hold_rows], one_hot[labels[hold_rows]]) if len(hold_rows) else None
-    multi = strategy.num_replicas_in_sync > 1    # every batch splits evenly over the replicas
-    batches = EpochBatches(scores[fit_rows], one_hot[labels[fit_rows]], replica_batch_size(cfg.batch_size, strategy),
-                           cfg.seed, fit.initial_epoch, drop_remainder=multi)
-    fit.fit(model, batches, callbacks=callbacks, verbose=2 if progress else 0, validation_data=validation)
 
 
 def _weights_on_test(model, names, test_scores):

@@ -1,18 +1,15 @@
 """`train-patch` and `train-global`: one backbone x one fold run (TensorFlow-specific).
 
-Both select on validation macro-F1 (and log per-class F1), measured in
-inference mode on a fixed, seeded set of validation patches or centre crops,
-with TensorBoard logs. `ResumableFit` (tfflannel/resume.py) keeps the best
-model, early stopping and the history, and resumes a killed run exactly: each
-epoch's data are drawn from (seed, epoch), never replayed.
+Each is a `LearnerTask` of the one trainer (`tfflannel/training.py`). Both select on validation macro-F1
+(and log per-class F1), measured in inference mode on a fixed, seeded set of validation patches or centre
+crops, with TensorBoard logs. `ResumableFit` (tfflannel/resume.py) keeps the best model, early stopping and
+the history, and resumes a killed run exactly: each epoch's data are drawn from (seed, epoch), never replayed.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import keras
@@ -25,22 +22,17 @@ from tfflannel.config import dump_config
 from tfflannel.data.manifest import load_manifest, validation_folds
 from tfflannel.errors import InputError
 from tfflannel.learners.infer import predict_image_scores
-from tfflannel.learners.replicas import (
-    AverageBatchNormStatistics,
-    in_multi_worker_mode,
-    precise_bn_batches,
-    shard_by_data,
-)
-from tfflannel.learners.strategy import chief_writes, make_strategy, replica_batch_size
+from tfflannel.learners.replicas import precise_bn_batches
+from tfflannel.learners.strategy import chief_writes
 from tfflannel.models.backbones import backbone_config
 from tfflannel.models.classifier import build_classifier, inference_model
 from tfflannel.models.precise_bn import recompute_batchnorm_statistics
 from tfflannel.models.weights_files import check_weights_file
-from tfflannel.resume import ResumableFit, config_fingerprint, save_model_without_optimizer
+from tfflannel.resume import save_model_without_optimizer
 from tfflannel.run_info import RunInfo, manifest_sha256, relative_to_run, save_run_info
 from tfflannel.schedules import scale_milestones, step_decay
 from tfflannel.segmentation.cache_record import recorded_cache_key
-from tfflannel.tf_epochs import seed_run
+from tfflannel.training import TrainingTask, train
 from tfflannel.utils import file_sha256
 
 log = logging.getLogger(__name__)
@@ -100,45 +92,22 @@ def _apply_l1(model, l1):
                 variable.regularizer = keras.regularizers.L1(l1)
 
 
-def _start_run(config, section_name, out_dir, info, weights, force):
-    """The run directory's resume state (or a StaleRunError), config.yaml and run.yaml; seeds everything.
+def _check_cache_view(config, info, workdir):
+    """Record cache.json's key in `info` (what serving checks against); refuse a cache of other view settings."""
+    cache_key = recorded_cache_key(workdir)
+    if cache_key is None:
+        return
+    from tfflannel.film_pipeline import CONFIDENCE_QC_OFF, ViewSettings
 
-    Returns:
-        ResumableFit.
-    """
-    out_dir = Path(out_dir)
-    section = getattr(config, section_name)
-    workdir = info.workdir_path(out_dir)
-    cache_index = workdir / "cache" / "index.csv"
-    fingerprint = {**config_fingerprint(section_name, section), "kind": info.kind, "backbone": info.backbone,
-                   "fold": info.fold,
-                   "weights": str(weights), "weights_sha256": file_sha256(weights) if weights else None,
-                   "mixed_precision": config.runtime.mixed_precision, "manifest_sha256": info.manifest_sha256,
-                   "cache_index_sha256": file_sha256(cache_index) if info.kind == "patch" else None}
-    fit = ResumableFit(out_dir, section.epochs, fingerprint, section.seed, monitor="val_macro_f1", mode="max",
-                       patience=section.early_stopping_patience, force=force, save_model=save_classifier)
-    if fit.complete:
-        return fit
-    out_dir.mkdir(parents=True, exist_ok=True)
-    seed_run(section.seed, config.runtime.deterministic)
-    # Both ways: in one process (reproduce, tests) an earlier mixed-precision run must not leak into this one.
-    keras.mixed_precision.set_global_policy("mixed_float16" if config.runtime.mixed_precision else "float32")
-    dump_config(config, out_dir / "config.yaml")
-    cache_key = recorded_cache_key(workdir) if info.kind == "patch" else None
-    if cache_key is not None:                        # what serving checks against
-        from tfflannel.film_pipeline import CONFIDENCE_QC_OFF, ViewSettings
-
-        info.cache_key = cache_key
-        view = ViewSettings.from_config(config).key()    # the confidence QC bounds only where set
-        names = list(view) + [k for k in CONFIDENCE_QC_OFF if k in info.cache_key and k not in view]
-        wrong = [f"{k}: cache {info.cache_key.get(k, CONFIDENCE_QC_OFF.get(k))!r}, "
-                 f"config {view.get(k, CONFIDENCE_QC_OFF.get(k))!r}" for k in names
-                 if info.cache_key.get(k) != view.get(k)]
-        if wrong:
-            raise InputError(f"{workdir / 'cache'} was built with other view settings than this config ("
-                             f"{'; '.join(wrong)}); rerun `segment` with this config, or train with the cache's")
-    save_run_info(out_dir, info)
-    return fit
+    info.cache_key = cache_key
+    view = ViewSettings.from_config(config).key()    # the confidence QC bounds only where set
+    names = list(view) + [k for k in CONFIDENCE_QC_OFF if k in info.cache_key and k not in view]
+    wrong = [f"{k}: cache {info.cache_key.get(k, CONFIDENCE_QC_OFF.get(k))!r}, "
+             f"config {view.get(k, CONFIDENCE_QC_OFF.get(k))!r}" for k in names
+             if info.cache_key.get(k) != view.get(k)]
+    if wrong:
+        raise InputError(f"{workdir / 'cache'} was built with other view settings than this config ("
+                         f"{'; '.join(wrong)}); rerun `segment` with this config, or train with the cache's")
 
 
 def _run_info(kind, backbone, fold, workdir, out_dir, size, k, seed, resize=None):
@@ -167,15 +136,6 @@ def _compiled_classifier(cfg, backbone, size, weights, l1=0.0):
     return model
 
 
-def _fit(fit, model, train, steps, out_dir, callbacks, progress):
-    callbacks = [*callbacks, keras.callbacks.TensorBoard(log_dir=str(out_dir / "logs"))]
-    if in_multi_worker_mode(model.distribute_strategy):
-        callbacks = [AverageBatchNormStatistics(), *callbacks]     # first: validation and checkpoint see them
-        train = shard_by_data(train)
-    fit.fit(model, train, steps_per_epoch=steps, callbacks=callbacks, verbose=2 if progress else 0)
-    return fit
-
-
 def _check_fold(workdir, fold):
     folds = validation_folds(load_manifest(workdir))
     if int(fold) not in folds:
@@ -188,73 +148,89 @@ def _check_weights(weights):
         check_weights_file(weights)
 
 
-@dataclass(frozen=True)
-class LearnerTask:
-    """What a base learner's training needs that differs between `train-patch` and `train-global`.
+class LearnerTask(TrainingTask):
+    """A base learner's training (`train-patch`, `train-global`) as a task of the one trainer (`training.train`).
 
-    `train_learner` does the rest (resume state, strategy, compile, validation, callbacks, fit) for both.
+    What differs between the two kinds is given as arguments; the rest (selection on validation macro-F1 with
+    precise BN, AdamW + cross-entropy, sample inputs in TensorBoard, run.yaml) is the same.
 
     Args:
         section: str. Config section of the learner (`patched` or `global_learner`).
         info: RunInfo. The run's run.yaml.
+        workdir: str or Path. The work directory (manifest.csv, cache/).
+        backbone: str. Registered backbone name.
+        weights: str. `imagenet`, `none` or a weights file. Defaults to `None`.
         training_epochs: callable `(batch, drop_remainder, first_epoch, epochs) -> tf.data.Dataset` of the
-            training epochs `[first_epoch, epochs)`, each drawn from (seed, epoch).
-        training_steps: callable `(batch, drop_remainder) -> int`, the steps of one epoch.
-        validation_data: callable `() -> tf.data.Dataset` of the fixed validation inputs.
+            training epochs `[first_epoch, epochs)`, each drawn from (seed, epoch). Defaults to `None`.
+        training_steps: callable `(batch, drop_remainder) -> int`, the steps of one epoch. Defaults to `None`.
+        validation_data: callable `() -> tf.data.Dataset` of the fixed validation inputs. Defaults to `None`.
         l1: float. L1 penalty on every kernel. Defaults to `0.0`.
         schedule: callable `(section) -> list of keras callbacks` (a learning-rate schedule). Defaults to none.
     """
 
-    section: str
-    info: RunInfo
-    training_epochs: Callable
-    training_steps: Callable
-    validation_data: Callable
-    l1: float = 0.0
-    schedule: Callable = lambda section: []
+    monitor = "val_macro_f1"
+    distributed = True
 
+    def __init__(self, section, info, workdir, backbone, weights=None, training_epochs=None, training_steps=None,
+                 validation_data=None, l1=0.0, schedule=lambda section: []):
+        self.section, self.info, self.workdir = section, info, Path(workdir)
+        self.backbone, self.weights = backbone, weights
+        self.training_epochs, self.training_steps = training_epochs, training_steps
+        self.validation_data = validation_data
+        self.l1, self.schedule = l1, schedule
+        self.batch, self.drop_remainder = None, False
 
-def train_learner(config, task, backbone, out_dir, weights=None, progress=True, extra_callbacks=(), force=False):
-    """Train one base learner as `task` describes it; a killed run resumes exactly when rerun.
+    def fingerprint(self, config):
+        """The kind, backbone, fold, weights file, precision and the hashes of the manifest and the cache index."""
+        info, weights = self.info, self.weights
+        cache_index = self.workdir / "cache" / "index.csv"
+        return {"kind": info.kind, "backbone": info.backbone, "fold": info.fold,
+                "weights": str(weights), "weights_sha256": file_sha256(weights) if weights else None,
+                "mixed_precision": config.runtime.mixed_precision, "manifest_sha256": info.manifest_sha256,
+                "cache_index_sha256": file_sha256(cache_index) if info.kind == "patch" else None}
 
-    Args:
-        config: ExperimentConfig. Uses `config.<task.section>` and `config.runtime`.
-        task: LearnerTask.
-        backbone: str. Registered backbone name.
-        out_dir: str or Path. Run directory.
-        weights: str. `imagenet`, `none` or a weights file. Defaults to `None`.
-        progress: bool. Keras progress lines. Defaults to `True`.
-        extra_callbacks: list of keras callbacks. Defaults to `()`.
-        force: bool. Start over even if `out_dir` holds a complete or different run. Defaults to `False`.
+    def save_model(self, model, path):
+        """`save_classifier`: the one-output classifier."""
+        save_classifier(model, path)
 
-    Returns:
-        ResumableFit.
-    """
-    cfg = getattr(config, task.section)
-    fit = _start_run(config, task.section, out_dir, task.info, weights, force)
-    if fit.complete:
+    def prepare(self, config, out_dir):
+        """Set the precision policy, write config.yaml, check the cache's view settings, write run.yaml."""
+        # Both ways: in one process (tests) an earlier mixed-precision run must not leak into this one.
+        keras.mixed_precision.set_global_policy("mixed_float16" if config.runtime.mixed_precision else "float32")
+        dump_config(config, out_dir / "config.yaml")
+        if self.info.kind == "patch":
+            _check_cache_view(config, self.info, self.workdir)
+        save_run_info(out_dir, self.info)
+
+    def training_data(self, config, first_epoch, batch_size, drop_remainder):
+        """The training epochs from `first_epoch` and their steps."""
+        self.batch, self.drop_remainder = batch_size, drop_remainder
+        epochs = getattr(config, self.section).epochs
+        return (self.training_epochs(batch_size, drop_remainder, first_epoch, epochs),
+                {"steps_per_epoch": self.training_steps(batch_size, drop_remainder)})
+
+    def build_model(self, config):
+        """The classifier, compiled (`_compiled_classifier`)."""
+        cfg = getattr(config, self.section)
+        return _compiled_classifier(cfg, self.backbone, self.info.input_size, self.weights, self.l1)
+
+    def callbacks(self, config, model, data, out_dir):
+        """Validation macro-F1 (precise BN on one replica), the schedule, and sample inputs in TensorBoard."""
+        cfg = getattr(config, self.section)
+        bn_batches = precise_bn_batches(cfg.precise_bn_batches, model.distribute_strategy,
+                                        f"{self.section}.precise_bn_batches")
+        one_epoch = lambda epoch: self.training_epochs(self.batch, self.drop_remainder, epoch, epoch + 1)  # noqa: E731
+        return [ValidationF1(self.validation_data, one_epoch, bn_batches), *self.schedule(cfg),
+                SamplePatchImages(out_dir / "logs", data)]
+
+    def finalise(self, config, fit, out_dir):
+        """The fit (its `history`, `complete` and `describe()` tell what the run did)."""
         return fit
-    out_dir = Path(out_dir)
-    strategy = make_strategy(config.runtime.strategy)
-    batch = replica_batch_size(cfg.batch_size, strategy)
-    multi = strategy.num_replicas_in_sync > 1
-
-    def epochs_of(first, stop):
-        return task.training_epochs(batch, multi, first, stop)
-
-    steps = task.training_steps(batch, multi)
-    train = epochs_of(fit.initial_epoch, cfg.epochs)
-    with strategy.scope():
-        model = _compiled_classifier(cfg, backbone, task.info.input_size, weights, task.l1)
-    bn_batches = precise_bn_batches(cfg.precise_bn_batches, strategy, f"{task.section}.precise_bn_batches")
-    validation = ValidationF1(task.validation_data, lambda epoch: epochs_of(epoch, epoch + 1), bn_batches)
-    callbacks = [validation, *task.schedule(cfg), SamplePatchImages(out_dir / "logs", train), *extra_callbacks]
-    return _fit(fit, model, train, steps, out_dir, callbacks, progress)
 
 
 @chief_writes
 def train_patch_learner(config, backbone, fold, workdir, out_dir, weights=None, progress=True, extra_callbacks=(),
-                        force=False):
+                        force=False, echo=print):
     """Train a patch base learner on fold `fold` of the masked-image cache in `workdir`.
 
     Args:
@@ -267,6 +243,7 @@ def train_patch_learner(config, backbone, fold, workdir, out_dir, weights=None, 
         progress: bool. Keras progress lines. Defaults to `True`.
         extra_callbacks: list of keras callbacks. Defaults to `()`.
         force: bool. Start over even if `out_dir` holds a complete or different run. Defaults to `False`.
+        echo: callable(str). Where the "already complete" note goes. Defaults to `print`.
 
     Returns:
         ResumableFit. Its `history`, `complete` and `describe()` tell what the run did.
@@ -283,6 +260,7 @@ def train_patch_learner(config, backbone, fold, workdir, out_dir, weights=None, 
     task = LearnerTask(
         section="patched",
         info=_run_info("patch", backbone, fold, workdir, out_dir, size, cfg.val_patches, cfg.seed),
+        workdir=workdir, backbone=backbone, weights=weights,
         training_epochs=lambda batch, drop, first, stop: training_dataset(
             workdir, fold, size, batch, cfg.patches_per_image, cfg.seed, cfg.augment, drop_remainder=drop,
             first_epoch=first, epochs=stop),
@@ -291,12 +269,12 @@ def train_patch_learner(config, backbone, fold, workdir, out_dir, weights=None, 
         validation_data=lambda: evaluation_dataset(workdir, "valid", fold, cfg.val_patches, size, cfg.seed,
                                                    cfg.images_per_batch),
         l1=cfg.l1)
-    return train_learner(config, task, backbone, out_dir, weights, progress, extra_callbacks, force)
+    return train(config, task, out_dir, progress, extra_callbacks, force, echo)
 
 
 @chief_writes
 def train_global_learner(config, backbone, fold, workdir, out_dir, weights=None, progress=True, extra_callbacks=(),
-                         force=False):
+                         force=False, echo=print):
     """Train an original-FLANNEL whole-image learner on fold `fold` of the manifest in `workdir`.
 
     Args and returns as `train_patch_learner`; uses `config.global_learner`.
@@ -315,10 +293,11 @@ def train_global_learner(config, backbone, fold, workdir, out_dir, weights=None,
     task = LearnerTask(
         section="global_learner",
         info=_run_info("global", backbone, fold, workdir, out_dir, crop, 1, cfg.seed, resize=resize),
+        workdir=workdir, backbone=backbone, weights=weights,
         training_epochs=lambda batch, drop, first, stop: global_training_dataset(
             train_rows, resize, crop, batch, cfg.seed, drop_remainder=drop, first_epoch=first, epochs=stop),
         training_steps=lambda batch, drop: len(train_rows) // batch if drop else math.ceil(len(train_rows) / batch),
         validation_data=lambda: global_evaluation_dataset(valid_rows, resize, crop),
         schedule=lambda section: [keras.callbacks.LearningRateScheduler(
             step_decay(scale_milestones(section.lr_milestones, section.epochs), section.learning_rate))])
-    return train_learner(config, task, backbone, out_dir, weights, progress, extra_callbacks, force)
+    return train(config, task, out_dir, progress, extra_callbacks, force, echo)

@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import time
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -27,11 +26,12 @@ from tfflannel.config import dump_config
 from tfflannel.models.fc_densenet import SEGMENTATION_CLASSES, build_fc_densenet, lung_class_indices
 from tfflannel.models.losses import segmentation_loss
 from tfflannel.models.precise_bn import recompute_batchnorm_statistics
-from tfflannel.resume import ResumableFit, config_fingerprint, save_model_without_optimizer
+from tfflannel.resume import save_model_without_optimizer
 from tfflannel.schedules import scale_milestones, step_decay
 from tfflannel.segmentation.augment import augment_pair
 from tfflannel.segmentation.preprocess import preprocess_for_segmentation, resize_label_map
 from tfflannel.segmentation.readers import load_pair, split_pairs
+from tfflannel.training import TrainingTask, train
 from tfflannel.utils import write_text_atomic
 
 SEGMENT_ONLY_KEYS = ("cache_size", "min_lung_fraction", "max_lung_fraction", "min_mask_confidence",
@@ -196,6 +196,121 @@ def _pairs_sha256(pairs):
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+class SegmenterTask(TrainingTask):
+    """A lung segmenter's training (`train-seg`) as a task of the one trainer (`training.train`).
+
+    Selects on the inference-mode Jaccard index of the patient-disjoint validation pairs (after precise BN),
+    or keeps the last epoch when there are none.
+
+    Args:
+        pairs: list of SegPair. Split here into patient-disjoint train/validation.
+        seg: SegmentationConfig.
+        progress: bool. Progress bars while loading pairs. Defaults to `True`.
+        time_limit_s: float. Stop cleanly after this many seconds (the run then counts as complete).
+            Defaults to `None`.
+    """
+
+    section = "segmentation"
+    ignore = tuple(f"segmentation.{key}" for key in SEGMENT_ONLY_KEYS + REMOVED_KEYS)
+
+    def __init__(self, pairs, seg, progress=True, time_limit_s=None):
+        self.pairs, self.progress, self.time_limit_s = pairs, progress, time_limit_s
+        self.train_pairs, self.val_pairs = split_pairs(pairs, seg.validation_share, seg.seed)
+        self.has_val = bool(self.val_pairs)
+        self.monitor = "val_jaccard" if self.has_val else None
+        self.started = None
+
+    def fingerprint(self, config):
+        """The pairs (paths, masks, patients) and the backend."""
+        return {"pairs_sha256": _pairs_sha256(self.pairs), "backend": keras.backend.backend()}
+
+    def completed(self, fit, out_dir):
+        """metrics.json of a complete run (`None` when it is missing: it is measured again)."""
+        path = out_dir / "metrics.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def prepare(self, config, out_dir):
+        """Load and pre-process the pairs; write config.yaml."""
+        seg = config.segmentation
+        log.info("segmentation: %d training and %d validation pairs", len(self.train_pairs), len(self.val_pairs))
+        self.train_x, self.train_y = load_training_arrays(self.train_pairs, seg.input_size, seg.classes,
+                                                          self.progress)
+        self.val_x, self.val_y = load_training_arrays(self.val_pairs, seg.input_size, seg.classes, self.progress)
+        dump_config(config, out_dir / "config.yaml")
+
+    def training_data(self, config, first_epoch, batch_size, drop_remainder):
+        """Augmented batches from `first_epoch`: a tf.data pipeline on TensorFlow, a PyDataset elsewhere."""
+        seg = config.segmentation
+        flip = seg.classes == "lung"
+        if keras.backend.backend() == "tensorflow":
+            from tfflannel.segmentation.tf_pipeline import make_training_dataset
+
+            batches = make_training_dataset(self.train_x, self.train_y, batch_size, seed=seg.seed, augment=seg.augment,
+                                            flip=flip, first_epoch=first_epoch, epochs=seg.epochs,
+                                            strength=seg.augment_strength)
+            return batches, {"steps_per_epoch": int(np.ceil(len(self.train_x) / batch_size))}
+        return AugmentedBatches(self.train_x, self.train_y, batch_size, seed=seg.seed, augment=seg.augment, flip=flip,
+                                first_epoch=first_epoch, strength=seg.augment_strength), {}
+
+    def build_model(self, config):
+        """The FC-DenseNet, compiled with AdamW and the section's loss (background weighted)."""
+        seg = config.segmentation
+        model = build_segmenter(config)
+        weights = [seg.background_weight] + [1.0] * (model.output_shape[-1] - 1)
+        model.compile(optimizer=keras.optimizers.AdamW(learning_rate=seg.learning_rate, weight_decay=seg.weight_decay),
+                      loss=segmentation_loss(seg.loss, weights, lung_class_indices(seg.classes)))
+        return model
+
+    def callbacks(self, config, model, data, out_dir):
+        """Inference-mode Jaccard (precise BN), the schedule, the time limit, validation masks in TensorBoard."""
+        seg = config.segmentation
+        callbacks = [InferenceJaccard(self.train_x, self.val_x, self.val_y, seg.classes, seg.precise_bn_batch,
+                                      seg.precise_bn, seg.eval_every)]
+        if seg.lr_schedule == "plateau":
+            callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_jaccard" if self.has_val else "loss",
+                                                               mode="max" if self.has_val else "min", factor=0.1,
+                                                               patience=seg.plateau_patience))
+        else:
+            callbacks.append(keras.callbacks.LearningRateScheduler(
+                step_decay(scale_milestones(seg.lr_milestones, seg.epochs), seg.learning_rate)))
+        if self.time_limit_s:
+            callbacks.append(TimeLimit(self.time_limit_s))
+        if self.has_val and keras.backend.backend() == "tensorflow":
+            from tfflannel.segmentation.tf_pipeline import MaskImageLogger
+
+            callbacks.append(MaskImageLogger(out_dir / "logs", self.val_x[:4], self.val_y[:4], seg.classes,
+                                             predict_lung_masks))
+        self.started = time.time()
+        return callbacks
+
+    def finalise(self, config, fit, out_dir):
+        """Reload the best model (precise BN without validation), measure it, write metrics.json; return it."""
+        seg = config.segmentation
+        elapsed = time.time() - self.started if self.started is not None else 0.0
+        # model.keras holds the best epoch, saved right after InferenceJaccard's precise-BN pass: statistics included.
+        model = keras.saving.load_model(out_dir / "model.keras", compile=False)
+        if not self.has_val and seg.precise_bn:
+            recompute_batchnorm_statistics(model, batches_of(self.train_x, seg.precise_bn_batch))
+            save_model_without_optimizer(model, out_dir / "model.keras")
+        history = fit.history
+        metrics = {
+            "model": seg.model,
+            "classes": seg.classes,
+            "epochs_run": len(history.get("loss", [])),
+            "train_seconds": round(elapsed, 1),
+            "train_pairs": len(self.train_pairs),
+            "validation_pairs": len(self.val_pairs),
+            "validation_patients": len({p.patient_id for p in self.val_pairs}),
+            "final_loss": float(history["loss"][-1]) if history.get("loss") else None,
+        }
+        if self.has_val:
+            val_masks = predict_lung_masks(model, self.val_x, seg.classes)
+            metrics["val_jaccard_inference"] = mean_jaccard(val_masks, self.val_y, seg.classes)
+            metrics["best_epoch"] = fit.state.best_epoch + 1 if fit.state.best_epoch is not None else None
+        write_text_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        return metrics
+
+
 def train_segmenter(config, pairs, out_dir, progress=True, extra_callbacks=(), time_limit_s=None, force=False,
                     echo=print):
     """Train, select on inference-mode JI, write RUNDIR/{model.keras, config.yaml, metrics.json, logs/}.
@@ -217,135 +332,5 @@ def train_segmenter(config, pairs, out_dir, progress=True, extra_callbacks=(), t
     Raises:
         StaleRunError: `out_dir` holds a run made with other settings or pairs (and not `force`).
     """
-    seg = config.segmentation
-    out_dir = Path(out_dir)
-    fingerprint = {**config_fingerprint("segmentation", seg),
-                   "pairs_sha256": _pairs_sha256(pairs), "backend": keras.backend.backend()}
-    train_pairs, val_pairs = split_pairs(pairs, seg.validation_share, seg.seed)
-    has_val = bool(val_pairs)
-    fit = ResumableFit(out_dir, seg.epochs, fingerprint, seg.seed, monitor="val_jaccard" if has_val else None,
-                       mode="max", patience=seg.early_stopping_patience if has_val else 0, force=force,
-                       ignore=[f"segmentation.{key}" for key in SEGMENT_ONLY_KEYS + REMOVED_KEYS])
-    if fit.complete and (out_dir / "metrics.json").is_file():
-        echo(fit.describe())
-        return json.loads((out_dir / "metrics.json").read_text())
-    out_dir.mkdir(parents=True, exist_ok=True)
-    keras.utils.set_random_seed(seg.seed)
-    if config.runtime.deterministic and keras.backend.backend() == "tensorflow":
-        from tfflannel.tf_epochs import seed_run
-
-        seed_run(seg.seed, deterministic=True)
-    log.info("segmentation: %d training and %d validation pairs", len(train_pairs), len(val_pairs))
-    train_x, train_y = load_training_arrays(train_pairs, seg.input_size, seg.classes, progress)
-    val_x, val_y = load_training_arrays(val_pairs, seg.input_size, seg.classes, progress)
-    dump_config(config, out_dir / "config.yaml")
-
-    model = build_segmenter(config)
-    weights = [seg.background_weight] + [1.0] * (model.output_shape[-1] - 1)
-    model.compile(optimizer=keras.optimizers.AdamW(learning_rate=seg.learning_rate, weight_decay=seg.weight_decay),
-                  loss=segmentation_loss(seg.loss, weights, lung_class_indices(seg.classes)))
-    batches, fit_kwargs, tf_callbacks = _training_batches(seg, (train_x, train_y), (val_x, val_y), out_dir,
-                                                          fit.initial_epoch, has_val)
-    callbacks = [*_training_callbacks(seg, train_x, (val_x, val_y), has_val, time_limit_s), *tf_callbacks,
-                 *extra_callbacks]
-    started = time.time()
-    history = fit.fit(model, batches, callbacks=callbacks, verbose=2 if progress else 0, **fit_kwargs)
-    elapsed = time.time() - started
-    return _finish_run(seg, out_dir, fit, history, elapsed, train_x, (train_pairs, val_pairs), val_x, val_y)
-
-
-def _training_batches(seg, train, val, out_dir, first_epoch, has_val):
-    """The augmented training batches for the backend, the `fit` arguments they need and backend callbacks.
-
-    Args:
-        seg: SegmentationConfig.
-        train: (images, labels) arrays of the training pairs.
-        val: (images, labels) arrays of the validation pairs.
-        out_dir: Path. The run directory (TensorBoard logs go to `logs/`).
-        first_epoch: int. The epoch training starts (or resumes) at.
-        has_val: bool. Whether there are validation pairs.
-
-    Returns:
-        (batches, dict of extra `fit` keyword arguments, list of callbacks: TensorBoard and mask images on
-        TensorFlow, none otherwise).
-    """
-    (train_x, train_y), (val_x, val_y) = train, val
-    flip = seg.classes == "lung"
-    if keras.backend.backend() == "tensorflow":
-        from tfflannel.segmentation.tf_pipeline import MaskImageLogger, make_training_dataset
-
-        batches = make_training_dataset(train_x, train_y, seg.batch_size, seed=seg.seed, augment=seg.augment, flip=flip,
-                                        first_epoch=first_epoch, epochs=seg.epochs, strength=seg.augment_strength)
-        fit_kwargs = {"steps_per_epoch": int(np.ceil(len(train_x) / seg.batch_size))}
-        tf_callbacks = [keras.callbacks.TensorBoard(log_dir=str(out_dir / "logs"))]
-        if has_val:
-            tf_callbacks.append(MaskImageLogger(out_dir / "logs", val_x[:4], val_y[:4], seg.classes,
-                                                predict_lung_masks))
-        return batches, fit_kwargs, tf_callbacks
-    batches = AugmentedBatches(train_x, train_y, seg.batch_size, seed=seg.seed, augment=seg.augment, flip=flip,
-                               first_epoch=first_epoch, strength=seg.augment_strength)
-    return batches, {}, []
-
-
-def _training_callbacks(seg, train_x, val, has_val, time_limit_s):
-    """Inference-mode Jaccard (with precise BN), the learning-rate schedule and the optional time limit.
-
-    Args:
-        seg: SegmentationConfig.
-        train_x: training images (precise BN's batches).
-        val: (images, labels) arrays of the validation pairs.
-        has_val: bool. Whether there are validation pairs.
-        time_limit_s: float or None. Stop cleanly after this many seconds.
-    """
-    val_x, val_y = val
-    callbacks = [InferenceJaccard(train_x, val_x, val_y, seg.classes, seg.precise_bn_batch, seg.precise_bn,
-                                  seg.eval_every)]
-    if seg.lr_schedule == "plateau":
-        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_jaccard" if has_val else "loss",
-                                                           mode="max" if has_val else "min", factor=0.1,
-                                                           patience=seg.plateau_patience))
-    else:
-        callbacks.append(keras.callbacks.LearningRateScheduler(
-            step_decay(scale_milestones(seg.lr_milestones, seg.epochs), seg.learning_rate)))
-    if time_limit_s:
-        callbacks.append(TimeLimit(time_limit_s))
-    return callbacks
-
-
-def _finish_run(seg, out_dir, fit, history, elapsed, train_x, pairs, val_x, val_y):
-    """Reload the best model (precise BN without validation), measure it and write metrics.json; return the metrics.
-
-    Args:
-        seg: SegmentationConfig.
-        out_dir: Path. The run directory.
-        fit: ResumableFit. The fit that ran (its best epoch).
-        history: dict. Keras history of the run.
-        elapsed: float. Seconds the fit took.
-        train_x: training images (precise BN's batches when there is no validation).
-        pairs: (training pairs, validation pairs).
-        val_x: validation images.
-        val_y: validation labels.
-    """
-    train_pairs, val_pairs = pairs
-    has_val = bool(val_pairs)
-    # model.keras holds the best epoch, saved right after InferenceJaccard's precise-BN pass: statistics included.
-    model = keras.saving.load_model(out_dir / "model.keras", compile=False)
-    if not has_val and seg.precise_bn:
-        recompute_batchnorm_statistics(model, batches_of(train_x, seg.precise_bn_batch))
-        save_model_without_optimizer(model, out_dir / "model.keras")
-    metrics = {
-        "model": seg.model,
-        "classes": seg.classes,
-        "epochs_run": len(history.get("loss", [])),
-        "train_seconds": round(elapsed, 1),
-        "train_pairs": len(train_pairs),
-        "validation_pairs": len(val_pairs),
-        "validation_patients": len({p.patient_id for p in val_pairs}),
-        "final_loss": float(history["loss"][-1]) if history.get("loss") else None,
-    }
-    if has_val:
-        val_masks = predict_lung_masks(model, val_x, seg.classes)
-        metrics["val_jaccard_inference"] = mean_jaccard(val_masks, val_y, seg.classes)
-        metrics["best_epoch"] = fit.state.best_epoch + 1 if fit.state.best_epoch is not None else None
-    write_text_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    return metrics
+    task = SegmenterTask(pairs, config.segmentation, progress, time_limit_s)
+    return train(config, task, out_dir, progress, extra_callbacks, force, echo)
