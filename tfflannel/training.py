@@ -115,16 +115,22 @@ def start_run(config, task, out_dir, force=False):
     Returns:
         ResumableFit.
     """
+    return _start(config, task, out_dir, force)[0]
+
+
+def _start(config, task, out_dir, force):
+    """`(fit, what task.completed returned)`: the result is `None` unless the run was complete already."""
     section = getattr(config, task.section)
     fingerprint = {**config_fingerprint(task.section, section), **task.fingerprint(config)}
     fit = ResumableFit(out_dir, section.epochs, fingerprint, section.seed, monitor=task.monitor, mode=task.mode,
                        patience=task.patience(config), force=force, save_model=task.save_model, ignore=task.ignore)
-    if fit.complete and task.completed(fit, out_dir) is not None:
-        return fit
+    result = task.completed(fit, Path(out_dir)) if fit.complete else None
+    if result is not None:
+        return fit, result
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     seed_everything(section.seed, config.runtime.deterministic)
     task.prepare(config, Path(out_dir))
-    return fit
+    return fit, None
 
 
 def _strategy(config, task):
@@ -155,12 +161,11 @@ def train(config, task, out_dir, progress=True, extra_callbacks=(), force=False,
         StaleRunError: `out_dir` holds a run made with other settings or inputs (and not `force`).
     """
     out_dir = Path(out_dir)
-    fit = start_run(config, task, out_dir, force)
-    if fit.complete:
-        result = task.completed(fit, out_dir)
-        if result is not None:
-            echo(fit.describe())
-            return result
+    fit, result = _start(config, task, out_dir, force)
+    if result is not None:
+        echo(fit.describe())
+        return result
+    if fit.complete:                     # complete, but its outputs must be written anew
         return task.finalise(config, fit, out_dir)
     section = getattr(config, task.section)
     strategy = _strategy(config, task)
