@@ -34,12 +34,17 @@ def test_reduced_demo_end_to_end(tmp_path):
     assert "## Calibration" in text and "patient-bootstrap" in text and "ECE before T" in text
     with open(report / "calibration.csv") as handle:
         assert len(list(csv.DictReader(handle))) == 4
-    plots = list((report / "plots").glob("*.png"))
+    plots = list((report / "plots").glob("*.png")) + list((report / "audit_f1" / "plots").glob("*.png"))
     assert len(plots) == 1 + 3 * 4 + 1 and all(p.stat().st_size > 5000 for p in plots)     # + audit_conditions
-    audit = json.loads((report / "audit.json").read_text())
+    audit = json.loads((report / "audit_f1" / "audit.json").read_text())
     assert [learner["run"] for learner in audit["learners"]] == ["patch:test_cnn", "global:test_cnn"]
     assert audit["ensemble"]["run"].startswith("ensemble:") and audit["partition"] == "test"
     assert "## Does it look at the lungs?" in text and "shortcut class" in text
     assert "report ->" in result.output and "RESEARCH USE ONLY" in result.output
     assert (out / "export" / "1" / "saved_model.pb").is_file()
+    # A small reproduce grid in two shards at once: every job its own process, its log under logs/.
+    logs = sorted(path.name for path in (out / "logs").glob("*.log"))
+    assert len(logs) == 10 and {"segment-1of2.log", "segment-2of2.log", "train-patch_f1_test_cnn.log"} <= set(logs)
+    assert "shard 1/2 [6/6] done" in result.output and "shard 2/2 [4/4] done" in result.output
+    assert "ensemble_patched: mean learner weights" in result.output
     assert "predict --model on" in result.output and '"lung_fraction"' in result.output

@@ -10,7 +10,8 @@ import keras
 import numpy as np
 import pytest
 
-from tfflannel.resume import ResumableFit, StaleRunError, epoch_seed
+from tests.seeded_training import KillAtEpoch, SeededBatches
+from tfflannel.resume import ResumableFit, StaleRunError
 from tfflannel.run_info import RunInfo, load_run_info, relative_to_run, save_run_info
 
 SCORES = [0.1, 0.5, 0.3, 0.2, 0.9, 0.95]          # best at epoch 1, then two epochs without gain: stop after 3
@@ -28,31 +29,9 @@ class _Score(keras.callbacks.Callback):
         self.weights[epoch] = [w.copy() for w in self.model.get_weights()]
 
 
-class _Kill(keras.callbacks.Callback):
-    def __init__(self, epoch):
-        super().__init__()
-        self.epoch = epoch
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch == self.epoch:
-            raise KeyboardInterrupt("simulated kill")
-
-
-class _Data(keras.utils.PyDataset):
-    def __init__(self, first_epoch=0):
-        super().__init__()
-        self.epoch = first_epoch
-
-    def __len__(self):
-        return 3
-
-    def __getitem__(self, index):
-        rng = np.random.default_rng([epoch_seed(0, self.epoch), index])
-        x = rng.normal(size=(8, 4)).astype("float32")
-        return x, (x.sum(axis=1, keepdims=True) > 0).astype("float32")
-
-    def on_epoch_end(self):
-        self.epoch += 1
+def _batch(rng):
+    x = rng.normal(size=(8, 4)).astype("float32")
+    return x, (x.sum(axis=1, keepdims=True) > 0).astype("float32")
 
 
 def _model():
@@ -68,8 +47,8 @@ def _train(run_dir, kill_at=None, fingerprint=None, force=False, ignore=()):
                        force=force, ignore=ignore)
     model, score = _model(), _Score()
     plateau = keras.callbacks.ReduceLROnPlateau(monitor="score", mode="max", patience=1, factor=0.5)
-    callbacks = [score, plateau] + ([_Kill(kill_at)] if kill_at is not None else [])
-    fit.fit(model, _Data(fit.initial_epoch), callbacks=callbacks)
+    callbacks = [score, plateau] + ([KillAtEpoch(kill_at)] if kill_at is not None else [])
+    fit.fit(model, SeededBatches(_batch, 3, fit.initial_epoch), callbacks=callbacks)
     return fit, score, model
 
 
@@ -152,7 +131,7 @@ def _interrupted_equals_uninterrupted(train, tmp_path):
     """train(out_dir, extra_callbacks) killed (exception) at the start of epoch 1, rerun; vs one uninterrupted run."""
     train(tmp_path / "reference", [])
     with pytest.raises(KeyboardInterrupt):
-        train(tmp_path / "killed", [_Kill(1)])
+        train(tmp_path / "killed", [KillAtEpoch(1)])
     train(tmp_path / "killed", [])
     assert (tmp_path / "killed" / "history.csv").read_text() == (tmp_path / "reference" / "history.csv").read_text()
     left = keras.saving.load_model(tmp_path / "killed" / "model.keras", compile=False).get_weights()

@@ -10,38 +10,15 @@ import keras
 import numpy as np
 import pytest
 
+from tests.seeded_training import KillAtEpoch, SeededBatches
 from tfflannel.config import load_config
-from tfflannel.resume import StaleRunError, epoch_seed
+from tfflannel.resume import StaleRunError
 from tfflannel.training import TrainingTask, train
 
 
-class _Batches(keras.utils.PyDataset):
-    def __init__(self, first_epoch, batch_size):
-        super().__init__()
-        self.epoch, self.batch_size = first_epoch, batch_size
-
-    def __len__(self):
-        return 2
-
-    def __getitem__(self, index):
-        rng = np.random.default_rng([epoch_seed(0, self.epoch), index])
-        x = rng.normal(size=(self.batch_size, 3)).astype("float32")
-        return x, x @ np.array([[1.0], [-2.0], [0.5]], "float32")
-
-    def on_epoch_end(self):
-        self.epoch += 1
-
-
-class _StopAfter(keras.callbacks.Callback):
-    """Stops a fit as the epoch after `epochs` committed ones begins, as a kill there would."""
-
-    def __init__(self, epochs):
-        super().__init__()
-        self.epochs = epochs
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch == self.epochs:
-            raise KeyboardInterrupt("simulated kill")
+def _batch(rng):
+    x = rng.normal(size=(8, 3)).astype("float32")
+    return x, x @ np.array([[1.0], [-2.0], [0.5]], "float32")
 
 
 class _LineTask(TrainingTask):
@@ -64,7 +41,7 @@ class _LineTask(TrainingTask):
 
     def training_data(self, config, first_epoch, batch_size, drop_remainder):
         self.calls.append(f"training_data from {first_epoch}")
-        return _Batches(first_epoch, batch_size), {}
+        return SeededBatches(_batch, 2, first_epoch), {}
 
     def build_model(self, config):
         self.calls.append("build_model")
@@ -74,7 +51,7 @@ class _LineTask(TrainingTask):
 
     def callbacks(self, config, model, data, out_dir):
         self.calls.append("callbacks")
-        return [_StopAfter(self.stop_after)] if self.stop_after else []
+        return [KillAtEpoch(self.stop_after)] if self.stop_after else []
 
     def finalise(self, config, fit, out_dir):
         self.calls.append("finalise")

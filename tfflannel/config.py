@@ -188,6 +188,9 @@ class DemoConfig:
     fold: PositiveInt = 1
     patch_epochs: PositiveInt = 3
     global_epochs: PositiveInt = 3
+    # the grid's shards run at once (`reproduce --shard I/N`, one thread each); 2 overlaps one job's start-up
+    # and tracing with another's arithmetic on a 2-core CPU
+    shards: PositiveInt = 2
 
 
 @dataclass

@@ -6,10 +6,11 @@ import keras
 import numpy as np
 import pytest
 
+from tests.seeded_training import KillAtEpoch, SeededBatches
 from tfflannel.errors import InputError
 from tfflannel.learners.train import save_classifier
 from tfflannel.models.classifier import AuxiliaryLossModel, build_classifier, inference_model
-from tfflannel.resume import ResumableFit, epoch_seed
+from tfflannel.resume import ResumableFit
 
 X = np.random.default_rng(7).normal(size=(6, 8)).astype("float32")
 Y = np.array([0, 1, 2, 3, 0, 2])
@@ -47,33 +48,15 @@ def test_training_loss_is_main_ce_plus_weighted_aux_ce(weight):
     np.testing.assert_allclose(model.predict(X, verbose=0), np.asarray(inference_model(model)(X)), atol=1e-6)
 
 
-class _Kill(keras.callbacks.Callback):
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch == 1:
-            raise KeyboardInterrupt("simulated kill")
-
-
-class _Data(keras.utils.PyDataset):
-    def __init__(self, first_epoch=0):
-        super().__init__()
-        self.epoch = first_epoch
-
-    def __len__(self):
-        return 2
-
-    def __getitem__(self, index):
-        rng = np.random.default_rng([epoch_seed(0, self.epoch), index])
-        x = rng.normal(size=(6, 8)).astype("float32")
-        return x, (x[:, :4].argmax(axis=1))
-
-    def on_epoch_end(self):
-        self.epoch += 1
+def _batch(rng):
+    x = rng.normal(size=(6, 8)).astype("float32")
+    return x, (x[:, :4].argmax(axis=1))
 
 
 def _run(run_dir, kill=False):
     fit = ResumableFit(run_dir, 3, {"aux_loss_weight": 0.4}, seed=0, save_model=save_classifier)
     model = _aux_model(0.4, dropout=0.3)
-    fit.fit(model, _Data(fit.initial_epoch), callbacks=[_Kill()] if kill else [])
+    fit.fit(model, SeededBatches(_batch, 2, fit.initial_epoch), callbacks=[KillAtEpoch(1)] if kill else [])
     return model
 
 
