@@ -107,6 +107,14 @@ def test_no_import_circle_among_tfflannel_modules():
     assert cycle is None, "import circle: " + " -> ".join(cycle)
 
 
+def test_only_the_export_command_imports_the_export_stage():
+    """`tfflannel.export` saves a SavedModel; predict, explain, serve and demo use `tfflannel.serving` (issue 23)."""
+    graph = import_graph(module_sources())
+    importers = {name for name, targets in graph.items() if not name.startswith("tfflannel.export")
+                 and any(t == "tfflannel.export" or t.startswith("tfflannel.export.") for t in targets)}
+    assert importers == {"tfflannel.cli.serving"}, importers
+
+
 def test_the_cycle_finder_finds_a_circle_and_resolves_imports(tmp_path):
     """The checker itself: a planted circle is found, a chain is not, and `from P import N` resolves to P.N."""
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]

@@ -42,9 +42,9 @@ def test_reduced_demo_end_to_end(tmp_path):
     assert "## Does it look at the lungs?" in text and "shortcut class" in text
     assert "report ->" in result.output and "RESEARCH USE ONLY" in result.output
     assert (out / "export" / "1" / "saved_model.pb").is_file()
-    # A small reproduce grid in two shards at once: every job its own process, its log under logs/.
+    # A small reproduce grid in two shards at once, then the export: every job its own process, its log in logs/.
     logs = sorted(path.name for path in (out / "logs").glob("*.log"))
-    assert len(logs) == 10 and {"segment-1of2.log", "segment-2of2.log", "train-patch_f1_test_cnn.log"} <= set(logs)
+    assert len(logs) == 10 + 1 and {"segment-1of2.log", "train-patch_f1_test_cnn.log", "export.log"} <= set(logs)
     assert "shard 1/2 [6/6] done" in result.output and "shard 2/2 [4/4] done" in result.output
     assert "ensemble_patched: mean learner weights" in result.output
     assert "predict --model on" in result.output and '"lung_fraction"' in result.output

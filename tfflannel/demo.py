@@ -97,20 +97,27 @@ def _summarise(jobs, out):
 
 
 def _export_and_predict(config, patch_runs, ensemble, out, test_files):
-    """Export the patched pipeline, predict test films with it, and draw a patch Grad-CAM."""
+    """Export the patched pipeline, predict test films with the SavedModel and draw a patch Grad-CAM.
+
+    The export is the `export` command in its own process, as the grid's jobs (nothing but that command imports
+    `tfflannel.export`); prediction is `serving.predict`, what `predict --model` runs.
+    """
     from tfflannel.data.io import read_image
     from tfflannel.explain.gradcam import explain_image, save_explanation
-    from tfflannel.export.saved_model import export_pipeline
     from tfflannel.film_pipeline import ViewSettings
-    from tfflannel.segmentation.inference import load_segmenter
-    from tfflannel.serving.builder import pipeline_from_config
+    from tfflannel.job_runner import run_cli_job
+    from tfflannel.reproduce import Job
     from tfflannel.serving.predict import load_exported, predict_files
 
     shutil.rmtree(out / "export", ignore_errors=True)
-    pipeline = pipeline_from_config(config, load_segmenter(), patch_runs, ensemble)
-    target = export_pipeline(pipeline, out / "export")
+    export = Job("export", "export", ("export", "--runs", ",".join(map(str, patch_runs)), "--ensemble", str(ensemble),
+                                      "--out", str(out / "export"), "--config", str(out / "config.yaml")),
+                 out / "export")
+    error = run_cli_job(export, out / "logs" / "export.log")
+    if error:
+        raise InputError(f"demo: `{export.command_line()}` failed: {error}; log: {out / 'logs' / 'export.log'}")
     records, _ = predict_files(load_exported(out / "export"), test_files)
-    click.echo(f"SavedModel -> {target}; predict --model on {len(records)} test films:")
+    click.echo(f"SavedModel -> {out / 'export' / '1'}; predict --model on {len(records)} test films:")
     click.echo(json.dumps(records[:2], indent=2))
     explained = save_explanation(explain_image(read_image(test_files[0])[0], patch_runs[-1], k=config.inference.k,
                                                seed=config.inference.seed, view=ViewSettings.from_config(config)),
