@@ -77,7 +77,7 @@ class SegmentationConfig:
     weight_decay: NonNegativeFloat = 1e-6
     background_weight: NonNegativeFloat = 0.5
     loss: Literal["weighted_ce", "dice_weighted_ce"] = "weighted_ce"
-    lr_schedule: Literal["milestones", "plateau"] = "milestones"
+    lr_schedule: Literal["milestones", "plateau", "cosine"] = "milestones"   # cosine: schedules.cosine_decay
     lr_milestones: tuple = (0.7, 0.8, 0.9)
     plateau_patience: NonNegativeInt = 10
     early_stopping_patience: NonNegativeInt = 0

@@ -60,3 +60,24 @@ def test_segment_only_keys_are_segmentation_settings_that_train_seg_does_not_rea
     source = inspect.getsource(train_module)
     read = [key for key in train_module.SEGMENT_ONLY_KEYS if f"seg.{key}" in source or f"segmentation.{key}" in source]
     assert not read, f"train.py reads {read}: they change a train-seg run and must make it stale"
+
+
+def test_the_cosine_schedule_drives_the_segmenters_learning_rate():
+    """`segmentation.lr_schedule: cosine` gives train-seg the `cosine_decay` of the run's epochs and rate."""
+    import numpy as np
+
+    from tfflannel.config import load_config
+    from tfflannel.schedules import cosine_decay
+    from tfflannel.segmentation.train import SegmenterTask
+
+    config = load_config(None, ["segmentation.lr_schedule=cosine", "segmentation.epochs=20",
+                                "segmentation.learning_rate=0.01", "segmentation.validation_share=0"])
+    task = SegmenterTask([], config.segmentation)
+    task.train_x = task.val_x = np.zeros((0, 8, 8, 1), "float32")
+    task.val_y = np.zeros((0, 8, 8), "uint8")
+    schedulers = [c for c in task.callbacks(config, None, None, None)
+                  if isinstance(c, keras.callbacks.LearningRateScheduler)]
+    assert len(schedulers) == 1
+    expected = cosine_decay(20, 0.01)
+    assert [schedulers[0].schedule(e) for e in (0, 5, 10, 19)] == [expected(e) for e in (0, 5, 10, 19)]
+    assert schedulers[0].schedule(10) == 0.005

@@ -27,7 +27,7 @@ from tfflannel.models.fc_densenet import SEGMENTATION_CLASSES, build_fc_densenet
 from tfflannel.models.losses import segmentation_loss
 from tfflannel.models.precise_bn import recompute_batchnorm_statistics
 from tfflannel.resume import save_model_without_optimizer
-from tfflannel.schedules import scale_milestones, step_decay
+from tfflannel.schedules import cosine_decay, scale_milestones, step_decay
 from tfflannel.segmentation.augment import augment_pair
 from tfflannel.segmentation.preprocess import preprocess_for_segmentation, resize_label_map
 from tfflannel.segmentation.readers import load_pair, split_pairs
@@ -270,6 +270,8 @@ class SegmenterTask(TrainingTask):
             callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_jaccard" if self.has_val else "loss",
                                                                mode="max" if self.has_val else "min", factor=0.1,
                                                                patience=seg.plateau_patience))
+        elif seg.lr_schedule == "cosine":
+            callbacks.append(keras.callbacks.LearningRateScheduler(cosine_decay(seg.epochs, seg.learning_rate)))
         else:
             callbacks.append(keras.callbacks.LearningRateScheduler(
                 step_decay(scale_milestones(seg.lr_milestones, seg.epochs), seg.learning_rate)))
