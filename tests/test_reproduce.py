@@ -135,6 +135,30 @@ def test_runner_reports_failed_and_missing_inputs(tmp_path):
                           "train-ensemble f2 global"}
 
 
+def test_a_failure_on_one_shard_ends_the_other_shards_wait_and_stop_ends_a_run(tmp_path):
+    """A job blocked by a failed input leaves a marker too, so a shard waiting for it (with a day's wait) stops at
+    once; so does a shard waiting for another shard's failed part of the segment job; `stop` ends a run."""
+    def execute(job, log):
+        return "boom" if job.name.startswith("train-patch") or job.kind == "segment" else None
+
+    jobs = build_jobs("work", tmp_path, [1], ["mobilenet_v2"], ["patch"], shard=(1, 2))
+    one = Runner(jobs, tmp_path, shard=(1, 2), wait=86400, poll=0.01, execute=execute, echo=lambda line: None)
+    states = one.run()
+    assert states["segment"] == "failed" and states["train-patch f1 mobilenet_v2"] == "blocked"
+    assert states["predict-base f1 patch mobilenet_v2"] == "blocked"
+    assert (tmp_path / ".jobs" / "predict-base_f1_patch_mobilenet_v2.failed").is_file()
+    other = build_jobs("work", tmp_path, [1], ["mobilenet_v2"], ["patch"], shard=(2, 2))
+    two = Runner(other, tmp_path, shard=(2, 2), wait=86400, poll=0.01, execute=lambda job, log: None,
+                 echo=lambda line: None)
+    segment = next(j for j in other if j.kind == "segment")
+    state, detail = two._run_one(segment)             # its own part done, shard 1's part failed: no day-long wait
+    assert state == "missing" and "segmentation cache" in detail
+    ensemble = next(j for j in other if j.kind == "ensemble")
+    assert two._wait_for(ensemble.needs).startswith("input failed")   # shard 1's blocked predict-base
+    two.stop.set()
+    assert two.run() == {} and two._wait_for(["evaluate"]) == "stopped"
+
+
 def test_is_complete_reads_the_commands_outputs(tmp_path):
     train = Job("t", "train", (), tmp_path)
     assert not is_complete(train)

@@ -65,20 +65,28 @@ def _run_grid(config, work, out):
     config.patched.epochs, config.global_learner.epochs = demo.patch_epochs, demo.global_epochs
     dump_config(config, out / "config.yaml")
 
-    def run_shard(part):
+    for marker in (out / ".jobs").glob("*.failed"):     # a failure of an earlier attempt is not this one's
+        marker.unlink()
+    runners = []
+    for part in range(1, parts + 1):
         jobs = build_jobs(work, out, [demo.fold], demo.backbones, config_args=("--config", str(out / "config.yaml")),
                           shard=(part, parts))
         prefix = f"shard {part}/{parts} " if parts > 1 else ""
-        return jobs, Runner(jobs, out, (part, parts), poll=0.5, echo=lambda line: click.echo(prefix + line)).run()
-
+        runners.append(Runner(jobs, out, (part, parts), poll=0.5, echo=lambda line, p=prefix: click.echo(p + line)))
     click.echo(f"{parts} shard(s) at once; each job's output -> {out / 'logs'}/<job>.log")
     with ThreadPoolExecutor(parts) as pool:
-        results = list(pool.map(run_shard, range(1, parts + 1)))
-    bad = {name: state for _, states in results for name, state in states.items() if state not in ("done", "complete")}
+        futures = [pool.submit(runner.run) for runner in runners]
+        try:
+            results = [future.result() for future in futures]
+        except KeyboardInterrupt:                 # Ctrl-C: no shard starts another job
+            for runner in runners:
+                runner.stop.set()
+            raise
+    bad = {name: state for states in results for name, state in states.items() if state not in ("done", "complete")}
     if bad:
         raise InputError(f"demo: {len(bad)} job(s) did not complete ({', '.join(f'{n}: {s}' for n, s in bad.items())}"
                          f"); their logs are in {out / 'logs'}")
-    return results[0][0]
+    return runners[0].jobs
 
 
 def _summarise(jobs, out):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import threading
 import time
 from pathlib import Path
 
@@ -172,6 +173,10 @@ class Runner:
         poll: float. Seconds between checks while waiting. Defaults to `5`.
         execute: callable(Job, Path) -> str or None. Runs one job. Defaults to `run_cli_job` (a process per job).
         echo: callable(str). Where progress lines go. Defaults to `print`.
+
+    A job that fails, or cannot start because an input failed or never came, leaves `OUT/.jobs/<job>.failed`, so a
+    shard waiting for it stops waiting; the marker goes when the job succeeds. `stop` (a `threading.Event`) ends
+    `run` before the next job and ends any wait.
     """
 
     def __init__(self, jobs, out, shard=(1, 1), wait=86400.0, poll=5.0, execute=run_cli_job, echo=print):
@@ -180,6 +185,7 @@ class Runner:
         self.by_name = {j.name: j for j in jobs}
         self.mine = [j for j in jobs if j.shard is None or j.shard == shard[0] - 1]
         self.states = {}
+        self.stop = threading.Event()
 
     def _slug(self, job):
         """The job's lock, marker and log name: each shard's part of the segment job is a job of its own."""
@@ -190,16 +196,23 @@ class Runner:
         return self.out / ".jobs" / f"{self._slug(job)}.failed"
 
     def _failed_elsewhere(self, job):
-        """The job failed in another process, and nobody is running it again now."""
-        if not self._marker(job).exists():
-            return False
-        with job_lock(self.out / ".jobs" / f"{self._slug(job)}.lock") as free:
-            return free
+        """The job (the segment job: any shard's part) failed in another process, and nobody runs it again now."""
+        parts = self.shard[1]
+        slugs = ([f"{job.slug}-{p}of{parts}" for p in range(1, parts + 1)] if job.kind == "segment" and parts > 1
+                 else [self._slug(job)])
+        for slug in slugs:
+            if (self.out / ".jobs" / f"{slug}.failed").exists():
+                with job_lock(self.out / ".jobs" / f"{slug}.lock") as free:
+                    if free:
+                        return True
+        return False
 
     def _wait_for(self, names):
         """None when every named job is complete, else the reason why not (failed, or still missing)."""
         deadline = time.monotonic() + self.wait
         while True:
+            if self.stop.is_set():
+                return "stopped"
             pending = [n for n in names if not is_complete(self.by_name[n])]
             if not pending:
                 return None
@@ -221,6 +234,8 @@ class Runner:
         """
         (self.out / "logs").mkdir(parents=True, exist_ok=True)
         for index, job in enumerate(self.mine, 1):
+            if self.stop.is_set():
+                break
             started = time.monotonic()
             state, detail = self._run_one(job)
             self.states[job.name] = state
@@ -230,7 +245,10 @@ class Runner:
 
     def _run_one(self, job):
         reason = self._wait_for([n for n in job.needs if job.kind != "segment"])
+        if reason == "stopped":
+            return "stopped", ""
         if reason:
+            self._marker(job).write_text(reason + "\n")     # shards waiting for this job stop waiting too
             return ("blocked" if reason.startswith("input failed") else "missing"), reason
         with job_lock(self.out / ".jobs" / f"{self._slug(job)}.lock") as mine:
             if not mine:

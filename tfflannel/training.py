@@ -6,7 +6,7 @@ does everything else, for all four, in one order:
 
     fingerprint -> ResumableFit (resume, or a StaleRunError naming what changed) -> seed -> record the run
     -> tf.distribute strategy -> data from the first epoch still to train -> compiled model -> callbacks
-    (the task's, TensorBoard, multi-worker BN averaging) -> `ResumableFit.fit` (checkpoints, best model,
+    (multi-worker BN averaging, the task's, the caller's, TensorBoard) -> `ResumableFit.fit` (checkpoints, best model,
     early stopping, exact resume) -> finalise
 
 A fix to resume, seeding, checkpoints, early stopping, TensorBoard or the strategy is made here (or in
@@ -150,7 +150,7 @@ def train(config, task, out_dir, progress=True, extra_callbacks=(), force=False,
         task: TrainingTask.
         out_dir: str or Path. The run directory.
         progress: bool. Keras progress lines. Defaults to `True`.
-        extra_callbacks: list of keras callbacks, after the task's and TensorBoard. Defaults to `()`.
+        extra_callbacks: list of keras callbacks, after the task's, before TensorBoard. Defaults to `()`.
         force: bool. Start over even if `out_dir` holds a complete or different run. Defaults to `False`.
         echo: callable(str). Where the "already complete" note goes. Defaults to `print`.
 
@@ -177,10 +177,9 @@ def train(config, task, out_dir, progress=True, extra_callbacks=(), force=False,
     data, fit_kwargs = task.training_data(config, fit.initial_epoch, batch, multi)
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
         model = task.build_model(config)
-    callbacks = [*task.callbacks(config, model, data, out_dir)]
-    if keras.backend.backend() == "tensorflow":
+    callbacks = [*task.callbacks(config, model, data, out_dir), *extra_callbacks]
+    if keras.backend.backend() == "tensorflow":    # last: it logs what every other callback added to the logs
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(out_dir / "logs")))
-    callbacks += extra_callbacks
     if strategy is not None:
         from tfflannel.learners.replicas import AverageBatchNormStatistics, in_multi_worker_mode, shard_by_data
 
