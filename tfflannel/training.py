@@ -96,11 +96,12 @@ class TrainingTask:
 
 def seed_everything(seed, deterministic=False):
     """Seed Python, NumPy and the backend; with `deterministic` on TensorFlow, its ops too (`tf_epochs.seed_run`)."""
-    keras.utils.set_random_seed(int(seed))
     if deterministic and keras.backend.backend() == "tensorflow":
         from tfflannel.tf_epochs import seed_run
 
-        seed_run(seed, deterministic=True)
+        seed_run(seed, deterministic=True)      # seeds as below, then turns op determinism on
+    else:
+        keras.utils.set_random_seed(int(seed))
 
 
 def start_run(config, task, out_dir, force=False):
