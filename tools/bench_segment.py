@@ -7,7 +7,10 @@ bicubic resize of image and mask to 1024x1024, multiply and `np.savez_compressed
 shipped segmenter and are warmed up first (graph tracing), so only the pipeline differs. The two alternate
 `--repeats` times; the best of each is printed with the ratio. Asserts nothing.
 
-    python tools/bench_segment.py [--images N] [--data DIR_OF_PNGS] [--repeats R]
+With `--versus SEGMENTER` (a train-seg run directory, `.keras` file or descriptor JSON) it times `segment` with
+the shipped segmenter and with that one instead, alternating the same way: the cost of shipping a candidate.
+
+    python tools/bench_segment.py [--images N] [--data DIR_OF_PNGS] [--repeats R] [--versus SEGMENTER]
 """
 
 import argparse
@@ -65,12 +68,53 @@ def original_pipeline(paths, segmenter, out_dir):
             np.savez_compressed(out_dir / (Path(path).stem + ".npz"), image=(big_image * big_mask).astype(np.float32))
 
 
+def time_segment(work, segmenter, images):
+    """Rebuilds the segment cache of `work` from scratch with `segmenter`.
+
+    Args:
+        work: Path. A prepared work folder; its `cache/` is removed first.
+        segmenter: Segmenter.
+        images: int. Number of images in the manifest.
+
+    Returns:
+        float. Images per second.
+    """
+    shutil.rmtree(work / "cache", ignore_errors=True)
+    started = time.perf_counter()
+    build_cache(work, segmenter, CacheSettings(shard_size=64), progress=False)
+    return images / (time.perf_counter() - started)
+
+
+def versus(work, images, shipped, candidate, repeats):
+    """Times `segment` with the shipped and a candidate segmenter alternately and prints the best of each.
+
+    Args:
+        work: Path. A prepared work folder.
+        images: int. Number of images in it.
+        shipped: Segmenter. The default of `segment`.
+        candidate: Segmenter. The one that would replace it.
+        repeats: int.
+    """
+    for segmenter in (shipped, candidate):                                                # warm-up: tracing
+        time_segment(work, segmenter, images)
+    rates = {"shipped": [], "candidate": []}
+    for _ in range(repeats):
+        rates["shipped"].append(time_segment(work, shipped, images))
+        rates["candidate"].append(time_segment(work, candidate, images))
+    for name, segmenter in (("shipped", shipped), ("candidate", candidate)):
+        print(f"{name:9s} {segmenter.model.count_params():>9,d} parameters, {segmenter.input_size} px: "
+              f"{max(rates[name]):7.2f} images/s  all: "
+              + ", ".join(f"{v:.2f}" for v in rates[name]))
+    print(f"time ratio, candidate / shipped: {max(rates['shipped']) / max(rates['candidate']):.2f}x")
+
+
 def main():
     """Parses the command line, times both pipelines alternately `--repeats` times and prints the best of each."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=40)
     parser.add_argument("--data", help="a DIR/<label>/*.png folder (default: the bundled sample)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--versus", metavar="SEGMENTER", help="time `segment` with the shipped segmenter and this one")
     args = parser.parse_args()
     from tfflannel.sample import CLS_DIR
 
@@ -86,13 +130,15 @@ def main():
             shutil.copy(path, data / path.parent.name / path.name)
         prepare_manifest(tmp / "work", folders=[data], folds=2, test_size=0.5, progress=False)
         paths = [str(p) for p in sorted(data.glob("*/*.png"))]
+        if args.versus:
+            print(f"images: {len(files)} from {source}; best of {args.repeats}, alternating; "
+                  f"load average {os.getloadavg()[0]:.1f}")
+            versus(tmp / "work", len(files), segmenter, load_segmenter(args.versus), args.repeats)
+            return
         build_cache(tmp / "work", segmenter, CacheSettings(shard_size=64), progress=False)   # warm-up: tracing
         original_pipeline(paths[:8], segmenter, tmp)                                        # warm-up
         for _ in range(args.repeats):
-            shutil.rmtree(tmp / "work" / "cache")
-            started = time.perf_counter()
-            build_cache(tmp / "work", segmenter, CacheSettings(shard_size=64), progress=False)
-            ours.append(len(files) / (time.perf_counter() - started))
+            ours.append(time_segment(tmp / "work", segmenter, len(files)))
             shutil.rmtree(tmp / "npz", ignore_errors=True)
             (tmp / "npz").mkdir()
             started = time.perf_counter()
