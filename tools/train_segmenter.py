@@ -8,7 +8,9 @@ by image sha256 and patients linked across duplicates. Writes, under --out:
           the 8 worst films), cv.md, cv_worst.png (their masks: truth green, prediction red)
   final/  the same recipe on every pair, plus lung_segmenter.json + weights to ship; the
           descriptor turns flip TTA on when it raised the CV Jaccard index
-`--table DIR [DIR ...]` prints the CV figures of several --out folders as one Markdown table.
+`--table DIR [DIR ...]` prints the CV figures of several --out folders as one Markdown table, then each folder's
+Jaccard index (clean + flip) fold by fold against the first's: the rule for shipping a new segmenter is "higher
+on every fold".
 
 The recipe is a config file (`--recipe`, default the shipped one, `tfflannel/configs/segmenter_shipped.yaml`);
 `--model`, `--epochs`, ... and `--set segmentation.KEY=VALUE` override single values of it.
@@ -27,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tfflannel.config import load_config, packaged_config  # noqa: E402
 from tfflannel.segmentation.cross_validation import (  # noqa: E402
     RECIPE_KEYS,
+    compare_folds,
     cross_validate,
     deduplicate_pairs,
     format_cv_table,
@@ -101,9 +104,17 @@ def main():
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="extra config overrides")
     args = parser.parse_args()
     if args.table:
-        found = [(Path(d).name, next(p for p in (Path(d) / "cv.json", Path(d) / "cv" / "cv.json") if p.is_file()))
-                 for d in args.table]
-        print(format_cv_table([(name, json.loads(path.read_text())) for name, path in found]))
+        results = []
+        for folder in map(Path, args.table):
+            found = [p for p in (folder / "cv.json", folder / "cv" / "cv.json") if p.is_file()]
+            if not found:
+                parser.error(f"{folder}: no cv.json or cv/cv.json (has its cross-validation finished?)")
+            results.append((folder.name, json.loads(found[0].read_text())))
+        print(format_cv_table(results))
+        for name, result in results[1:]:
+            compared = compare_folds(results[0][1], result)
+            print(f"{name} against {results[0][0]} (JI, clean+flip): higher on {compared['higher']} of "
+                  f"{compared['folds']} folds, by " + ", ".join(f"{d:+.4f}" for d in compared["deltas"]))
         return
     if not args.pairs or not args.out:
         parser.error("--pairs and --out are required")

@@ -14,7 +14,14 @@ import tensorflow as tf
 
 from tfflannel.config import load_config
 from tfflannel.segmentation.augment import augment_pair, elastic_fields
-from tfflannel.segmentation.cross_validation import VARIANTS, cross_validate, deduplicate_pairs, patient_folds
+from tfflannel.segmentation.cross_validation import (
+    VARIANTS,
+    compare_folds,
+    cross_validate,
+    deduplicate_pairs,
+    format_cv_table,
+    patient_folds,
+)
 from tfflannel.segmentation.readers import SegPair, read_pairs
 
 REPO = Path(__file__).resolve().parents[2]
@@ -155,6 +162,8 @@ def test_cross_validation_killed_resumes_and_scores_against_numpy(sample_seg_dir
     for fold in (1, 2):
         metrics = json.loads((out / f"fold-{fold}" / "metrics.json").read_text())
         assert metrics["train_pairs"] == 8 - len(held[fold]) and metrics["validation_pairs"] == 0
+        assert result["train_seconds"][fold - 1] == metrics["train_seconds"] > 0
+    assert f"| {np.mean(result['train_seconds']):.0f} |" in format_cv_table([("tiny", result)])
     # fold 1's score against evaluate-seg's own path; each fold's mean against its per-image scores
     scored = evaluate_segmenter(load_segmenter(out / "fold-1"), held[1], progress=False)
     clean = result["summary"]["clean"]
@@ -170,6 +179,26 @@ def test_cross_validation_killed_resumes_and_scores_against_numpy(sample_seg_dir
     again = cross_validate(config, pairs, out, folds=2, progress=False, echo=lambda line: None)
     assert again["summary"] == result["summary"]
     assert stamps == {p: p.stat().st_mtime_ns for p in stamps}, "nothing finished is redone"
+
+
+def test_compare_folds_is_the_per_fold_difference_and_refuses_other_folds():
+    """The shipping rule's figures: candidate minus reference per fold (NumPy), on the same folds only."""
+    rng = np.random.default_rng(3)
+    fold_of = {f"film{i}.png": i % 5 + 1 for i in range(20)}
+
+    def cv(per_fold):
+        return {"fold_of": dict(fold_of), "summary": {"clean+flip": {"per_fold_jaccard": list(per_fold)}}}
+
+    reference = rng.uniform(0.85, 0.92, 5)
+    for shift, every in ((np.array([0.01, 0.02, 0.001, 0.03, 0.005]), True),
+                         (np.array([0.01, -0.002, 0.01, 0.01, 0.01]), False)):
+        compared = compare_folds(cv(reference), cv(reference + shift))
+        np.testing.assert_allclose(compared["deltas"], shift, atol=1e-12)
+        assert compared["higher"] == int(np.sum(shift > 0)) and compared["every_fold"] is every
+    moved = cv(reference)
+    moved["fold_of"]["film0.png"] = 2
+    with pytest.raises(ValueError, match="same folds"):
+        compare_folds(cv(reference), moved)
 
 
 def test_shipped_recipe_file_is_the_recipe_the_shipped_segmenter_records():

@@ -192,13 +192,15 @@ def cross_validate(config, pairs, out_dir, folds=5, progress=True, echo=print):
         clean = np.mean([r["jaccard"] for r in recorded["scores"]["clean"]])
         echo(f"fold {fold + 1}/{folds}: {len(train)} training, {len(held_out)} held-out films, JI (clean) {clean:.4f}")
     summary = summarize(fold_scores)
+    train_seconds = [json.loads((out_dir / f"fold-{fold + 1}" / "metrics.json").read_text())["train_seconds"]
+                     for fold in range(folds)]
     best = max(VARIANTS, key=lambda name: summary[name]["jaccard_mean"])
     worst = sorted((r for scores in fold_scores for r in scores[best]), key=lambda r: r["jaccard"])[:8]
     result = {
         "folds": folds, "pairs": len(pairs), "duplicates_dropped": dropped,
         "patients": len({pair.patient_id for pair in pairs}), "seed": config.segmentation.seed,
         "recipe": {k: getattr(config.segmentation, k) for k in RECIPE_KEYS},
-        "summary": summary, "best_variant": best, "worst": worst,
+        "summary": summary, "best_variant": best, "worst": worst, "train_seconds": train_seconds,
         "fold_of": {pair.image: fold + 1 for pair, fold in zip(pairs, assignment, strict=True)},
     }
     previous = json.loads((out_dir / "cv.json").read_text()) if (out_dir / "cv.json").is_file() else {}
@@ -251,13 +253,40 @@ def format_cv_table(results):
         results: list of (label, cv.json dict).
 
     Returns:
-        str.
+        str. The training cost column is the mean wall time of a fold's training run as recorded (`-` in a
+        `cv.json` written before it was recorded).
     """
-    lines = ["| recipe | variant | JI mean (std) over folds | Dice mean (std) | pooled JI | images |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| recipe | variant | JI mean (std) over folds | Dice mean (std) | pooled JI | images | training s/fold |",
+             "|---|---|---|---|---|---|---|"]
     for label, result in results:
+        cost = f"{np.mean(result['train_seconds']):.0f}" if result.get("train_seconds") else "-"
         for name in VARIANTS:
             s = result["summary"][name]
             lines.append(f"| {label} | {name} | {s['jaccard_mean']:.4f} ({s['jaccard_std']:.4f}) | "
-                         f"{s['dice_mean']:.4f} ({s['dice_std']:.4f}) | {s['pooled_jaccard']:.4f} | {s['images']} |")
+                         f"{s['dice_mean']:.4f} ({s['dice_std']:.4f}) | {s['pooled_jaccard']:.4f} | {s['images']} | "
+                         f"{cost} |")
     return "\n".join(lines)
+
+
+def compare_folds(reference, candidate, variant="clean+flip"):
+    """Fold-by-fold Jaccard index of a candidate recipe against a reference, on the same patient folds.
+
+    Args:
+        reference: dict. `cv.json` of the reference (e.g. the shipped recipe).
+        candidate: dict. `cv.json` of the candidate.
+        variant: str. One of `VARIANTS`. Defaults to `"clean+flip"`.
+
+    Returns:
+        dict: `deltas` (candidate minus reference, per fold), `higher` (folds where the candidate is higher),
+        `folds`, `every_fold` (higher on every fold).
+
+    Raises:
+        ValueError: if the two runs did not hold out the same films in each fold.
+    """
+    if reference["fold_of"] != candidate["fold_of"]:
+        raise ValueError("the two cross-validations did not use the same folds (their `fold_of` differ): "
+                         "their per-fold figures cannot be compared")
+    deltas = [float(c - r) for r, c in zip(reference["summary"][variant]["per_fold_jaccard"],
+                                           candidate["summary"][variant]["per_fold_jaccard"], strict=True)]
+    higher = sum(delta > 0 for delta in deltas)
+    return {"deltas": deltas, "higher": higher, "folds": len(deltas), "every_fold": higher == len(deltas)}
