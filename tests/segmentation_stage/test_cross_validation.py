@@ -19,7 +19,6 @@ from tfflannel.segmentation.cross_validation import (
     compare_folds,
     cross_validate,
     deduplicate_pairs,
-    format_cv_table,
     patient_folds,
 )
 from tfflannel.segmentation.readers import SegPair, read_pairs
@@ -162,8 +161,6 @@ def test_cross_validation_killed_resumes_and_scores_against_numpy(sample_seg_dir
     for fold in (1, 2):
         metrics = json.loads((out / f"fold-{fold}" / "metrics.json").read_text())
         assert metrics["train_pairs"] == 8 - len(held[fold]) and metrics["validation_pairs"] == 0
-        assert result["train_seconds"][fold - 1] == metrics["train_seconds"] > 0
-    assert f"| {np.mean(result['train_seconds']):.0f} |" in format_cv_table([("tiny", result)])
     # fold 1's score against evaluate-seg's own path; each fold's mean against its per-image scores
     scored = evaluate_segmenter(load_segmenter(out / "fold-1"), held[1], progress=False)
     clean = result["summary"]["clean"]

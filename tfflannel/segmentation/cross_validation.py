@@ -192,15 +192,13 @@ def cross_validate(config, pairs, out_dir, folds=5, progress=True, echo=print):
         clean = np.mean([r["jaccard"] for r in recorded["scores"]["clean"]])
         echo(f"fold {fold + 1}/{folds}: {len(train)} training, {len(held_out)} held-out films, JI (clean) {clean:.4f}")
     summary = summarize(fold_scores)
-    train_seconds = [json.loads((out_dir / f"fold-{fold + 1}" / "metrics.json").read_text())["train_seconds"]
-                     for fold in range(folds)]
     best = max(VARIANTS, key=lambda name: summary[name]["jaccard_mean"])
     worst = sorted((r for scores in fold_scores for r in scores[best]), key=lambda r: r["jaccard"])[:8]
     result = {
         "folds": folds, "pairs": len(pairs), "duplicates_dropped": dropped,
         "patients": len({pair.patient_id for pair in pairs}), "seed": config.segmentation.seed,
         "recipe": {k: getattr(config.segmentation, k) for k in RECIPE_KEYS},
-        "summary": summary, "best_variant": best, "worst": worst, "train_seconds": train_seconds,
+        "summary": summary, "best_variant": best, "worst": worst,
         "fold_of": {pair.image: fold + 1 for pair, fold in zip(pairs, assignment, strict=True)},
     }
     previous = json.loads((out_dir / "cv.json").read_text()) if (out_dir / "cv.json").is_file() else {}
@@ -253,18 +251,15 @@ def format_cv_table(results):
         results: list of (label, cv.json dict).
 
     Returns:
-        str. The training cost column is the mean wall time of a fold's training run as recorded (`-` in a
-        `cv.json` written before it was recorded).
+        str.
     """
-    lines = ["| recipe | variant | JI mean (std) over folds | Dice mean (std) | pooled JI | images | training s/fold |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| recipe | variant | JI mean (std) over folds | Dice mean (std) | pooled JI | images |",
+             "|---|---|---|---|---|---|"]
     for label, result in results:
-        cost = f"{np.mean(result['train_seconds']):.0f}" if result.get("train_seconds") else "-"
         for name in VARIANTS:
             s = result["summary"][name]
             lines.append(f"| {label} | {name} | {s['jaccard_mean']:.4f} ({s['jaccard_std']:.4f}) | "
-                         f"{s['dice_mean']:.4f} ({s['dice_std']:.4f}) | {s['pooled_jaccard']:.4f} | {s['images']} | "
-                         f"{cost} |")
+                         f"{s['dice_mean']:.4f} ({s['dice_std']:.4f}) | {s['pooled_jaccard']:.4f} | {s['images']} |")
     return "\n".join(lines)
 
 
