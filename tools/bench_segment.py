@@ -135,7 +135,7 @@ def main():
                   f"load average {os.getloadavg()[0]:.1f}")
             versus(tmp / "work", len(files), segmenter, load_segmenter(args.versus), args.repeats)
             return
-        build_cache(tmp / "work", segmenter, CacheSettings(shard_size=64), progress=False)   # warm-up: tracing
+        time_segment(tmp / "work", segmenter, len(files))                                    # warm-up: tracing
         original_pipeline(paths[:8], segmenter, tmp)                                        # warm-up
         for _ in range(args.repeats):
             ours.append(time_segment(tmp / "work", segmenter, len(files)))
