@@ -357,9 +357,10 @@ TINY = [a for kv in ("global_learner.epochs=1", "global_learner.crop_size=32", "
                      "inference.k=1", "inference.images_per_batch=16", "ensemble.epochs=1",
                      "audit.bootstrap_resamples=50", "audit.gradcam=false")
         for a in ("--set", kv)]
-# Two cheap backbones (the grid's property is the job graph, not the network): test_cnn traces in a second, and the
-# learner killed below is mobilenet_v2 (second in the list), whose training outlasts the kill's event by seconds.
-BACKBONES = ("test_cnn", "mobilenet_v2")
+# Two test models (the grid's property is the job graph, not the network), each traced in a second or two: test_cnn and
+# test_cnn_bn, whose batch-norm moving statistics the resumed run must reproduce. The learner killed below is
+# test_cnn_bn (second in the list): building, tracing and one epoch outlast the kill's event (its run.yaml) by seconds.
+BACKBONES = ("test_cnn", "test_cnn_bn")
 LEARNERS = [f"{mode}_{backbone}" for mode in ("patch", "global") for backbone in BACKBONES]
 # Issue 15's grid has 2 folds (TFFLANNEL_GRID_FOLDS=2, several minutes on 2 cores); the suite runs 1 to stay in budget.
 GRID_FOLDS = int(os.environ.get("TFFLANNEL_GRID_FOLDS", "1"))
@@ -405,8 +406,8 @@ def test_shards_and_an_interrupted_run_give_the_same_table(tmp_path, sample_cls_
     for line in shards[1].stdout:                # shard 2: its first global learner, then the second one
         killed.append(line)
         if "predict-base f1 global test_cnn" in line:
-            # the event: train-global f1 mobilenet_v2 has written its run.yaml (it trains from there on)
-            started = tmp_path / "sharded" / "f1" / "global_mobilenet_v2" / "run.yaml"
+            # the event: train-global f1 test_cnn_bn has written its run.yaml (it trains from there on)
+            started = tmp_path / "sharded" / "f1" / "global_test_cnn_bn" / "run.yaml"
             deadline = time.monotonic() + 600
             while not started.is_file() and time.monotonic() < deadline:
                 assert shards[1].poll() is None, "".join(killed)
@@ -421,9 +422,9 @@ def test_shards_and_an_interrupted_run_give_the_same_table(tmp_path, sample_cls_
     single_out, shard1_out, resumed_out = outputs
     # the rerun skipped what the killed process had finished and redid the learner it was killed in
     assert _state_of(resumed_out, "train-global f1 test_cnn") == "complete", resumed_out
-    assert _state_of(resumed_out, "train-global f1 mobilenet_v2") == "done", resumed_out
+    assert _state_of(resumed_out, "train-global f1 test_cnn_bn") == "done", resumed_out
     # each shard ran its own share: shard 1 the patch learners (and evaluate), shard 2 the global ones
-    assert _state_of(shard1_out, f"train-patch f{GRID_FOLDS} mobilenet_v2") == "done"
+    assert _state_of(shard1_out, f"train-patch f{GRID_FOLDS} test_cnn_bn") == "done"
     assert "train-global" not in shard1_out
     assert _state_of(resumed_out, "train-ensemble f1 patch") == "done" and "train-patch" not in resumed_out
     assert _state_of(shard1_out, "evaluate") == "done" and "evaluate" not in resumed_out
@@ -432,9 +433,9 @@ def test_shards_and_an_interrupted_run_give_the_same_table(tmp_path, sample_cls_
     table = (tmp_path / "sharded" / "report" / "table3.csv").read_text()
     assert table == (tmp_path / "single" / "report" / "table3.csv").read_text()
     rows = table.splitlines()
-    for run in ("patch:test_cnn", "patch:mobilenet_v2", "global:test_cnn", "global:mobilenet_v2",
-                "ensemble:genet(patch:test_cnn+patch:mobilenet_v2)",
-                "ensemble:genet(global:test_cnn+global:mobilenet_v2)"):
+    for run in ("patch:test_cnn", "patch:test_cnn_bn", "global:test_cnn", "global:test_cnn_bn",
+                "ensemble:genet(patch:test_cnn+patch:test_cnn_bn)",
+                "ensemble:genet(global:test_cnn+global:test_cnn_bn)"):
         mine = [r for r in csv.DictReader(rows) if r["run"] == run]
         assert any(r["class"] == "macro" for r in mine) and all(r["folds"] == str(GRID_FOLDS) for r in mine)
     for fold in (f"f{n}" for n in range(1, GRID_FOLDS + 1)):

@@ -17,6 +17,7 @@ BACKBONE_NAMES = (
     "resnet50",
     "resnext101_32x8d",
     "test_cnn",
+    "test_cnn_bn",
     "vgg19_bn",
 )
 """Sorted names of every backbone in `tfflannel.models.backbones` (what `list_backbones()` returns)."""

@@ -7,7 +7,7 @@ Every other part of tfflannel looks backbones up by name:
     True
 
 Importing this package registers the families in `keras_apps.py`, `covidnet.py`,
-`densenet.py`, `inception_tv.py`, `resnext.py`, `vgg.py` and `test_cnn.py` (a tiny test model).
+`densenet.py`, `inception_tv.py`, `resnext.py`, `vgg.py` and `test_cnn.py` (two tiny test models).
 """
 
 from tfflannel.models.backbones import covidnet, densenet, inception_tv, keras_apps, resnext, test_cnn, vgg  # noqa: F401,E402
