@@ -12,6 +12,7 @@ import pytest
 
 from tests.seeded_training import KillAtEpoch, SeededBatches
 from tfflannel.resume import ResumableFit, StaleRunError
+from tfflannel.resume_state import read_fit_state
 from tfflannel.run_info import RunInfo, load_run_info, relative_to_run, save_run_info
 
 SCORES = [0.1, 0.5, 0.3, 0.2, 0.9, 0.95]          # best at epoch 1, then two epochs without gain: stop after 3
@@ -168,8 +169,17 @@ def test_train_seg_resumes_exactly(tmp_path, sample_seg_dir):
     config = load_config(overrides=["segmentation.model=fcdn_test", "segmentation.epochs=2",
                                     "segmentation.input_size=32", "segmentation.batch_size=8"])
     pairs = read_pairs(sample_seg_dir)[:8]
-    _interrupted_equals_uninterrupted(
-        lambda out, extra: train_segmenter(config, pairs, out, progress=False, extra_callbacks=extra), tmp_path)
+    before = []                                     # each call's committed state when it starts
+
+    def train(out, extra):
+        before.append(read_fit_state(out))
+        return train_segmenter(config, pairs, out, progress=False, extra_callbacks=extra)
+
+    _interrupted_equals_uninterrupted(train, tmp_path)
     metrics = json.loads((tmp_path / "killed" / "metrics.json").read_text())
     assert metrics == {**json.loads((tmp_path / "reference" / "metrics.json").read_text()),
                        "train_seconds": metrics["train_seconds"]}
+    # the resumed run's time adds the killed process's committed epoch to its own
+    killed, resumed = before[2], read_fit_state(tmp_path / "killed")
+    assert killed.epochs_done == 1 and 0 < killed.train_seconds < resumed.train_seconds
+    assert metrics["train_seconds"] == round(resumed.train_seconds, 1)

@@ -30,6 +30,7 @@ import io
 import logging
 import math
 import shutil
+import time
 from pathlib import Path
 
 import keras
@@ -121,6 +122,7 @@ class _Commit(keras.callbacks.Callback):
             callback = self.fit.stateful.get(key)
             for name, value in attrs.items():
                 setattr(callback, name, value)
+        self.fit.clock = time.monotonic()
 
     def on_epoch_begin(self, epoch, logs=None):
         self.fit.reset_seed_generators(self.model, epoch)
@@ -166,7 +168,7 @@ class ResumableFit:
         self.resume_dir = self.run_dir / "resume"
         self.epochs, self.seed, self.monitor, self.mode, self.patience = int(epochs), int(seed), monitor, mode, patience
         self.save_model, self.ignore = save_model, frozenset(ignore)
-        self.stateful = {}
+        self.stateful, self.clock = {}, None
         fingerprint = {k: _plain(v) for k, v in fingerprint.items()}
         if force:
             self.clear()
@@ -303,6 +305,9 @@ class ResumableFit:
         model.save_weights(tmp)
         tmp.replace(self.resume_dir / checkpoint)
         previous, state.checkpoint, state.epochs_done = state.checkpoint, checkpoint, epoch + 1
+        if self.clock is not None:                          # the epoch's time (and its callbacks', before this one)
+            now = time.monotonic()
+            state.train_seconds, self.clock = round(state.train_seconds + now - self.clock, 3), now
         state.callbacks = {key: {a: _plain(getattr(c, a)) for a in _STATEFUL_ATTRS if hasattr(c, a)}
                            for key, c in self.stateful.items()}
         state.history = [row for row in state.history if row["epoch"] < epoch]

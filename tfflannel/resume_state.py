@@ -32,6 +32,8 @@ class FitState:
         checkpoint: str or None. The optimizer checkpoint file of the last commit.
         callbacks: dict. Saved state of stateful callbacks.
         history: list of dict. Per-epoch logs.
+        train_seconds: float. Wall-clock seconds of the committed epochs, summed over every process that trained
+            the run (a resumed run's whole cost; not part of what makes two runs equal).
     """
 
     fingerprint: dict = field(default_factory=dict)
@@ -44,6 +46,7 @@ class FitState:
     checkpoint: str | None = None
     callbacks: dict = field(default_factory=dict)
     history: list = field(default_factory=list)
+    train_seconds: float = 0.0
 
 
 def state_path(run_dir):

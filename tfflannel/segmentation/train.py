@@ -218,7 +218,6 @@ class SegmenterTask(TrainingTask):
         self.train_pairs, self.val_pairs = split_pairs(pairs, seg.validation_share, seg.seed)
         self.has_val = bool(self.val_pairs)
         self.monitor = "val_jaccard" if self.has_val else None
-        self.started = None
 
     def fingerprint(self, config):
         """The pairs (paths, masks, patients) and the backend."""
@@ -282,13 +281,11 @@ class SegmenterTask(TrainingTask):
 
             callbacks.append(MaskImageLogger(out_dir / "logs", self.val_x[:4], self.val_y[:4], seg.classes,
                                              predict_lung_masks))
-        self.started = time.time()
         return callbacks
 
     def finalise(self, config, fit, out_dir):
         """Reload the best model (precise BN without validation), measure it, write metrics.json; return it."""
         seg = config.segmentation
-        elapsed = time.time() - self.started if self.started is not None else 0.0
         # model.keras holds the best epoch, saved right after InferenceJaccard's precise-BN pass: statistics included.
         model = keras.saving.load_model(out_dir / "model.keras", compile=False)
         if not self.has_val and seg.precise_bn:
@@ -299,7 +296,7 @@ class SegmenterTask(TrainingTask):
             "model": seg.model,
             "classes": seg.classes,
             "epochs_run": len(history.get("loss", [])),
-            "train_seconds": round(elapsed, 1),
+            "train_seconds": round(fit.state.train_seconds, 1),     # summed over every process that trained it
             "train_pairs": len(self.train_pairs),
             "validation_pairs": len(self.val_pairs),
             "validation_patients": len({p.patient_id for p in self.val_pairs}),
