@@ -358,8 +358,9 @@ TINY = [a for kv in ("global_learner.epochs=1", "global_learner.crop_size=32", "
                      "audit.bootstrap_resamples=50", "audit.gradcam=false")
         for a in ("--set", kv)]
 # Two test models (the grid's property is the job graph, not the network), each traced in a second or two: test_cnn and
-# test_cnn_bn, whose batch-norm moving statistics the resumed run must reproduce. The learner killed below is
-# test_cnn_bn (second in the list): building, tracing and one epoch outlast the kill's event (its run.yaml) by seconds.
+# test_cnn_bn (batch norm, like every real backbone). The learner killed below is test_cnn_bn (second in the list): its
+# data loading, building, tracing and one epoch outlast the kill's event (its run.yaml) by seconds, so the kill lands
+# before its first commit and the rerun must clear the partial run and redo it.
 BACKBONES = ("test_cnn", "test_cnn_bn")
 LEARNERS = [f"{mode}_{backbone}" for mode in ("patch", "global") for backbone in BACKBONES]
 # Issue 15's grid has 2 folds (TFFLANNEL_GRID_FOLDS=2, several minutes on 2 cores); the suite runs 1 to stay in budget.
@@ -405,7 +406,7 @@ def test_shards_and_an_interrupted_run_give_the_same_table(tmp_path, sample_cls_
     killed = []
     for line in shards[1].stdout:                # shard 2: its first global learner, then the second one
         killed.append(line)
-        if "predict-base f1 global test_cnn" in line:
+        if line.rstrip().endswith("s  predict-base f1 global test_cnn"):
             # the event: train-global f1 test_cnn_bn has written its run.yaml (it trains from there on)
             started = tmp_path / "sharded" / "f1" / "global_test_cnn_bn" / "run.yaml"
             deadline = time.monotonic() + 600

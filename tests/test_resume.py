@@ -69,6 +69,7 @@ def test_early_stopping_and_plateau_state_survive_a_restart(tmp_path):
     assert state["epochs_done"] == 3 and state["wait"] == 1 and state["best"] == 0.5
     resumed, _, _ = _train(tmp_path / "killed")
     assert resumed.state.stopped_early, "the restored wait stops the run after epoch 3, as uninterrupted"
+    assert 0 < state["train_seconds"] < resumed.state.train_seconds, "the time of both processes is summed"
     assert (tmp_path / "killed" / "history.csv").read_text() == (tmp_path / "reference" / "history.csv").read_text()
     learning_rates = [float(r["learning_rate"]) for r in _history(tmp_path / "killed")]
     assert learning_rates == pytest.approx([0.01, 0.01, 0.01, 0.005])
@@ -110,6 +111,18 @@ def test_a_kill_before_the_first_commit_starts_clean(tmp_path):
     fit, score, _ = _train(tmp_path)
     assert fit.complete and sorted(score.weights) == [0, 1, 2, 3]
     assert not list((tmp_path / "resume").glob(".*"))
+
+
+def test_a_run_started_before_train_seconds_was_recorded_resumes_with_it_unknown(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        _train(tmp_path, kill_at=2)
+    path = tmp_path / "resume" / "state.json"
+    state = json.loads(path.read_text())
+    del state["train_seconds"]                                  # what tfflannel wrote before it recorded the time
+    path.write_text(json.dumps(state))
+    fit, score, _ = _train(tmp_path)
+    assert fit.complete and sorted(score.weights) == [2, 3]
+    assert fit.state.train_seconds is None, "not the resumed process's time alone, passed off as the run's"
 
 
 def test_run_info_round_trip_with_relative_paths(tmp_path):

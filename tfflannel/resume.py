@@ -191,7 +191,7 @@ class ResumableFit:
                 raise StaleRunError(f"{self.run_dir}: has a history.csv but no resume state (made by an older "
                                     f"tfflannel, or not by this command); {STALE_HINT}")
             self.clear()      # a kill before the first commit: nothing of it is kept
-            return FitState(fingerprint=fingerprint)
+            return FitState(fingerprint=fingerprint, train_seconds=0.0)
         try:
             state = read_fit_state(self.run_dir)
         except InputError as error:
@@ -305,7 +305,7 @@ class ResumableFit:
         model.save_weights(tmp)
         tmp.replace(self.resume_dir / checkpoint)
         previous, state.checkpoint, state.epochs_done = state.checkpoint, checkpoint, epoch + 1
-        if self.clock is not None:                          # the epoch's time (and its callbacks', before this one)
+        if self.clock is not None and state.train_seconds is not None:     # the epoch's and its callbacks' time
             now = time.monotonic()
             state.train_seconds, self.clock = round(state.train_seconds + now - self.clock, 3), now
         state.callbacks = {key: {a: _plain(getattr(c, a)) for a in _STATEFUL_ATTRS if hasattr(c, a)}

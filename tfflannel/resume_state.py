@@ -32,8 +32,9 @@ class FitState:
         checkpoint: str or None. The optimizer checkpoint file of the last commit.
         callbacks: dict. Saved state of stateful callbacks.
         history: list of dict. Per-epoch logs.
-        train_seconds: float. Wall-clock seconds of the committed epochs, summed over every process that trained
-            the run (a resumed run's whole cost; not part of what makes two runs equal).
+        train_seconds: float or None. Wall-clock seconds of the committed epochs (from the start of `fit` to each
+            commit), summed over every process that trained the run; not part of what makes two runs equal.
+            `None` for a run started before it was recorded (its total is unknown, not partial).
     """
 
     fingerprint: dict = field(default_factory=dict)
@@ -46,7 +47,7 @@ class FitState:
     checkpoint: str | None = None
     callbacks: dict = field(default_factory=dict)
     history: list = field(default_factory=list)
-    train_seconds: float = 0.0
+    train_seconds: float | None = None
 
 
 def state_path(run_dir):

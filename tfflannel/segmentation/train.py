@@ -296,7 +296,8 @@ class SegmenterTask(TrainingTask):
             "model": seg.model,
             "classes": seg.classes,
             "epochs_run": len(history.get("loss", [])),
-            "train_seconds": round(fit.state.train_seconds, 1),     # summed over every process that trained it
+            # summed over every process that trained it (None: started before tfflannel recorded it)
+            "train_seconds": None if fit.state.train_seconds is None else round(fit.state.train_seconds, 1),
             "train_pairs": len(self.train_pairs),
             "validation_pairs": len(self.val_pairs),
             "validation_patients": len({p.patient_id for p in self.val_pairs}),
