@@ -40,40 +40,30 @@ def test_cnn(inputs, weights=None, include_top=False, classes=1000, **kwargs):
     x = inputs
     for number, channels in enumerate(TEST_CNN_CHANNELS, start=1):
         x = layers.Conv2D(channels, 3, strides=2, padding="same", activation="relu", name=f"test_cnn_conv{number}")(x)
-    if include_top:
-        x = layers.GlobalMaxPooling2D(name="test_cnn_max_pool")(x)
-        if classes:
-            x = layers.Dense(classes, name="test_cnn_predictions")(x)
-    return x
+    return _max_pool_head(x, include_top, classes, "test_cnn")
 
 
 @register_backbone(BackboneConfig("test_cnn_bn", 224, "tf", TEST_CNN_CHANNELS[-1],
                                   f"test_cnn_bn_relu{len(TEST_CNN_CHANNELS)}", False, 0, head_layers=True))
 def test_cnn_bn(inputs, weights=None, include_top=False, classes=1000, bn_momentum=0.9, **kwargs):
-    """The test model with batch normalisation: conv3x3 (stride 2, no bias) + BatchNorm + ReLU, then max pooling.
+    """`test_cnn` with batch normalisation: conv3x3 (stride 2, no bias) + BatchNorm + ReLU per block.
 
-    One convolution block per entry of `TEST_CNN_CHANNELS`, then the `reference` head's global max pooling.
-
-    Args:
-        inputs: KerasTensor. (B, H, W, 3) input scaled to [-1, 1].
-        weights: unused (`build_classifier` loads weights after building). Defaults to `None`.
-        include_top: bool. Append the global max pooling (the `reference` head) and, if `classes`, a Dense layer
-            of `classes` logits. Defaults to `False`.
-        classes: int. Logits of the top; `0` stops after the pooling. Defaults to `1000`.
-        bn_momentum: float. Keras momentum of the moving statistics (0.9 = PyTorch's 0.1). Defaults to `0.9`.
-        **kwargs: ignored (options meant for other backbones).
-
-    Returns:
-        KerasTensor. The (B, H / 16, W / 16, 64) feature map; with `include_top` the (B, 64) max-pooled features
-        or (B, classes) logits.
+    Same inputs, head and outputs as `test_cnn` (its docstring describes `inputs`, `weights`, `include_top`,
+    `classes` and the returned tensor); `bn_momentum` is the Keras momentum of the moving statistics (0.9 =
+    PyTorch's 0.1, default 0.9); other keyword arguments are ignored.
     """
     x = inputs
     for number, channels in enumerate(TEST_CNN_CHANNELS, start=1):
         x = layers.Conv2D(channels, 3, strides=2, padding="same", use_bias=False, name=f"test_cnn_bn_conv{number}")(x)
         x = BatchNormalization(momentum=bn_momentum, epsilon=1e-5, name=f"test_cnn_bn_bn{number}")(x)
         x = layers.ReLU(name=f"test_cnn_bn_relu{number}")(x)
+    return _max_pool_head(x, include_top, classes, "test_cnn_bn")
+
+
+def _max_pool_head(x, include_top, classes, prefix):
+    """The test models' `reference` head: global max pooling, then `classes` logits (none when 0)."""
     if include_top:
-        x = layers.GlobalMaxPooling2D(name="test_cnn_bn_max_pool")(x)
+        x = layers.GlobalMaxPooling2D(name=f"{prefix}_max_pool")(x)
         if classes:
-            x = layers.Dense(classes, name="test_cnn_bn_predictions")(x)
+            x = layers.Dense(classes, name=f"{prefix}_predictions")(x)
     return x
